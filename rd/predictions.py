@@ -1,0 +1,112 @@
+"""Prediction types ε, x0, v and flow velocity u, their exact conversions, and the denoising loss.  [RD §2, VDM]
+
+Every network in rd predicts one target from (x_t, t). Given x_t = α·x0 + σ·ε, each target is a linear function
+of the pair (x0, ε), so every conversion goes through that pair:
+
+    eps:  ε                      x0:    x0
+    v:    α·ε − σ·x0             flow:  u = α'·x0 + σ'·ε     (RF: α = 1 − t, σ = t ⇒ u = ε − x0)
+
+Conversions are exact for any (α, σ): nothing assumes α² + σ² = 1. Each inverse divides by one quantity that can
+vanish at an endpoint — α for ε-prediction (α_1 = 0 for FM/cosine), σ for x0-prediction (σ_0 = 0 for VP/FM) —
+which is why solvers stop at the schedule's [t_min, t_max] range.
+"""
+import torch
+from torch import Tensor
+
+from .schedules import Coeffs, Schedule
+
+PRED_TYPES = ("eps", "x0", "v", "flow")
+
+
+def check_pred_type(pred_type: str) -> str:
+    if pred_type not in PRED_TYPES:
+        raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
+    return pred_type
+
+
+def net_time_dtype(x: Tensor) -> torch.dtype:
+    """Times go to networks in float32 at least (bf16 would round t = 0.999 to 1.0), float64 with float64 x."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _bcast(c: Coeffs, like: Tensor) -> Coeffs:
+    """Coefficients shaped (B, 1, ..., 1) (or scalars) in the dtype of `like`, ready to multiply a (B, ...) batch."""
+    def f(a):
+        a = a.to(like.dtype)
+        return a.reshape(a.shape + (1,) * (like.dim() - a.dim())) if a.dim() else a
+    return Coeffs(f(c.alpha), f(c.sigma), f(c.d_alpha), f(c.d_sigma))
+
+
+def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tensor:
+    """The regression target of `pred_type` for the pair (x0, ε) at coefficients c.  [VDM App., RF]"""
+    c = _bcast(c, x0)
+    if pred_type == "eps":
+        return eps
+    if pred_type == "x0":
+        return x0
+    if pred_type == "v":
+        return c.alpha * eps - c.sigma * x0
+    if pred_type == "flow":
+        return c.d_alpha * x0 + c.d_sigma * eps
+    raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
+
+
+def pair_from_prediction(pred: Tensor, x_t: Tensor, c: Coeffs, pred_type: str) -> tuple[Tensor, Tensor]:
+    """(x̂0, ε̂) from a prediction of `pred_type` at x_t.  [PAPER §1]
+
+    eps:  x̂0 = (x_t − σ ε̂)/α                     x0:   ε̂ = (x_t − α x̂0)/σ
+    v:    x̂0 = (α x_t − σ v̂)/(α² + σ²),   ε̂ = (σ x_t + α v̂)/(α² + σ²)
+    flow: det = α σ' − σ α',  x̂0 = (σ' x_t − σ û)/det,  ε̂ = (α û − α' x_t)/det
+    """
+    c = _bcast(c, x_t)
+    a, s = c.alpha, c.sigma
+    if pred_type == "eps":
+        return (x_t - s * pred) / a, pred
+    if pred_type == "x0":
+        return pred, (x_t - a * pred) / s
+    if pred_type == "v":
+        norm = a * a + s * s
+        return (a * x_t - s * pred) / norm, (s * x_t + a * pred) / norm
+    if pred_type == "flow":
+        det = a * c.d_sigma - s * c.d_alpha
+        return (c.d_sigma * x_t - s * pred) / det, (a * pred - c.d_alpha * x_t) / det
+    raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
+
+
+def convert(pred: Tensor, x_t: Tensor, c: Coeffs, src: str, dst: str) -> Tensor:
+    """A prediction of type `src` rewritten as type `dst` (exact, through the pair (x̂0, ε̂))."""
+    check_pred_type(dst)
+    return target_from_pair(*pair_from_prediction(pred, x_t, c, src), c, dst)
+
+
+class Predictor:
+    """net(x_t, t) of one prediction type, seen by the solvers as (x_t, t) ↦ (x̂0, ε̂).
+
+    net: any callable (x (B, ...), t (B,) float) → prediction (B, ...). Conversions run in float64 when x is
+    float64 (tests) and in the dtype of x otherwise, with the coefficients computed in float64 first.
+    """
+
+    def __init__(self, net, pred_type: str, schedule: Schedule):
+        self.net, self.pred_type, self.schedule = net, check_pred_type(pred_type), schedule
+
+    def __call__(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        t_batch = t.expand(x.shape[0]) if t.dim() == 0 else t
+        pred = self.net(x, t_batch.to(net_time_dtype(x))).to(x.dtype)
+        return pair_from_prediction(pred, x, self.schedule(t_batch), self.pred_type)
+
+
+def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, pred_type: str,
+                   weight: Tensor | None = None) -> Tensor:
+    """‖net(α_t x0 + σ_t ε, t) − target(x0, ε)‖², averaged.  [RD Alg. 4; DDPM]
+
+    The pair (x0, ε) is explicit: standard training draws them independently, rectified training passes the
+    teacher's (ε, x̂0) pairs — the same call. `weight` (B,) multiplies each sample's mean squared error.
+    """
+    c = schedule(t)
+    cb = _bcast(c, x0)
+    x_t = cb.alpha * x0 + cb.sigma * eps
+    pred = net(x_t, t.to(net_time_dtype(x0)))
+    err = (pred.float() - target_from_pair(x0, eps, c, pred_type).float()) ** 2
+    err = err.reshape(err.shape[0], -1).mean(1)
+    return (err if weight is None else err * weight).mean()

@@ -1,0 +1,75 @@
+"""Step grids, classifier-free guidance and the one `sample` call that ties schedule, model and solver together.
+
+    x = sample(net, noise, schedule, pred_type="eps", solver="dpm++2m", steps=20, grid="logsnr")
+
+starts at x_{t_max} = σ_{t_max}·noise (the prior; it drops the α_{t_max}·x0 term, tiny for every schedule's
+t_max) and returns x_{t_min}.
+"""
+import torch
+from torch import Tensor
+
+from .predictions import Predictor
+from .schedules import Schedule
+from .solvers import MIN_STEPS, get_solver
+
+GRIDS = ("logsnr", "time_uniform", "time_quadratic", "edm")
+
+
+def get_grid(schedule: Schedule, steps: int, kind: str = "logsnr", t_max: float | None = None,
+             t_min: float | None = None, rho: float = 7.0) -> Tensor:
+    """steps + 1 decreasing times from t_max to t_min (float64, CPU).  [DPM §3.3, EDM Eq. 5]
+
+    logsnr: uniform in λ;  time_uniform: uniform in t;  time_quadratic: uniform in sqrt(t);
+    edm: EDM's ρ-grid in r = σ/α = e^{−λ}:  r_i = (r_max^{1/ρ} + i/steps·(r_min^{1/ρ} − r_max^{1/ρ}))^ρ.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1; got {steps!r}")
+    t_max = schedule.t_max if t_max is None else float(t_max)
+    t_min = schedule.t_min if t_min is None else float(t_min)
+    if not (schedule.t_min <= t_min < t_max <= schedule.t_max):
+        raise ValueError(f"need {schedule.t_min:g} ≤ t_min < t_max ≤ {schedule.t_max:g} for schedule "
+                         f"{schedule.name!r} (its sampling range); got t_min={t_min:g}, t_max={t_max:g}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "logsnr":
+        lam_max, lam_min = schedule.lam(t_min), schedule.lam(t_max)
+        ts = schedule.inverse_lambda(lam_min + u * (lam_max - lam_min))
+    elif kind == "time_uniform":
+        ts = t_max + u * (t_min - t_max)
+    elif kind == "time_quadratic":
+        ts = (t_max ** 0.5 + u * (t_min ** 0.5 - t_max ** 0.5)) ** 2
+    elif kind == "edm":
+        r_max, r_min = (-schedule.lam(t_max)).exp(), (-schedule.lam(t_min)).exp()
+        r = (r_max ** (1 / rho) + u * (r_min ** (1 / rho) - r_max ** (1 / rho))) ** rho
+        ts = schedule.inverse_lambda(-r.log())
+    else:
+        raise ValueError(f"unknown grid {kind!r}; allowed: {', '.join(GRIDS)}")
+    ts[0], ts[-1] = t_max, t_min    # exact ends, whatever the round trip through λ did
+    return ts
+
+
+def classifier_free_guidance(net, cond, null_cond, scale: float):
+    """net(x, t, cond) ↦ (x, t) ↦ ŷ_∅ + w·(ŷ_c − ŷ_∅), one batched call.  [CFG, RD §3]
+
+    Every prediction type is affine in the output for fixed (x_t, t), so guiding ε̂, x̂0, v̂ or û is the same
+    guidance. scale = 1 is the conditional model alone.
+    """
+    def guided(x, t):
+        out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null_cond]))
+        out_c, out_u = out.chunk(2)
+        return out_u + scale * (out_c - out_u)
+    return guided
+
+
+def sample(net, noise: Tensor, schedule: Schedule, pred_type: str = "eps", solver: str = "dpm++2m",
+           steps: int = 20, grid: str = "logsnr", callback=None, t_max: float | None = None,
+           t_min: float | None = None) -> Tensor:
+    """Solve the PF-ODE of net from x_{t_max} = σ_{t_max}·noise down to t_min with `steps` solver steps."""
+    solve = get_solver(solver)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1; got {steps!r}")
+    if steps < MIN_STEPS.get(solver, 1):
+        raise ValueError(f"solver {solver!r} needs at least {MIN_STEPS[solver]} steps to reach its order; "
+                         f"got steps={steps} (use a singlestep solver, e.g. 'dpm++2s', for fewer steps)")
+    ts = get_grid(schedule, steps, grid, t_max=t_max, t_min=t_min)
+    x = schedule.sigma(ts[0]).item() * noise
+    return solve(Predictor(net, pred_type, schedule), x, ts, schedule, callback=callback)

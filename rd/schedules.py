@@ -1,0 +1,293 @@
+"""The schedule family  x_t = α_t·x0 + σ_t·ε,  t ∈ [0, 1],  t = 0 data, t = 1 noise.  [VDM, DPM, RD §2]
+
+Every kind of diffusion model in rd is one of these schedules. A schedule gives, in float64:
+  α_t, σ_t, their t-derivatives, the log-SNR λ_t = log(α_t/σ_t) (strictly decreasing), its inverse t(λ),
+  the usable sampling range [t_min, t_max] (λ finite on it) and the default training-time distribution.
+
+    sched = get_schedule("vp-ddpm")
+    c = sched(t)                      # Coeffs(alpha, sigma, d_alpha, d_sigma), float64
+    lam = sched.lam(t); t_back = sched.inverse_lambda(lam)
+
+Nothing here assumes α² + σ² = 1. Endpoints: σ_0 = 0 for VP, sub-VP and FM (λ_0 = +∞), α_1 = 0 for FM and
+cosine (λ_1 = −∞); the sampling range stops short of those points, and derivatives that are infinite there
+(VP's dσ/dt at t = 0) come out as ±inf, not as a silently clipped number.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Coeffs:
+    """α_t, σ_t and their t-derivatives at one or many times (float64 tensors shaped like t)."""
+    alpha: Tensor
+    sigma: Tensor
+    d_alpha: Tensor
+    d_sigma: Tensor
+
+
+def as_time(t, device=None) -> Tensor:
+    """t as a float64 tensor; a ValueError if any t is outside [0, 1] (checked for CPU tensors and numbers)."""
+    t = torch.as_tensor(t, dtype=torch.float64, device=device)
+    if t.device.type == "cpu" and bool(((t < 0) | (t > 1) | t.isnan()).any()):
+        raise ValueError(f"t must lie in [0, 1] (t = 0 data, t = 1 noise); got values in "
+                         f"[{t.min().item():.6g}, {t.max().item():.6g}]")
+    return t
+
+
+class Schedule:
+    """Base class: subclasses define log α_t, log σ_t, (dα/dt, dσ/dt) and t(λ); the rest follows."""
+    name = "base"
+    t_min = 0.0   # sampling ends here (first discrete step, or ε)
+    t_max = 1.0   # sampling starts here, x_{t_max} ≈ σ_{t_max}·ε
+
+    def log_alpha(self, t: Tensor) -> Tensor: raise NotImplementedError
+    def log_sigma(self, t: Tensor) -> Tensor: raise NotImplementedError
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]: raise NotImplementedError
+    def inverse_lambda(self, lam: Tensor) -> Tensor: raise NotImplementedError
+    def sample_t(self, n: int, generator=None, device=None) -> Tensor:
+        """Default training times: uniform on [t_min, t_max]."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+        return self.t_min + (self.t_max - self.t_min) * u
+
+    def alpha(self, t) -> Tensor:
+        return self.log_alpha(as_time(t)).exp()
+
+    def sigma(self, t) -> Tensor:
+        return self.log_sigma(as_time(t)).exp()
+
+    def lam(self, t) -> Tensor:
+        """λ_t = log α_t − log σ_t."""
+        t = as_time(t)
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def __call__(self, t) -> Coeffs:
+        t = as_time(t)
+        d_alpha, d_sigma = self.derivatives(t)
+        return Coeffs(self.log_alpha(t).exp(), self.log_sigma(t).exp(), d_alpha, d_sigma)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r}, t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
+def _vp_log_sigma(log_alpha: Tensor) -> Tensor:
+    """σ = sqrt(1 − α²), in logs: ½·log(−expm1(2 log α))."""
+    return 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+
+def _vp_log_alpha_from_lambda(lam: Tensor) -> Tensor:
+    """α² = 1/(1 + e^{−2λ})  ⇒  log α = −½·softplus(−2λ)."""
+    return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+
+
+def _vp_derivatives(log_alpha: Tensor, d_log_alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """dα = α·(d log α);  σ² = 1 − α²  ⇒  dσ = −α·dα/σ  (−inf at σ = 0)."""
+    alpha = log_alpha.exp()
+    d_alpha = alpha * d_log_alpha
+    return d_alpha, -alpha * d_alpha / _vp_log_sigma(log_alpha).exp()
+
+# ----------------------------------------------------------------------------
+
+
+class VPDiscrete(Schedule):
+    """DDPM: ᾱ_i = ∏_{j≤i}(1 − β_j), i = 1..N at t_i = i/N; log α piecewise linear in t.  [DPM App. D]
+
+    beta="linear": β = linspace(1e-4, 0.02, N) (DDPM); beta="scaled_linear": β = linspace(√0.00085, √0.012, N)²
+    (Stable Diffusion). A knot ᾱ_0 = 1 at t = 0 closes the interpolation; t(λ) inverts it exactly.
+    """
+
+    def __init__(self, beta: str = "linear", n: int = 1000):
+        if beta == "linear":
+            betas = torch.linspace(1e-4, 0.02, n, dtype=torch.float64)
+        elif beta == "scaled_linear":
+            betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, n, dtype=torch.float64) ** 2
+        else:
+            raise ValueError(f"unknown beta schedule {beta!r}; allowed: 'linear', 'scaled_linear'")
+        self.name = {"linear": "vp-ddpm", "scaled_linear": "vp-sd"}[beta]
+        self.n, self.betas = n, betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0)                                      # ᾱ_1..ᾱ_N
+        self.log_alpha_knots = torch.cat([torch.zeros(1, dtype=torch.float64),
+                                          0.5 * self.alphas_cumprod.log()])                       # (N+1,)
+        self.t_min, self.t_max = 1.0 / n, 1.0
+
+    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        knots = self.log_alpha_knots.to(t.device)
+        i = (t * self.n).floor().long().clamp(0, self.n - 1)
+        return i, knots
+
+    def log_alpha(self, t):
+        i, knots = self._segment(t)
+        return knots[i] + (t * self.n - i) * (knots[i + 1] - knots[i])
+
+    def log_sigma(self, t):
+        return _vp_log_sigma(self.log_alpha(t))
+
+    def derivatives(self, t):
+        i, knots = self._segment(t)
+        return _vp_derivatives(self.log_alpha(t), self.n * (knots[i + 1] - knots[i]))
+
+    def inverse_lambda(self, lam):
+        log_alpha = _vp_log_alpha_from_lambda(torch.as_tensor(lam, dtype=torch.float64))
+        knots = self.log_alpha_knots.to(log_alpha.device)
+        i = (torch.searchsorted(-knots, -log_alpha.contiguous()) - 1).clamp(0, self.n - 1)
+        return (i + (log_alpha - knots[i]) / (knots[i + 1] - knots[i])) / self.n
+
+    def sample_t(self, n, generator=None, device=None):
+        """Uniform over the N discrete steps t = i/N."""
+        i = torch.randint(1, self.n + 1, (n,), generator=generator, device=device)
+        return i.double() / self.n
+
+# ----------------------------------------------------------------------------
+
+
+class VPLinear(Schedule):
+    """log α_t = −¼t²(β1 − β0) − ½tβ0,  σ_t = sqrt(1 − α_t²).  [SDE, DPM]"""
+    name = "vp-linear"
+
+    def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0, t_min: float = 1e-3):
+        self.beta_0, self.beta_1, self.t_min = beta_0, beta_1, t_min
+
+    def log_alpha(self, t):
+        return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def log_sigma(self, t):
+        return _vp_log_sigma(self.log_alpha(t))
+
+    def derivatives(self, t):
+        return _vp_derivatives(self.log_alpha(t), -0.5 * t * (self.beta_1 - self.beta_0) - 0.5 * self.beta_0)
+
+    def t_from_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        """Root of ¼(β1−β0)t² + ½β0·t + log α = 0, written as −2c/(b + sqrt(b² − 4ac)) (no cancellation)."""
+        a, b = 0.25 * (self.beta_1 - self.beta_0), 0.5 * self.beta_0
+        return -2.0 * log_alpha / (b + torch.sqrt(b * b - 4.0 * a * log_alpha))
+
+    def inverse_lambda(self, lam):
+        return self.t_from_log_alpha(_vp_log_alpha_from_lambda(torch.as_tensor(lam, dtype=torch.float64)))
+
+# ----------------------------------------------------------------------------
+
+
+class SubVP(VPLinear):
+    """α_t as VP-linear, σ_t = 1 − α_t².  [SDE §3.3]"""
+    name = "subvp"
+
+    def log_sigma(self, t):
+        return torch.log(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def derivatives(self, t):
+        d_alpha, _ = super().derivatives(t)
+        return d_alpha, -2.0 * self.log_alpha(t).exp() * d_alpha
+
+    def inverse_lambda(self, lam):
+        """α/(1 − α²) = e^λ  ⇒  α = 2e^λ / (1 + sqrt(1 + 4e^{2λ}))."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        log_alpha = math.log(2.0) + lam - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam)))
+        return self.t_from_log_alpha(log_alpha)
+
+# ----------------------------------------------------------------------------
+
+
+class VPCosine(Schedule):
+    """α_t = f(t)/f(0), f(t) = cos(π/2·(t + s)/(1 + s)), s = 0.008; σ_t = sqrt(1 − α_t²).  [iDDPM, DPM]
+
+    α_1 = 0 exactly, so sampling starts at t_max = 0.9946 as in the DPM-Solver reference.
+    """
+    name = "vp-cosine"
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
+        self.s, self.t_min, self.t_max = s, t_min, t_max
+        self.log_f0 = math.log(math.cos(math.pi / 2 * s / (1 + s)))
+
+    def _angle(self, t):
+        return math.pi / 2 * (t + self.s) / (1 + self.s)
+
+    def log_alpha(self, t):
+        return torch.log(torch.cos(self._angle(t))) - self.log_f0
+
+    def log_sigma(self, t):
+        return _vp_log_sigma(self.log_alpha(t))
+
+    def derivatives(self, t):
+        return _vp_derivatives(self.log_alpha(t), -torch.tan(self._angle(t)) * math.pi / (2 * (1 + self.s)))
+
+    def inverse_lambda(self, lam):
+        log_alpha = _vp_log_alpha_from_lambda(torch.as_tensor(lam, dtype=torch.float64))
+        return torch.arccos(torch.exp(log_alpha + self.log_f0)) * 2 * (1 + self.s) / math.pi - self.s
+
+# ----------------------------------------------------------------------------
+
+
+class VE(Schedule):
+    """α_t = 1, σ_t = σ_min·(σ_max/σ_min)^t: EDM's σ range on a geometric clock.  [SDE, EDM]
+
+    Training draws ln σ ~ N(P_mean, P_std²) (EDM), clipped to [σ_min, σ_max]; EDM's ρ = 7 grid is a step grid
+    (rd.sampling.get_grid), not a property of the schedule.
+    """
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, p_mean: float = -1.2, p_std: float = 1.2):
+        self.sigma_min, self.sigma_max, self.p_mean, self.p_std = sigma_min, sigma_max, p_mean, p_std
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def log_alpha(self, t):
+        return 0.0 * t     # (not zeros_like: keeps autograd's view of t)
+
+    def log_sigma(self, t):
+        return math.log(self.sigma_min) + t * self.log_ratio
+
+    def derivatives(self, t):
+        return torch.zeros_like(t), self.log_ratio * self.log_sigma(t).exp()
+
+    def inverse_lambda(self, lam):
+        return (-torch.as_tensor(lam, dtype=torch.float64) - math.log(self.sigma_min)) / self.log_ratio
+
+    def sample_t(self, n, generator=None, device=None):
+        log_sigma = self.p_mean + self.p_std * torch.randn(n, generator=generator, dtype=torch.float64, device=device)
+        return ((log_sigma - math.log(self.sigma_min)) / self.log_ratio).clamp(0.0, 1.0)
+
+# ----------------------------------------------------------------------------
+
+
+class FlowMatching(Schedule):
+    """α_t = 1 − t, σ_t = t: rectified flow is one member of the family.  [RF]"""
+    name = "fm"
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1 - 1e-3):
+        self.t_min, self.t_max = t_min, t_max
+
+    def log_alpha(self, t):
+        return torch.log1p(-t)
+
+    def log_sigma(self, t):
+        return torch.log(t)
+
+    def derivatives(self, t):
+        return -torch.ones_like(t), torch.ones_like(t)
+
+    def inverse_lambda(self, lam):
+        return torch.sigmoid(-torch.as_tensor(lam, dtype=torch.float64))
+
+    def sample_t(self, n, generator=None, device=None):
+        """Uniform on [0, 1], as rectified flow trains."""
+        return torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+
+# ----------------------------------------------------------------------------
+
+SCHEDULES = {
+    "vp-ddpm": lambda: VPDiscrete("linear"),
+    "vp-sd": lambda: VPDiscrete("scaled_linear"),
+    "vp-linear": VPLinear,
+    "vp-cosine": VPCosine,
+    "subvp": SubVP,
+    "ve": VE,
+    "fm": FlowMatching,
+}
+
+
+def get_schedule(name: str) -> Schedule:
+    """A schedule by name; a ValueError lists the allowed names."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]()

@@ -1,0 +1,76 @@
+"""Prediction types: every conversion round-trips exactly for every schedule; the loss sees (x0, ε) explicitly."""
+import pytest
+import torch
+
+from rd.predictions import PRED_TYPES, Predictor, convert, denoising_loss, pair_from_prediction, target_from_pair
+from rd.schedules import SCHEDULES, get_schedule
+
+
+def batch(schedule, n=257, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    u = torch.rand(n, generator=g, dtype=torch.float64)
+    t = schedule.t_min + (schedule.t_max - schedule.t_min) * u
+    c = schedule(t)
+    return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("pred_type", PRED_TYPES)
+def test_pair_round_trip(name, pred_type):
+    x0, eps, c, x_t = batch(get_schedule(name))
+    x0_hat, eps_hat = pair_from_prediction(target_from_pair(x0, eps, c, pred_type), x_t, c, pred_type)
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(eps_hat, eps, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("src", PRED_TYPES)
+@pytest.mark.parametrize("dst", PRED_TYPES)
+def test_convert_between_all_types(name, src, dst):
+    x0, eps, c, x_t = batch(get_schedule(name), seed=1)
+    got = convert(target_from_pair(x0, eps, c, src), x_t, c, src, dst)
+    torch.testing.assert_close(got, target_from_pair(x0, eps, c, dst), rtol=1e-7, atol=1e-7)
+
+
+def test_closed_forms_of_targets():
+    """v = α ε − σ x0 [VDM/Salimans]; for FM the flow target is RF's u = ε − x0 [RF]."""
+    fm = get_schedule("fm")
+    x0, eps, c, _ = batch(fm)
+    torch.testing.assert_close(target_from_pair(x0, eps, c, "flow"), eps - x0)
+    vp = get_schedule("vp-linear")
+    x0, eps, c, _ = batch(vp)
+    torch.testing.assert_close(target_from_pair(x0, eps, c, "v"), c.alpha[:, None] * eps - c.sigma[:, None] * x0)
+
+
+@pytest.mark.parametrize("pred_type", PRED_TYPES)
+def test_loss_is_zero_for_the_exact_target_and_positive_otherwise(pred_type):
+    s = get_schedule("vp-ddpm")
+    x0, eps, _, _ = batch(s)
+    t = s.sample_t(x0.shape[0], generator=torch.Generator().manual_seed(3))
+    perfect = lambda x_t, tt: target_from_pair(x0, eps, s(tt), pred_type)
+    assert denoising_loss(perfect, s, x0, eps, t, pred_type).item() < 1e-20
+    wrong = lambda x_t, tt: perfect(x_t, tt) + 0.1
+    assert denoising_loss(wrong, s, x0, eps, t, pred_type).item() == pytest.approx(0.01, rel=1e-6)
+
+
+def test_predictor_gives_pair_for_any_type():
+    s = get_schedule("subvp")
+    x0, eps, c, x_t = batch(s, n=1)
+    t = s.inverse_lambda(s.lam(0.3)).item()
+    c = s(torch.tensor([t]))
+    x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+    for pred_type in PRED_TYPES:
+        net = lambda x, tt, p=pred_type: target_from_pair(x0, eps, s(tt.double()), p)
+        got = Predictor(net, pred_type, s)(x_t, t)
+        torch.testing.assert_close(got[0], x0)
+        torch.testing.assert_close(got[1], eps)
+
+
+def test_bad_prediction_type():
+    s = get_schedule("fm")
+    x0, eps, c, x_t = batch(s, n=4)
+    with pytest.raises(ValueError, match="allowed: eps, x0, v, flow"):
+        target_from_pair(x0, eps, c, "velocity")
+    with pytest.raises(ValueError, match="allowed"):
+        Predictor(lambda x, t: x, "score", s)

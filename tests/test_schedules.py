@@ -1,0 +1,127 @@
+"""Schedules against their closed forms: derivatives, λ and its inverse, β definitions, ranges, bad input."""
+import math
+
+import pytest
+import torch
+
+from rd.schedules import SCHEDULES, VPDiscrete, get_schedule
+
+NAMES = list(SCHEDULES)
+
+
+def interior(schedule, n=201):
+    """Times strictly inside the sampling range, avoiding the discrete schedules' knots."""
+    return torch.linspace(schedule.t_min, schedule.t_max, n, dtype=torch.float64)[1:-1] + 1e-7
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_derivatives_match_autograd(name):
+    s = get_schedule(name)
+    t = interior(s).requires_grad_()
+    c = s(t)
+    d_alpha, = torch.autograd.grad(s.alpha(t).sum(), t)
+    d_sigma, = torch.autograd.grad(s.sigma(t).sum(), t)
+    torch.testing.assert_close(c.d_alpha, d_alpha, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(c.d_sigma, d_sigma, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_derivatives_match_finite_differences(name):
+    s, h = get_schedule(name), 1e-6
+    t = interior(s, 51)
+    c = s(t)
+    torch.testing.assert_close(c.d_alpha, (s.alpha(t + h) - s.alpha(t - h)) / (2 * h), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(c.d_sigma, (s.sigma(t + h) - s.sigma(t - h)) / (2 * h), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lambda_inverse_round_trip_and_monotone(name):
+    s = get_schedule(name)
+    t = torch.linspace(s.t_min, s.t_max, 4001, dtype=torch.float64)
+    lam = s.lam(t)
+    assert bool((lam[1:] < lam[:-1]).all()), "λ_t must be strictly decreasing"
+    torch.testing.assert_close(s.inverse_lambda(lam), t, rtol=0, atol=1e-10)
+    torch.testing.assert_close(lam, s.alpha(t).log() - s.sigma(t).log(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_identities(name):
+    s = get_schedule(name)
+    t = interior(s)
+    a, sg = s.alpha(t), s.sigma(t)
+    if name.startswith("vp"):
+        torch.testing.assert_close(a ** 2 + sg ** 2, torch.ones_like(t), rtol=0, atol=1e-12)
+    elif name == "subvp":
+        torch.testing.assert_close(sg, 1 - a ** 2, rtol=0, atol=1e-12)
+    elif name == "ve":
+        torch.testing.assert_close(a, torch.ones_like(t))
+        torch.testing.assert_close(s.sigma(torch.tensor([0.0, 1.0])), torch.tensor([0.002, 80.0], dtype=torch.float64))
+    elif name == "fm":
+        torch.testing.assert_close(a, 1 - t, rtol=0, atol=1e-15)
+        torch.testing.assert_close(sg, t, rtol=0, atol=1e-15)
+
+
+def test_vp_linear_closed_form():
+    s = get_schedule("vp-linear")
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    torch.testing.assert_close(s.alpha(t), torch.exp(-0.25 * t ** 2 * (20 - 0.1) - 0.5 * t * 0.1))
+
+
+def test_cosine_closed_form():
+    s = get_schedule("vp-cosine")
+    t = torch.linspace(0, 0.99, 11, dtype=torch.float64)
+    f = lambda u: torch.cos((u + 0.008) / 1.008 * math.pi / 2)
+    torch.testing.assert_close(s.alpha(t), f(t) / f(torch.zeros(1, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("beta,first,last", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)])
+def test_discrete_reproduces_beta_definition(beta, first, last):
+    s = VPDiscrete(beta)
+    assert s.betas[0].item() == pytest.approx(first) and s.betas[-1].item() == pytest.approx(last)
+    i = torch.arange(1, 1001, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1 - s.betas, 0)
+    # at the knots t_i = i/N the interpolated schedule is exactly sqrt(ᾱ_i)
+    torch.testing.assert_close(s.alpha(i / 1000.0) ** 2, alphas_cumprod, rtol=1e-12, atol=0)
+    # between knots log α is the linear interpolation
+    mid = s.alpha((i[:-1] + 0.5) / 1000.0).log()
+    torch.testing.assert_close(mid, 0.25 * (alphas_cumprod[:-1].log() + alphas_cumprod[1:].log()))
+
+
+def test_stable_diffusion_final_alpha_bar():
+    """SD's scaled-linear ᾱ at the 1000th step is 0.0047 (the number every SD sampler relies on)."""
+    s = get_schedule("vp-sd")
+    assert s.alpha(1.0).item() ** 2 == pytest.approx(0.0047, abs=5e-5)
+    assert s.t_min == 1 / 1000 and s.sigma(1 / 1000).item() ** 2 == pytest.approx(0.00085)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_times_in_range(name):
+    s = get_schedule(name)
+    t = s.sample_t(4096, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.float64 and t.shape == (4096,)
+    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    assert float(t.std()) > 0.05, "training times should spread over the range"
+
+
+def test_discrete_training_times_are_the_steps():
+    t = get_schedule("vp-ddpm").sample_t(1000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t * 1000, (t * 1000).round())
+    assert float(t.min()) >= 1e-3
+
+
+def test_ve_training_times_follow_edm_lognormal():
+    s = get_schedule("ve")
+    log_sigma = s.sigma(s.sample_t(100_000, generator=torch.Generator().manual_seed(0))).log()
+    inside = log_sigma[(log_sigma > math.log(0.002) + 1e-6) & (log_sigma < math.log(80) - 1e-6)]
+    assert inside.median().item() == pytest.approx(-1.2, abs=0.03)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="allowed: vp-ddpm"):
+        get_schedule("vp-ddpn")
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        get_schedule("fm").alpha(1.5)
+    with pytest.raises(ValueError, match="t must lie"):
+        get_schedule("vp-linear")(torch.tensor([-0.1, 0.5]))
+    with pytest.raises(ValueError, match="scaled_linear"):
+        VPDiscrete("cosine")
