@@ -28,3 +28,39 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     _check_sets(x, y)
     x, y = x.double().cpu(), y.double().cpu()
     return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()
+
+# ----------------------------------------------------------------------------
+# Trajectory diagnostics.  [RD §2.1–2.2, RF §2.3]
+
+
+@torch.no_grad()
+def trajectory(model, x, ts, solver_fn, schedule):
+    """Run solver_fn along the grid ts, recording every step: (xs (T, B, D) including the end, ts (T,), x̂0s (T−1, B, D))."""
+    xs, x0s = [], []
+    end = solver_fn(model, x, ts, schedule, callback=lambda d: (xs.append(d["x"]), x0s.append(d["x0_pred"])))
+    return torch.stack(xs + [end]), torch.as_tensor(ts, dtype=torch.float64), torch.stack(x0s)
+
+
+def first_order_error(x0_preds: Tensor) -> float:
+    """sqrt(mean ‖x̂0(x_t, t) − mean_t x̂0‖²) / sqrt(mean ‖x̂0‖²) along trajectories, x0_preds (T, B, D).
+
+    0 exactly when the prediction is constant along every path ([RD]'s first-order ODE, where one DPM-Solver-1
+    step is exact); a trained teacher's x̂0 drifts from the data mean at t_max to its sample at t_min.
+    """
+    x0 = x0_preds.double()
+    spread = (x0 - x0.mean(0, keepdim=True)).pow(2).sum(-1).mean()
+    return (spread / x0.pow(2).sum(-1).mean()).sqrt().item()
+
+
+def path_deviation(points: Tensor) -> float:
+    """Mean over paths of max_i dist(p_i, chord p_0 → p_T) / ‖p_T − p_0‖, points (T, B, D): 0 for straight paths.
+
+    Apply it to x_t (straight only for FM and VE first-order paths) or to z_t = x_t/α_t (straight for every form).
+    """
+    p = points.double()
+    chord = p[-1] - p[0]                                                                   # (B, D)
+    length = chord.norm(dim=-1).clamp_min(1e-300)
+    rel = p - p[0]                                                                         # (T, B, D)
+    along = (rel * chord).sum(-1, keepdim=True) / length[:, None] ** 2                    # (T, B, 1)
+    perp = (rel - along * chord).norm(dim=-1)                                              # (T, B)
+    return (perp.max(0).values / length).mean().item()
