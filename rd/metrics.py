@@ -30,7 +30,7 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()
 
 # ----------------------------------------------------------------------------
-# Trajectory diagnostics.  [RD §2.1–2.2, RF §2.3]
+# Trajectory diagnostics.  [RD §2.1–2.2, RF]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Measured convergence orders of every solver on every schedule, with the exact mixture denoiser.  [DPM §3.2]
+"""Measured convergence orders of every solver on every schedule, with the exact mixture denoiser.  [DPM]
 
     python -m rd.orders              # prints the README's table (about a minute on 2 CPU cores)
 

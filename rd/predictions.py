@@ -38,7 +38,7 @@ def _bcast(c: Coeffs, like: Tensor) -> Coeffs:
 
 
 def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tensor:
-    """The regression target of `pred_type` for the pair (x0, ε) at coefficients c.  [VDM App., RF]"""
+    """The regression target of `pred_type` for the pair (x0, ε) at coefficients c.  [VDM, RF]"""
     c = _bcast(c, x0)
     if pred_type == "eps":
         return eps

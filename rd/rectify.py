@@ -7,7 +7,8 @@
 2. `load_pairs` checks the directory against what the caller expects (schedule, data shape, completeness,
    checksums) and refuses anything else.
 3. `pair_batches` feeds the ordinary denoising loss with (x0, ε, t): for K = 1 the pair is (x̂0, ε) of [RD Alg. 4];
-   for K phases, the pair of the phase that contains t, from the teacher's endpoints of that phase  [RD §2.3, PeRF]:
+   for K phases, the pair of the phase that contains t, from the teacher's endpoints of that phase  [RD §2.3, PeRF]
+   (K = 1 uses the same formula on the whole range: see Pairs.phase_pairs):
        z = x/α, r = σ/α:   ε_ph = (z_s − z_e)/(r_s − r_e),   x0_ph = z_e − r_e·ε_ph.
    The student then keeps the teacher's schedule, prediction type, network and loss: k rounds of this are
    k-rectified. `flow_student` is the Rectified-Flow/InstaFlow baseline: the same pairs in the FM form.
@@ -130,15 +131,20 @@ class Pairs:
     config: dict         # the manifest's settings
 
     def phase_pairs(self, schedule: Schedule) -> tuple[Tensor, Tensor]:
-        """(x0_ph, ε_ph), each (N, K, *shape): the straight-in-z pair of every phase (K = 1: (x̂0, ε))."""
-        if len(self.boundaries) == 2:
-            return self.x_path[:, -1:], self.eps[:, None]
+        """(x0_ph, ε_ph), each (N, K, *shape): the pair whose forward path α_t·x0 + σ_t·ε passes through the
+        teacher's states at both ends of each phase (z is linear in r along such a path).
+
+        K = 1 is [RD Alg. 4]'s (x̂0, ε), made exact at the ends: x_{t_max} = σ_T·ε is where sampling starts,
+        but α_T·x̂0 + σ_T·ε is not, so ε_ph = ε − (α_T/σ_T)·x̂0 + O(σ_min) and x0_ph = x̂0 + O(σ_min) (x̂0 = the
+        teacher's x_{t_min}). The shift is small (α_T/σ_T = 0.07 for SD's schedule), and it is where an
+        ε-prediction model is least forgiving.
+        """
         c = schedule(self.boundaries)
         view = (1, -1) + (1,) * (self.eps.dim() - 1)
-        z = self.x_path / c.alpha.float().view(view)                                        # (N, K+1, ...)
-        r = (c.sigma / c.alpha).float().view(view)
+        z = self.x_path.double() / c.alpha.view(view)                                       # (N, K+1, ...)
+        r = (c.sigma / c.alpha).view(view)
         eps_ph = (z[:, :-1] - z[:, 1:]) / (r[:, :-1] - r[:, 1:])
-        return z[:, 1:] - r[:, 1:] * eps_ph, eps_ph
+        return (z[:, 1:] - r[:, 1:] * eps_ph).float(), eps_ph.float()
 
 
 def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None = None) -> Pairs:
@@ -170,19 +176,36 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
     return Pairs(torch.cat(eps), torch.cat(paths), torch.tensor(cfg["boundaries"], dtype=torch.float64), cfg)
 
 
-def pair_batches(pairs: Pairs, schedule: Schedule):
+def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3) -> Tensor:
+    """Which phase's pair trains time t: the phase containing t, except that the last `handover` fraction (in λ) of
+    each phase goes to the next phase.
+
+    The sampler queries phase k only at its start b_k, where x_{b_k} is also the end of phase k − 1 with a
+    different pair. Trained right up to b_k, a smooth network blends both targets there (measured on the VP/ε
+    teacher, K = 4: the second phase's one-step error stayed at 0.39 of the teacher's 0.50); handing the end of each
+    phase to the next puts every query inside its own phase's training window (error 0.04).
+    """
+    b, k = pairs.boundaries, len(pairs.boundaries) - 1
+    phase = (torch.searchsorted(-b, -t) - 1).clamp(0, k - 1)
+    if k == 1:
+        return phase
+    lam_b = schedule.lam(b)
+    frac = (schedule.lam(t.clamp(b[-1].item(), b[0].item())) - lam_b[phase]) / (lam_b[phase + 1] - lam_b[phase])
+    return torch.where(frac > 1 - handover, (phase + 1).clamp(max=k - 1), phase)
+
+
+def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
     """Batches (x0, ε, t) for the student: t from the teacher's own training distribution, (x0, ε) the pair of the
-    phase containing t (t outside [t_min, t_max] uses the nearest phase)."""
+    phase that trains t (`phase_of`; t outside [t_min, t_max] uses the nearest phase)."""
     if pairs.config["schedule"] != schedule.name:
         raise ValueError(f"pairs of schedule {pairs.config['schedule']!r} cannot train a {schedule.name!r} student "
                          f"in the teacher's form")
     x0_ph, eps_ph = pairs.phase_pairs(schedule)
-    neg_b, k = -pairs.boundaries, x0_ph.shape[1]
 
     def batch(n, generator):
         idx = torch.randint(0, x0_ph.shape[0], (n,), generator=generator)
         t = schedule.sample_t(n, generator)
-        phase = (torch.searchsorted(neg_b, -t) - 1).clamp(0, k - 1)
+        phase = phase_of(pairs, schedule, t, handover)
         return x0_ph[idx, phase], eps_ph[idx, phase], t
     return batch
 
@@ -197,9 +220,12 @@ def rectify(model, schedule: Schedule, pred_type: str, train_fn, pair_dir, n: in
     return model
 
 
-def flow_batches(pairs: Pairs, fm: Schedule):
-    """The Rectified-Flow baseline's batches: the same (x̂0, ε), on FM's straight path x_t = (1 − t)·x̂0 + t·ε."""
-    x0, eps = pairs.x_path[:, -1], pairs.eps
+def flow_batches(pairs: Pairs, schedule: Schedule, fm: Schedule):
+    """The Rectified-Flow baseline's batches: the same pairs (x0, ε) as the RD student's (single phase),
+    on FM's straight path x_t = (1 − t)·x0 + t·ε with FM's training times."""
+    if len(pairs.boundaries) != 2:
+        raise ValueError("the RF baseline trains on single-phase pairs (phases=1)")
+    x0, eps = (p[:, 0] for p in pairs.phase_pairs(schedule))
 
     def batch(n, generator):
         idx = torch.randint(0, x0.shape[0], (n,), generator=generator)

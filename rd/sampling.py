@@ -17,7 +17,7 @@ GRIDS = ("logsnr", "time_uniform", "time_quadratic", "edm")
 
 def get_grid(schedule: Schedule, steps: int, kind: str = "logsnr", t_max: float | None = None,
              t_min: float | None = None, rho: float = 7.0) -> Tensor:
-    """steps + 1 decreasing times from t_max to t_min (float64, CPU).  [DPM §3.3, EDM Eq. 5]
+    """steps + 1 decreasing times from t_max to t_min (float64, CPU).  [DPM, EDM Eq. 5]
 
     logsnr: uniform in λ;  time_uniform: uniform in t;  time_quadratic: uniform in sqrt(t);
     edm: EDM's ρ-grid in r = σ/α = e^{−λ}:  r_i = (r_max^{1/ρ} + i/steps·(r_min^{1/ρ} − r_max^{1/ρ}))^ρ.
@@ -48,7 +48,7 @@ def get_grid(schedule: Schedule, steps: int, kind: str = "logsnr", t_max: float 
 
 
 def classifier_free_guidance(net, cond, null_cond, scale: float):
-    """net(x, t, cond) ↦ (x, t) ↦ ŷ_∅ + w·(ŷ_c − ŷ_∅), one batched call.  [CFG, RD §3]
+    """net(x, t, cond) ↦ (x, t) ↦ ŷ_∅ + w·(ŷ_c − ŷ_∅), one batched call.  [CFG, RD]
 
     Every prediction type is affine in the output for fixed (x_t, t), so guiding ε̂, x̂0, v̂ or û is the same
     guidance. scale = 1 is the conditional model alone.
@@ -60,6 +60,7 @@ def classifier_free_guidance(net, cond, null_cond, scale: float):
     return guided
 
 
+@torch.no_grad()
 def sample(net, noise: Tensor, schedule: Schedule, pred_type: str = "eps", solver: str = "dpm++2m",
            steps: int = 20, grid: str = "logsnr", callback=None, t_max: float | None = None,
            t_min: float | None = None) -> Tensor:

@@ -92,7 +92,7 @@ def _vp_derivatives(log_alpha: Tensor, d_log_alpha: Tensor) -> tuple[Tensor, Ten
 
 
 class VPDiscrete(Schedule):
-    """DDPM: ᾱ_i = ∏_{j≤i}(1 − β_j), i = 1..N at t_i = i/N; log α piecewise linear in t.  [DPM App. D]
+    """DDPM: ᾱ_i = ∏_{j≤i}(1 − β_j), i = 1..N at t_i = i/N; log α piecewise linear in t.  [DPM]
 
     beta="linear": β = linspace(1e-4, 0.02, N) (DDPM); beta="scaled_linear": β = linspace(√0.00085, √0.012, N)²
     (Stable Diffusion). A knot ᾱ_0 = 1 at t = 0 closes the interpolation; t(λ) inverts it exactly.
@@ -170,7 +170,7 @@ class VPLinear(Schedule):
 
 
 class SubVP(VPLinear):
-    """α_t as VP-linear, σ_t = 1 − α_t².  [SDE §3.3]"""
+    """α_t as VP-linear, σ_t = 1 − α_t².  [SDE]"""
     name = "subvp"
 
     def log_sigma(self, t):

@@ -53,7 +53,7 @@ def _phis(hh: float) -> tuple[float, float, float]:
 
 
 def first_order_update(schedule, x, s: float, t: float, pred_s, form: str):
-    """x_t = (A_t/A_s)·x_s − B_t·expm1(ĥ)·P_s: DDIM in the noise form, DPM-Solver++(1) in the data form.  [DPM Eq. 4.1, DPM++ Eq. 10]"""
+    """x_t = (A_t/A_s)·x_s − B_t·expm1(ĥ)·P_s: DDIM in the noise form, DPM-Solver++(1) in the data form.  [DPM, DPM++]"""
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     return (A_t / A_s) * x - (B_t * math.expm1(_hat(lam_t - lam_s, form))) * _pick(pred_s, form)
@@ -73,7 +73,7 @@ def singlestep_2_update(model, schedule, x, s: float, t: float, pred_s, form: st
 
 def singlestep_3_update(model, schedule, x, s: float, t: float, pred_s, form: str,
                         r1: float = 1 / 3, r2: float = 2 / 3):
-    """Two inner points s1, s2 at r1·h, r2·h;  x_t = (A_t/A_s)x − B_t·φ1·P_s − B_t·φ2/r2·(P_s2 − P_s).  [DPM Alg. 2, DPM++ App. B]"""
+    """Two inner points s1, s2 at r1·h, r2·h;  x_t = (A_t/A_s)x − B_t·φ1·P_s − B_t·φ2/r2·(P_s2 − P_s).  [DPM Alg. 2; data form: DPM++ reference code]"""
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     h = lam_t - lam_s
@@ -91,7 +91,7 @@ def singlestep_3_update(model, schedule, x, s: float, t: float, pred_s, form: st
 
 
 def multistep_2_update(schedule, x, t_prev: float, s: float, t: float, pred_prev, pred_s, form: str):
-    """r = h_prev/h, D1 = (P_s − P_prev)/r;  x_t = (A_t/A_s)x − B_t·φ1·(P_s + ½·D1).  [DPM++ Alg. 2, DPM++ App. B]"""
+    """r = h_prev/h, D1 = (P_s − P_prev)/r;  x_t = (A_t/A_s)x − B_t·φ1·(P_s + ½·D1).  [DPM++ Alg. 2]"""
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     lam_prev = _at(schedule, t_prev)[2]
@@ -104,7 +104,7 @@ def multistep_2_update(schedule, x, t_prev: float, s: float, t: float, pred_prev
 
 def multistep_3_update(schedule, x, t_prev2: float, t_prev: float, s: float, t: float,
                        pred_prev2, pred_prev, pred_s, form: str):
-    """Finite differences of P over three past points;  x_t = (A_t/A_s)x − B_t·(φ1·P_s + φ2·D1 + φ3·D2).  [DPM++ App. B]
+    """Finite differences of P over three past points;  x_t = (A_t/A_s)x − B_t·(φ1·P_s + φ2·D1 + φ3·D2).  [DPM++ reference code, corrected]
 
     D1 ≈ h·P' and D2 ≈ h²·P'' (both with O(h³) error), matching φ2 = h·φ_2(h) and φ3 = h²·φ_3(h) of the
     exact expansion Σ_k h^{k+1} φ_{k+1}(h) P^{(k)}. The DPM-Solver reference code (and diffusers, k-diffusion)
@@ -176,7 +176,7 @@ def dpm_multistep(model, x, ts, schedule, callback=None, *, order: int = 2, form
 
 
 def velocity(schedule, pred, t: float):
-    """PF-ODE drift dx/dt = α'_t·x̂0 + σ'_t·ε̂ (the flow velocity of the pair).  [SDE Eq. 13, RF]"""
+    """PF-ODE drift dx/dt = α'_t·x̂0 + σ'_t·ε̂ (the flow velocity of the pair).  [SDE, RF]"""
     c = schedule(t)
     return c.d_alpha.item() * pred[0] + c.d_sigma.item() * pred[1]
 

@@ -34,7 +34,7 @@ def test_convert_between_all_types(name, src, dst):
 
 
 def test_closed_forms_of_targets():
-    """v = α ε − σ x0 [VDM/Salimans]; for FM the flow target is RF's u = ε − x0 [RF]."""
+    """v = α ε − σ x0; for FM the flow target is RF's u = ε − x0 [RF]."""
     fm = get_schedule("fm")
     x0, eps, c, _ = batch(fm)
     torch.testing.assert_close(target_from_pair(x0, eps, c, "flow"), eps - x0)

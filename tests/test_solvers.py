@@ -49,7 +49,7 @@ def test_euler_heun_convergence_order(schedule, solver):
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_dpm_solver_1_is_ddim_in_both_forms(name):
-    """DDIM: x_t = α_t·x̂0(x_s) + σ_t·ε̂(x_s). DPM-Solver-1 and DPM-Solver++(1) are both exactly this.  [DPM §4.1]"""
+    """DDIM: x_t = α_t·x̂0(x_s) + σ_t·ε̂(x_s). DPM-Solver-1 and DPM-Solver++(1) are both exactly this.  [DPM]"""
     s, mix = get_schedule(name), ring_mixture()
     model = Predictor(mix.net(s, "v"), "v", s)
     x = s.sigma(s.t_max).item() * torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -74,7 +74,7 @@ def test_one_step_is_exact_on_a_first_order_path(name, pred_type):
 
     Exact up to float64 round-off: below 1e-12 in the data form. One noise-form singlestep step over the whole
     range (h ≈ 14 for FM) amplifies the round-off of its inner points by up to e^h ≈ 1e6 (worst seen: 3e-8,
-    FM with x0-prediction, DPM-Solver-3) — the conditioning argument of [DPM++ §4] for the data form.
+    FM with x0-prediction, DPM-Solver-3) — the conditioning argument of [DPM++] for the data form.
     """
     s = get_schedule(name)
     g = torch.Generator().manual_seed(0)

@@ -13,6 +13,7 @@
 # `runs/tutorials/teacher_*.pt` exist and trains them otherwise). `RD_SMOKE=1` shrinks it for the tests.
 
 # %% Setup
+import copy
 import os
 import sys
 from pathlib import Path
@@ -36,8 +37,9 @@ from rd.toy import ToyTrainConfig, few_step_distances, independent_batches, load
 # %% Config
 SMOKE = os.environ.get("RD_SMOKE") == "1"
 OUT = Path(os.environ.get("RD_OUT", "runs/tutorials"))
-TEACHERS = {"vp-sd": "eps", "subvp": "eps", "ve": "x0", "fm": "flow"}   # as in tutorial 01
-BASELINE = "vp-sd"                          # the VP/ε teacher of the RD-vs-RF and phased comparisons
+TEACHERS = {"VP/eps": ("vp-sd", "eps"), "VP/v": ("vp-sd", "v"), "subVP/eps": ("subvp", "eps"),
+            "VE/x0": ("ve", "x0"), "FM/flow": ("fm", "flow")}   # as in tutorial 01
+BASELINE = "VP/eps"                         # the teacher of the RD-vs-RF, phased and second-round comparisons
 TEACHER_STEPS = 60 if SMOKE else 4000       # only if tutorial 01's teachers are missing
 STUDENT_STEPS = 40 if SMOKE else 2000       # optimiser steps of every student (the equal budget)
 STUDENT_LR = 5e-4                           # students start from a trained model: a smaller step
@@ -56,13 +58,13 @@ floor = sliced_wasserstein(target, mixture.sample(N_EVAL, torch.Generator().manu
 student_cfg = ToyTrainConfig(steps=STUDENT_STEPS, lr=STUDENT_LR, seed=SEED + 1)
 
 
-def get_teacher(name, pred_type):
-    path = OUT / f"teacher_{name}.pt"
+def get_teacher(label, name, pred_type):
+    path = OUT / f"teacher_{label.replace('/', '_')}.pt"
     if path.exists() and not SMOKE:
         return load_toy(path)
     s = get_schedule(name)
     net, _ = train_toy(make_toy(s, pred_type, SIGMA_DATA), s, pred_type, independent_batches(mixture, s),
-                       ToyTrainConfig(steps=TEACHER_STEPS, lr=1e-3, seed=SEED), desc=f"teacher {name}")
+                       ToyTrainConfig(steps=TEACHER_STEPS, lr=1e-3, seed=SEED), desc=f"teacher {label}")
     save_toy(net, path)
     return net
 
@@ -74,40 +76,42 @@ def first_order(net, schedule, pred_type, n=256):
                                         SOLVERS["dpm++2m"], schedule)[2])
 
 
-def train_student(student, batches, schedule, pred_type, desc):
-    return train_toy(student, schedule, pred_type, batches, student_cfg, desc=desc)[0]
+def train_student(init, batches, schedule, pred_type, desc):
+    """A copy of `init` trained on `batches` in `init`'s own form: the student never touches its teacher."""
+    return train_toy(copy.deepcopy(init), schedule, pred_type, batches, student_cfg, desc=desc)[0]
 
 
 results = {}      # label → (distances at 1/2/4/25 calls, first-order error)
 
 # %% 1. Rectify every teacher in its own form
-for name, pred_type in TEACHERS.items():
+for label, (name, pred_type) in TEACHERS.items():
     s = get_schedule(name)
-    teacher = get_teacher(name, pred_type)
-    pair_dir = generate_pairs(teacher, s, pred_type, OUT / "pairs" / name, N_PAIRS, (2,), solver=PAIR_SOLVER,
+    teacher = get_teacher(label, name, pred_type)
+    pair_dir = generate_pairs(teacher, s, pred_type, OUT / "pairs" / label.replace("/", "_"), N_PAIRS, (2,), solver=PAIR_SOLVER,
                               steps=PAIR_STEPS, seed=SEED)
     pairs = load_pairs(pair_dir, s, (2,))
-    student = train_student(teacher, pair_batches(pairs, s), s, pred_type, f"RD {name}")
-    results[f"{name} teacher"] = (few_step_distances(teacher, s, pred_type, noise, target), first_order(teacher, s, pred_type))
-    results[f"{name} RD"] = (few_step_distances(student, s, pred_type, noise, target), first_order(student, s, pred_type))
-    if name == BASELINE:
+    student = train_student(teacher, pair_batches(pairs, s), s, pred_type, f"RD {label}")
+    results[f"{label} teacher"] = (few_step_distances(teacher, s, pred_type, noise, target), first_order(teacher, s, pred_type))
+    results[f"{label} RD"] = (few_step_distances(student, s, pred_type, noise, target), first_order(student, s, pred_type))
+    if label == BASELINE:
         base = (teacher, student, pairs)
 
 # %% 2. From the VP/ε teacher at equal budget: RF (FM + velocity), phased RD, a second round
 teacher, rd_student, pairs = base
-s, pred_type, fm = get_schedule(BASELINE), TEACHERS[BASELINE], get_schedule("fm")
-rf = train_toy(flow_student(teacher), fm, "flow", flow_batches(pairs, fm), student_cfg, desc="RF")[0]
+(name, pred_type), fm = TEACHERS[BASELINE], get_schedule("fm")
+s, tag = get_schedule(name), BASELINE.replace("/", "_")
+rf = train_toy(flow_student(teacher), fm, "flow", flow_batches(pairs, s, fm), student_cfg, desc="RF")[0]
 results[f"{BASELINE} RF (FM, velocity)"] = (few_step_distances(rf, fm, "flow", noise, target), first_order(rf, fm, "flow"))
 phased = {}
 for k in PHASES:
-    d = generate_pairs(teacher, s, pred_type, OUT / "pairs" / f"{BASELINE}_phased{k}", N_PAIRS, (2,),
+    d = generate_pairs(teacher, s, pred_type, OUT / "pairs" / f"{tag}_phased{k}", N_PAIRS, (2,),
                        solver=PAIR_SOLVER, steps=PAIR_STEPS, phases=k, seed=SEED)
     phased[k] = train_student(teacher, pair_batches(load_pairs(d, s, (2,)), s), s, pred_type, f"phased RD K={k}")
     # K phases ⇒ K first-order steps on the phase boundaries (the λ-uniform grid of K steps)
     dist = {m: sliced_wasserstein(sample(phased[k], noise, s, pred_type, "dpm++1", m), target) for m in (1, 2, 4)}
     results[f"{BASELINE} phased RD K={k}"] = (dist, first_order(phased[k], s, pred_type))
-rd2 = rectify(rd_student, s, pred_type, lambda net, b: train_student(net, b, s, pred_type, "RD round 2"),
-              OUT / "pairs" / f"{BASELINE}_rd", N_PAIRS, (2,), rounds=1, solver=PAIR_SOLVER, steps=PAIR_STEPS, seed=SEED + 7)
+rd2 = rectify(rd_student, s, pred_type, lambda net, b: train_toy(net, s, pred_type, b, student_cfg, desc="RD round 2")[0],
+              OUT / "pairs" / f"{tag}_rd", N_PAIRS, (2,), rounds=1, solver=PAIR_SOLVER, steps=PAIR_STEPS, seed=SEED + 7)
 results[f"{BASELINE} 2-RD (second round)"] = (few_step_distances(rd2, s, pred_type, noise, target), first_order(rd2, s, pred_type))
 
 # %% Table
@@ -117,17 +121,16 @@ lines = [f"sliced-W2 to the 8-mode mixture after k model calls ({N_EVAL} samples
 for label, (d, foe) in results.items():
     lines.append(f"| {label} | {d[1]:.3f} | {d[2]:.3f} | {d[4]:.3f} | {d.get(25, float('nan')):.3f} | {foe:.3f} |")
 lines.append("")
-for name in TEACHERS:
-    t, r = results[f"{name} teacher"][0], results[f"{name} RD"][0]
-    lines.append(f"{name}: 1-step distance ÷ {t[1] / r[1]:.1f} by rectification "
+for label in TEACHERS:
+    t, r = results[f"{label} teacher"][0], results[f"{label} RD"][0]
+    lines.append(f"{label}: 1-step distance ÷ {t[1] / r[1]:.1f} by rectification "
                  f"(RD 1-step {r[1]:.3f} vs teacher 25-step {t[25]:.3f})")
 table = "\n".join(lines)
 print(table)
 (OUT / "02_results.md").write_text(table + "\n")
 
 # %% Figure: samples of each model at 1, 2, 4 calls
-models = [(f"{n} teacher", get_teacher(n, p) if False else None) for n, p in TEACHERS.items()]
-show = {"VP/ε teacher": (teacher, s, pred_type, "dpm++2m"), "RD": (rd_student, s, pred_type, "dpm++2m"),
+show = {f"{BASELINE} teacher": (teacher, s, pred_type, "dpm++2m"), "RD": (rd_student, s, pred_type, "dpm++2m"),
         "RF (FM, velocity)": (rf, fm, "flow", "dpm++2m"), f"phased RD K={PHASES[-1]}": (phased[PHASES[-1]], s, pred_type, "dpm++1"),
         "2-RD": (rd2, s, pred_type, "dpm++2m")}
 fig, axes = plt.subplots(len(show), 3, figsize=(9, 3 * len(show)))

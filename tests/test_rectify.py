@@ -1,0 +1,136 @@
+"""Rectification: reproducible, resumable pair shards; the phased pair formula; a real CPU rectification; bad input."""
+import json
+
+import pytest
+import torch
+
+import rd.rectify as rectify_mod
+from rd.metrics import sliced_wasserstein
+from rd.mixture import ring_mixture
+from rd.rectify import generate_pairs, load_pairs, pair_batches, rectify
+from rd.sampling import sample
+from rd.schedules import get_schedule
+from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
+
+MIX = ring_mixture()
+
+
+def oracle_pairs(tmp_path, name="vp-sd", sub="pairs", **kw):
+    s = get_schedule(name)
+    args = dict(n=300, shape=(2,), shard_size=128, steps=8, seed=3, progress=False)
+    args.update(kw)
+    return s, generate_pairs(MIX.net(s, "eps"), s, "eps", tmp_path / sub, **args)
+
+
+def test_same_seed_same_pairs_and_different_seed_different_pairs(tmp_path):
+    s, d1 = oracle_pairs(tmp_path, sub="a")
+    _, d2 = oracle_pairs(tmp_path, sub="b", batch=50)           # another batch size: the same pairs
+    _, d3 = oracle_pairs(tmp_path, sub="c", seed=4)
+    p1, p2, p3 = (load_pairs(d, s, (2,)) for d in (d1, d2, d3))
+    assert p1.eps.shape == (300, 2) and p1.x_path.shape == (300, 2, 2)
+    torch.testing.assert_close(p1.eps, p2.eps, rtol=0, atol=0)
+    torch.testing.assert_close(p1.x_path, p2.x_path, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(p1.eps, p3.eps)
+    # the pairs are the teacher's ODE solutions from σ_T·ε
+    x0 = sample(MIX.net(s, "eps"), p1.eps[:10], s, "eps", "dpm++2m", 8)
+    torch.testing.assert_close(p1.x_path[:10, -1], x0, rtol=1e-5, atol=1e-5)
+
+
+def test_interrupted_then_resumed_generation_gives_the_same_pairs(tmp_path, monkeypatch):
+    s, full = oracle_pairs(tmp_path, sub="full")
+    real_save, calls = rectify_mod.atomic_save, []
+
+    def crash_on_second_shard(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        real_save(obj, path)
+    monkeypatch.setattr(rectify_mod, "atomic_save", crash_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        oracle_pairs(tmp_path, sub="resumed")
+    manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert list(manifest["shards"]) == ["shard_00000.pt"]                   # one finished shard, nothing half-written
+    with pytest.raises(FileNotFoundError, match="missing or unfinished"):
+        load_pairs(tmp_path / "resumed", s)
+    monkeypatch.setattr(rectify_mod, "atomic_save", real_save)
+    mtime = (tmp_path / "resumed" / "shard_00000.pt").stat().st_mtime_ns
+    oracle_pairs(tmp_path, sub="resumed")
+    assert (tmp_path / "resumed" / "shard_00000.pt").stat().st_mtime_ns == mtime   # finished shard not redone
+    a, b = load_pairs(full, s), load_pairs(tmp_path / "resumed", s)
+    torch.testing.assert_close(a.eps, b.eps, rtol=0, atol=0)
+    torch.testing.assert_close(a.x_path, b.x_path, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["vp-sd", "subvp", "ve", "fm"])
+@pytest.mark.parametrize("phases", [1, 2, 4])
+def test_phase_pairs_recover_the_pair_of_a_first_order_path(tmp_path, name, phases):
+    """A model predicting one constant x0 = c is first-order: from x_T = σ_T·ε its path is x_t = α_t·c + σ_t·ε'
+    with ε' = ε − (α_T/σ_T)·c. Every phase's (x0_ph, ε_ph) must be (c, ε') (to float32 storage precision)."""
+    s = get_schedule(name)
+    c = torch.tensor([0.7, -1.3])
+    net = lambda x, t: c.to(x).expand_as(x)
+    d = generate_pairs(net, s, "x0", tmp_path / "p", 64, (2,), steps=8, phases=phases, progress=False,
+                       dtype=torch.float64)
+    pairs = load_pairs(d, s, (2,))
+    x0_ph, eps_ph = pairs.phase_pairs(s)
+    assert x0_ph.shape == (64, phases, 2)
+    a_T, s_T = s.alpha(s.t_max).item(), s.sigma(s.t_max).item()
+    eps_true = pairs.eps - (a_T / s_T) * c
+    torch.testing.assert_close(x0_ph, c.to(x0_ph).expand_as(x0_ph), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eps_ph, eps_true[:, None].expand_as(eps_ph).to(eps_ph), rtol=1e-4, atol=1e-4)
+
+
+def test_phase_batches_pick_the_phase_of_t(tmp_path):
+    """t in the first 70 % (in λ) of phase k trains phase k's pair; its last 30 % trains phase k + 1's pair."""
+    s, d = oracle_pairs(tmp_path, phases=4, steps=8)
+    pairs = load_pairs(d, s)
+    x0_ph, _ = pairs.phase_pairs(s)
+    x0, eps, t = pair_batches(pairs, s)(4000, torch.Generator().manual_seed(0))
+    lam, lam_b = s.lam(t), s.lam(pairs.boundaries)
+    position = ((lam - lam_b[0]) / (lam_b[1] - lam_b[0]))           # phases are λ-uniform: phase k is [k, k + 1)
+    expected = (position + 0.3).floor().long().clamp(0, 3)
+    for k in range(4):
+        sel = expected == k
+        rows = torch.cdist(x0[sel].double(), x0_ph[:, k].double()).min(1).values
+        assert sel.sum() > 20 and float(rows.max()) < 1e-6, f"batches expected in phase {k} must use its pairs"
+
+
+def test_short_rectification_lowers_one_step_distance(tmp_path):
+    """A small VP/v teacher, one round of RD on 4k pairs: the 1-step distance to the target must drop a lot."""
+    torch.manual_seed(0)
+    s = get_schedule("vp-sd")
+    cfg = ToyTrainConfig(steps=800, batch=512, lr=1e-3)
+    teacher, _ = train_toy(make_toy(s, "v", 1.43, width=128), s, "v", independent_batches(MIX, s), cfg)
+    target = MIX.sample(2000, torch.Generator().manual_seed(1)).float()
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(2))
+    one_step = lambda net: sliced_wasserstein(sample(net, noise, s, "v", "dpm++1", 1), target)
+    train = lambda net, b: train_toy(net, s, "v", b, ToyTrainConfig(steps=600, batch=512, lr=5e-4))[0]
+    student = rectify(teacher, s, "v", train,
+                      tmp_path / "pairs", 4096, (2,), steps=12, progress=False)
+    before, after = one_step(teacher), one_step(student)
+    assert after < before / 2, f"1-step sliced-W2 {before:.3f} → {after:.3f}"
+
+
+def test_bad_pair_directories(tmp_path):
+    s, d = oracle_pairs(tmp_path)
+    with pytest.raises(ValueError, match="schedule 'vp-sd', not 've'"):
+        load_pairs(d, get_schedule("ve"))
+    with pytest.raises(ValueError, match=r"shape \(2,\), not \(3,\)"):
+        load_pairs(d, s, (3,))
+    with pytest.raises(ValueError, match="cannot train a 'fm' student"):
+        pair_batches(load_pairs(d), get_schedule("fm"))
+    with pytest.raises(ValueError, match="other settings"):
+        oracle_pairs(tmp_path, steps=9)
+    shard = d / "shard_00001.pt"
+    data = bytearray(shard.read_bytes())
+    data[-20] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="shard_00001.pt is corrupt"):
+        load_pairs(d, s)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="shard_00001.pt is missing"):
+        load_pairs(d, s)
+    with pytest.raises(FileNotFoundError, match="not a pair directory"):
+        load_pairs(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="steps ≥ phases"):
+        oracle_pairs(tmp_path, sub="x", phases=4, steps=2)
