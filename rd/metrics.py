@@ -1,4 +1,4 @@
-"""Distances between sample sets, for 2D experiments where the target distribution is known.  [PAPER §4]"""
+"""Distances between sample sets, for 2D experiments where the target distribution is known.  [RD §4]"""
 import torch
 from torch import Tensor
 
@@ -24,7 +24,7 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_proj: int = 256, seed: int = 0) -
 
 
 def energy_distance(x: Tensor, y: Tensor) -> float:
-    """D²(x, y) = 2·E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ (V-statistic; ≥ 0, = 0 iff equal laws).  [Székely]"""
+    """D²(x, y) = 2·E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ (V-statistic; ≥ 0, = 0 iff equal laws; Székely & Rizzo)."""
     _check_sets(x, y)
     x, y = x.double().cpu(), y.double().cpu()
     return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()

@@ -1,4 +1,4 @@
-"""Gaussian mixtures: data with an exact denoiser, the test oracle of rd.  [PAPER §5]
+"""Gaussian mixtures: data with an exact denoiser, the test oracle of rd.  [VDM, SDE]
 
 For x0 ~ Σ_k π_k N(μ_k, s_k² I) and x_t = α x0 + σ ε, with v_k = α² s_k² + σ²:
     p(x_t) = Σ_k π_k N(x_t; α μ_k, v_k I),      w_k(x_t) ∝ π_k N(x_t; α μ_k, v_k I)   (softmax of log-densities)

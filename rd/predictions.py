@@ -32,7 +32,7 @@ def net_time_dtype(x: Tensor) -> torch.dtype:
 def _bcast(c: Coeffs, like: Tensor) -> Coeffs:
     """Coefficients shaped (B, 1, ..., 1) (or scalars) in the dtype of `like`, ready to multiply a (B, ...) batch."""
     def f(a):
-        a = a.to(like.dtype)
+        a = a.to(device=like.device, dtype=like.dtype)
         return a.reshape(a.shape + (1,) * (like.dim() - a.dim())) if a.dim() else a
     return Coeffs(f(c.alpha), f(c.sigma), f(c.d_alpha), f(c.d_sigma))
 
@@ -52,7 +52,7 @@ def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tens
 
 
 def pair_from_prediction(pred: Tensor, x_t: Tensor, c: Coeffs, pred_type: str) -> tuple[Tensor, Tensor]:
-    """(x̂0, ε̂) from a prediction of `pred_type` at x_t.  [PAPER §1]
+    """(x̂0, ε̂) from a prediction of `pred_type` at x_t.  [VDM, RF]
 
     eps:  x̂0 = (x_t − σ ε̂)/α                     x0:   ε̂ = (x_t − α x̂0)/σ
     v:    x̂0 = (α x_t − σ v̂)/(α² + σ²),   ε̂ = (σ x_t + α v̂)/(α² + σ²)
@@ -82,8 +82,9 @@ def convert(pred: Tensor, x_t: Tensor, c: Coeffs, src: str, dst: str) -> Tensor:
 class Predictor:
     """net(x_t, t) of one prediction type, seen by the solvers as (x_t, t) ↦ (x̂0, ε̂).
 
-    net: any callable (x (B, ...), t (B,) float) → prediction (B, ...). Conversions run in float64 when x is
-    float64 (tests) and in the dtype of x otherwise, with the coefficients computed in float64 first.
+    net: any callable (x (B, ...), t (B,) float) → prediction (B, ...). The network may run in bf16 (autocast);
+    its output is converted in float32 at least (float64 when x is float64): near t_max, x̂0 = (x_t − σ ε̂)/α
+    with α = 0.07 (SD) cancels badly in bf16.
     """
 
     def __init__(self, net, pred_type: str, schedule: Schedule):
@@ -92,8 +93,9 @@ class Predictor:
     def __call__(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
         t_batch = t.expand(x.shape[0]) if t.dim() == 0 else t
-        pred = self.net(x, t_batch.to(net_time_dtype(x))).to(x.dtype)
-        return pair_from_prediction(pred, x, self.schedule(t_batch), self.pred_type)
+        work = net_time_dtype(x)
+        pred = self.net(x, t_batch.to(work)).to(work)
+        return pair_from_prediction(pred, x.to(work), self.schedule(t_batch), self.pred_type)
 
 
 def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, pred_type: str,

@@ -6,17 +6,16 @@
    finished shards skipped on resume.
 2. `load_pairs` checks the directory against what the caller expects (schedule, data shape, completeness,
    checksums) and refuses anything else.
-3. `pair_batches` feeds the ordinary denoising loss with (x0, ε, t): for K = 1 the pair is (x̂0, ε) of [RD Alg. 4];
-   for K phases, the pair of the phase that contains t, from the teacher's endpoints of that phase  [RD §2.3, PeRF]
-   (K = 1 uses the same formula on the whole range: see Pairs.phase_pairs):
-       z = x/α, r = σ/α:   ε_ph = (z_s − z_e)/(r_s − r_e),   x0_ph = z_e − r_e·ε_ph.
+3. `pair_batches` feeds the ordinary denoising loss with (x0, ε, t). Each phase's pair is the one whose forward path
+   passes through the teacher's states at both ends of the phase  [RD §2.3, PeRF]:
+       z = x/α, r = σ/α:   ε_ph = (z_s − z_e)/(r_s − r_e),   x0_ph = z_e − r_e·ε_ph;
+   with K = 1 this is [RD Alg. 4]'s (x̂0, ε), made exact at both ends (see Pairs.phase_pairs).
    The student then keeps the teacher's schedule, prediction type, network and loss: k rounds of this are
    k-rectified. `flow_student` is the Rectified-Flow/InstaFlow baseline: the same pairs in the FM form.
 """
 import copy
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .io import atomic_save, atomic_write_text, sha256
 from .predictions import Predictor
 from .sampling import get_grid
 from .schedules import FlowMatching, Schedule
@@ -32,43 +32,40 @@ from .solvers import MIN_STEPS, get_solver
 FORMAT = 1
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_save(obj, path: Path):
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_manifest(out: Path, manifest: dict):
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_text(json.dumps(manifest, indent=1), out / "manifest.json")
 
 
 def shard_name(i: int) -> str:
     return f"shard_{i:05d}.pt"
+
+
+def fingerprint(net) -> str | None:
+    """SHA-256 of a module's weights (None for a plain function): pairs are tied to the teacher that made them."""
+    if not hasattr(net, "state_dict"):
+        return None
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def schedule_params(schedule: Schedule) -> dict:
+    """The schedule's name and scalar settings: VE(sigma_max=1) and VE() must not share pairs."""
+    return {k: v for k, v in vars(schedule).items() if isinstance(v, (int, float, str))} | {"name": schedule.name}
 
 # ----------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries: Tensor, solver: str, steps: int):
-    """Teacher states at every boundary, (B, K+1, ...): x_{b_0} = σ_{b_0}·ε, then `steps` solver steps in total,
-    split evenly over the K phases (each phase uses its own λ-uniform sub-grid)."""
+    """x_{b_0} = σ_{b_0}·ε, then x_{b_{k+1}} = DPM-Solver(x_{b_k}) phase by phase: the teacher's states (B, K+1, ...).
+
+    `steps` solver steps in all, ⌈steps/K⌉ per phase (each phase on its own λ-uniform sub-grid; a multistep solver
+    restarts in every phase, and never gets fewer steps than its order needs)."""
     k = len(boundaries) - 1
-    per_phase = max(steps // k, MIN_STEPS.get(solver, 1))
+    per_phase = max(-(-steps // k), MIN_STEPS.get(solver, 1))
     model, solve = Predictor(net, pred_type, schedule), get_solver(solver)
     x = schedule.sigma(boundaries[0]).item() * eps
     path = [x]
@@ -81,11 +78,12 @@ def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries:
 def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, shape: tuple, *, shard_size: int = 4096,
                    solver: str = "dpm++2m", steps: int = 25, phases: int = 1, seed: int = 0, batch: int = 4096,
                    device="cpu", dtype=torch.float32, progress: bool = True) -> Path:
-    """Write n teacher pairs to out_dir as shards with a manifest; resume what an earlier call left unfinished.
+    """ε ~ N(0, I) once, x̂0 = the teacher's ODE solution from σ_{t_max}·ε: n pairs as shards + manifest.  [RD Alg. 4]
 
     net(x, t) → prediction of `pred_type`; shape: one sample's shape, e.g. (2,) or (3, 32, 32). Shard i's noise
-    comes from its own generator seeded (seed, i) on the CPU: the pairs do not depend on interruptions, on the
-    batch size or on which device ran which shard.
+    comes from its own generator seeded (seed, i) on the CPU: the pairs do not depend on interruptions or on the
+    batch size. A second call with the same settings and the same teacher weights resumes (finished shards are
+    kept); other settings or another teacher are refused. One process per directory.
     """
     if n < 1 or shard_size < 1 or phases < 1 or steps < phases:
         raise ValueError(f"need n ≥ 1, shard_size ≥ 1, phases ≥ 1 and steps ≥ phases; got n={n}, "
@@ -94,13 +92,14 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     boundaries = get_grid(schedule, phases, "logsnr")
-    config = {"schedule": schedule.name, "pred_type": pred_type, "shape": list(shape), "n": n,
+    config = {"schedule": schedule.name, "schedule_params": schedule_params(schedule), "teacher": fingerprint(net),
+              "pred_type": pred_type, "shape": list(shape), "n": n,
               "shard_size": shard_size, "solver": solver, "steps": steps, "phases": phases, "seed": seed,
               "boundaries": boundaries.tolist()}
     manifest = {"format": FORMAT, "config": config, "shards": {}}
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
-        if old.get("config") != config:
+        if old.get("format") != FORMAT or old.get("config") != config:
             diff = {k: (old.get("config", {}).get(k), v) for k, v in config.items() if old.get("config", {}).get(k) != v}
             raise ValueError(f"{out} holds pairs made with other settings (old, new): {diff}; "
                              f"use another directory, or delete this one to regenerate")
@@ -116,7 +115,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         paths = [solve_path(net, schedule, pred_type, e.to(device=device, dtype=dtype), boundaries, solver, steps).cpu()
                  for e in eps.split(batch)]
         atomic_save({"eps": eps, "x_path": torch.cat(paths).float()}, out / name)
-        manifest["shards"][name] = {"n": m, "sha256": _sha256(out / name)}
+        manifest["shards"][name] = {"n": m, "sha256": sha256(out / name)}
         _write_manifest(out, manifest)
     return out
 
@@ -125,6 +124,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
 
 @dataclass
 class Pairs:
+    """A loaded pair directory: the noises, the teacher's states at the phase boundaries, and the settings."""
     eps: Tensor          # (N, *shape): the noise that started each teacher trajectory
     x_path: Tensor       # (N, K+1, *shape): teacher states at the phase boundaries; x_path[:, -1] is x̂0
     boundaries: Tensor   # (K+1,) float64, t_max … t_min
@@ -148,16 +148,18 @@ class Pairs:
 
 
 def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None = None) -> Pairs:
-    """Read a finished pair directory, refusing one from another schedule or shape, or with a shard missing,
-    unfinished or corrupt."""
+    """Pairs from a finished directory; a clear error for another schedule or shape, or a shard missing,
+    unfinished or corrupt (a student never trains on wrong data)."""
     d = Path(pair_dir)
     if not (d / "manifest.json").exists():
         raise FileNotFoundError(f"{d} has no manifest.json: not a pair directory (make one with generate_pairs)")
     manifest = json.loads((d / "manifest.json").read_text())
     cfg = manifest["config"]
-    if schedule is not None and cfg["schedule"] != schedule.name:
-        raise ValueError(f"{d} holds pairs of schedule {cfg['schedule']!r}, not {schedule.name!r}: a student "
-                         f"trains on its own teacher's pairs (RF students too: they convert the same pairs)")
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{d} was written in pair format {manifest.get('format')}, this rd reads format {FORMAT}")
+    if schedule is not None and cfg["schedule_params"] != schedule_params(schedule):
+        raise ValueError(f"{d} holds pairs of schedule {cfg['schedule']!r} {cfg['schedule_params']}, not "
+                         f"{schedule.name!r} {schedule_params(schedule)}: a student trains on its own teacher's pairs")
     if shape is not None and list(shape) != cfg["shape"]:
         raise ValueError(f"{d} holds samples of shape {tuple(cfg['shape'])}, not {tuple(shape)}")
     n_shards = (cfg["n"] + cfg["shard_size"] - 1) // cfg["shard_size"]
@@ -167,7 +169,7 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
         if name not in manifest["shards"] or not (d / name).exists():
             raise FileNotFoundError(f"{d}/{name} is missing or unfinished ({len(manifest['shards'])} of {n_shards} "
                                     f"shards done); rerun generate_pairs with the same settings to finish it")
-        if _sha256(d / name) != manifest["shards"][name]["sha256"]:
+        if sha256(d / name) != manifest["shards"][name]["sha256"]:
             raise ValueError(f"{d}/{name} is corrupt (checksum differs from the manifest); delete it and rerun "
                              f"generate_pairs with the same settings to regenerate it")
         shard = torch.load(d / name, map_location="cpu", weights_only=True)
@@ -177,8 +179,7 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
 
 
 def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3) -> Tensor:
-    """Which phase's pair trains time t: the phase containing t, except that the last `handover` fraction (in λ) of
-    each phase goes to the next phase.
+    """k with b_{k+1} < t ≤ b_k, moved to k + 1 in the last `handover` fraction (in λ) of phase k.  [RD §2.3]
 
     The sampler queries phase k only at its start b_k, where x_{b_k} is also the end of phase k − 1 with a
     different pair. Trained right up to b_k, a smooth network blends both targets there (measured on the VP/ε
@@ -195,9 +196,10 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3)
 
 
 def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
-    """Batches (x0, ε, t) for the student: t from the teacher's own training distribution, (x0, ε) the pair of the
-    phase that trains t (`phase_of`; t outside [t_min, t_max] uses the nearest phase)."""
-    if pairs.config["schedule"] != schedule.name:
+    """(x0_ph, ε_ph, t) batches: t ~ the teacher's training times, the pair of phase_of(t).  [RD Alg. 4, §2.3]
+
+    t outside [t_min, t_max] uses the nearest phase."""
+    if pairs.config["schedule_params"] != schedule_params(schedule):
         raise ValueError(f"pairs of schedule {pairs.config['schedule']!r} cannot train a {schedule.name!r} student "
                          f"in the teacher's form")
     x0_ph, eps_ph = pairs.phase_pairs(schedule)
@@ -211,21 +213,24 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
 
 
 def rectify(model, schedule: Schedule, pred_type: str, train_fn, pair_dir, n: int, shape: tuple, rounds: int = 1,
-            phases: int = 1, **pair_kw):
-    """k-rectified [RD Alg. 4]: each round draws pairs from the current model (pair_dir/round<i>) and trains a copy of
-    it on them in the same form. train_fn(student, batches) → trained student (e.g. rd.toy.train_toy)."""
+            phases: int = 1, seed: int = 0, **pair_kw):
+    """model_{i+1} = train_fn(copy of model_i, pairs of model_i), i = 1..rounds: k-rectified.  [RD Alg. 4]
+
+    Each round draws fresh noise (seed + i) into pair_dir/round<i> and trains in the teacher's own form;
+    train_fn(student, batches) → trained student (e.g. rd.toy.train_toy)."""
     for i in range(1, rounds + 1):
-        d = generate_pairs(model, schedule, pred_type, Path(pair_dir) / f"round{i}", n, shape, phases=phases, **pair_kw)
+        d = generate_pairs(model, schedule, pred_type, Path(pair_dir) / f"round{i}", n, shape, phases=phases,
+                           seed=seed + i, **pair_kw)
         model = train_fn(copy.deepcopy(model), pair_batches(load_pairs(d, schedule, shape), schedule))
     return model
 
 
-def flow_batches(pairs: Pairs, schedule: Schedule, fm: Schedule):
-    """The Rectified-Flow baseline's batches: the same pairs (x0, ε) as the RD student's (single phase),
-    on FM's straight path x_t = (1 − t)·x0 + t·ε with FM's training times."""
-    if len(pairs.boundaries) != 2:
-        raise ValueError("the RF baseline trains on single-phase pairs (phases=1)")
-    x0, eps = (p[:, 0] for p in pairs.phase_pairs(schedule))
+def flow_batches(pairs: Pairs, fm: Schedule):
+    """x_t = (1 − t)·x̂0 + t·ε on the teacher's pairs (x̂0 = its x_{t_min}), t from FM's training times.  [RF, InstaFlow]
+
+    The raw pair of [RD Alg. 4]: FM samples from x_{0.999} = 0.999·ε, which this path meets up to 0.001·x̂0, so
+    it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs)."""
+    x0, eps = pairs.x_path[:, -1], pairs.eps
 
     def batch(n, generator):
         idx = torch.randint(0, x0.shape[0], (n,), generator=generator)

@@ -72,5 +72,5 @@ def sample(net, noise: Tensor, schedule: Schedule, pred_type: str = "eps", solve
         raise ValueError(f"solver {solver!r} needs at least {MIN_STEPS[solver]} steps to reach its order; "
                          f"got steps={steps} (use a singlestep solver, e.g. 'dpm++2s', for fewer steps)")
     ts = get_grid(schedule, steps, grid, t_max=t_max, t_min=t_min)
-    x = schedule.sigma(ts[0]).item() * noise
+    x = schedule.sigma(ts[0]).item() * noise.to(torch.promote_types(noise.dtype, torch.float32))   # state ≥ fp32
     return solve(Predictor(net, pred_type, schedule), x, ts, schedule, callback=callback)

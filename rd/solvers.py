@@ -132,8 +132,14 @@ def _call(callback, i, t, x, pred):
         callback({"i": i, "t": t, "x": x, "x0_pred": pred[0], "eps_pred": pred[1]})
 
 
+def _check(order: int, form: str):
+    if order not in (1, 2, 3) or form not in FORMS:
+        raise ValueError(f"DPM-Solver needs order in (1, 2, 3) and form in {FORMS}; got order={order!r}, form={form!r}")
+
+
 def dpm_singlestep(model, x, ts, schedule, callback=None, *, order: int = 2, form: str = "data"):
     """DPM-Solver-k / DPM-Solver++(kS): `order` model calls per step.  [DPM Alg. 1–2, DPM++ Alg. 1]"""
+    _check(order, form)
     ts = [float(t) for t in ts]
     for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
         pred_s = model(x, s)
@@ -156,6 +162,7 @@ def dpm_multistep(model, x, ts, schedule, callback=None, *, order: int = 2, form
     warmup="singlestep": the first step is the singlestep order-k update (k − 1 extra calls), which keeps
     the full order k.
     """
+    _check(order, form)
     if warmup not in ("lower_order", "singlestep"):
         raise ValueError(f"unknown warmup {warmup!r}; allowed: 'lower_order', 'singlestep'")
     ts = [float(t) for t in ts]
@@ -228,6 +235,7 @@ MIN_STEPS = {"dpm2m": 2, "dpm3m": 3, "dpm++2m": 2, "dpm++3m": 3}
 
 
 def get_solver(name: str):
+    """The solver function of a name in SOLVERS (a ValueError lists them)."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(SOLVERS)}")
     return SOLVERS[name]

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .ema import EMA
+from .io import atomic_save
 from .predictions import denoising_loss
 from .schedules import Schedule
 
@@ -49,7 +50,7 @@ class TimeMLP(nn.Module):
 class ToyTrainConfig:
     steps: int = 3000        # optimiser steps
     batch: int = 1024        # samples per step
-    lr: float = 2e-3         # Adam learning rate, cosine-decayed to 0
+    lr: float = 1e-3         # Adam learning rate, cosine-decayed to 0
     ema_decay: float = 0.995  # EMA of the weights; the EMA copy is returned
     seed: int = 0            # seeds the batches (the net's init is the caller's)
 
@@ -98,7 +99,6 @@ def toy_config(net: TimeMLP) -> dict:
 
 def save_toy(net: TimeMLP, path):
     """A plain checkpoint dict {config, model}, written atomically."""
-    from .rectify import atomic_save
     atomic_save({"config": toy_config(net), "model": net.state_dict()}, path)
 
 

@@ -34,13 +34,32 @@ def test_convert_between_all_types(name, src, dst):
 
 
 def test_closed_forms_of_targets():
-    """v = α ε − σ x0; for FM the flow target is RF's u = ε − x0 [RF]."""
+    """For FM the flow target is RF's u = ε − x0 [RF]."""
     fm = get_schedule("fm")
     x0, eps, c, _ = batch(fm)
     torch.testing.assert_close(target_from_pair(x0, eps, c, "flow"), eps - x0)
-    vp = get_schedule("vp-linear")
-    x0, eps, c, _ = batch(vp)
-    torch.testing.assert_close(target_from_pair(x0, eps, c, "v"), c.alpha[:, None] * eps - c.sigma[:, None] * x0)
+
+
+@pytest.mark.parametrize("name", ["vp-linear", "vp-cosine", "subvp", "ve", "fm"])
+def test_flow_target_is_the_velocity_of_the_pair_path(name):
+    """u = d/dt (α_t x0 + σ_t ε), by central differences (continuous schedules)."""
+    s, h = get_schedule(name), 1e-6
+    x0, eps, _, _ = batch(s, n=64)
+    t = torch.full((64,), 0.5, dtype=torch.float64)
+    path = lambda tt: s.alpha(tt)[:, None] * x0 + s.sigma(tt)[:, None] * eps
+    torch.testing.assert_close(target_from_pair(x0, eps, s(t), "flow"), (path(t + h) - path(t - h)) / (2 * h),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_v_is_the_angular_velocity_on_vp():
+    """On VP, with α = cos φ and σ = sin φ, v = dx_t/dφ = α ε − σ x0 (the definition of v-prediction)."""
+    s, h = get_schedule("vp-cosine"), 1e-6
+    x0, eps, _, _ = batch(s, n=64)
+    phi = torch.full((64,), 0.7, dtype=torch.float64)
+    x_at = lambda p: torch.cos(p)[:, None] * x0 + torch.sin(p)[:, None] * eps
+    t = s.inverse_lambda(torch.log(torch.cos(phi) / torch.sin(phi)))
+    torch.testing.assert_close(target_from_pair(x0, eps, s(t), "v"), (x_at(phi + h) - x_at(phi - h)) / (2 * h),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("pred_type", PRED_TYPES)
@@ -58,7 +77,7 @@ def test_predictor_gives_pair_for_any_type():
     s = get_schedule("subvp")
     x0, eps, c, x_t = batch(s, n=1)
     t = s.inverse_lambda(s.lam(0.3)).item()
-    c = s(torch.tensor([t]))
+    c = s(torch.tensor([t], dtype=torch.float64))
     x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
     for pred_type in PRED_TYPES:
         net = lambda x, tt, p=pred_type: target_from_pair(x0, eps, s(tt.double()), p)

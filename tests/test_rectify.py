@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-import rd.rectify as rectify_mod
+import rd.rectify as rectify_mod  # generate_pairs looks atomic_save up here: the crash test patches it
 from rd.metrics import sliced_wasserstein
 from rd.mixture import ring_mixture
-from rd.rectify import generate_pairs, load_pairs, pair_batches, rectify
+from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, rectify
 from rd.sampling import sample
 from rd.schedules import get_schedule
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
@@ -20,6 +20,18 @@ def oracle_pairs(tmp_path, name="vp-sd", sub="pairs", **kw):
     args = dict(n=300, shape=(2,), shard_size=128, steps=8, seed=3, progress=False)
     args.update(kw)
     return s, generate_pairs(MIX.net(s, "eps"), s, "eps", tmp_path / sub, **args)
+
+
+def crash_on_call(n, real):
+    """`real`, except that its n-th call raises KeyboardInterrupt (a simulated crash) before doing anything."""
+    calls = []
+
+    def wrapper(*args):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args)
+    return wrapper
 
 
 def test_same_seed_same_pairs_and_different_seed_different_pairs(tmp_path):
@@ -38,14 +50,8 @@ def test_same_seed_same_pairs_and_different_seed_different_pairs(tmp_path):
 
 def test_interrupted_then_resumed_generation_gives_the_same_pairs(tmp_path, monkeypatch):
     s, full = oracle_pairs(tmp_path, sub="full")
-    real_save, calls = rectify_mod.atomic_save, []
-
-    def crash_on_second_shard(obj, path):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        real_save(obj, path)
-    monkeypatch.setattr(rectify_mod, "atomic_save", crash_on_second_shard)
+    real_save = rectify_mod.atomic_save
+    monkeypatch.setattr(rectify_mod, "atomic_save", crash_on_call(2, real_save))      # dies saving shard 2
     with pytest.raises(KeyboardInterrupt):
         oracle_pairs(tmp_path, sub="resumed")
     manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
@@ -78,6 +84,40 @@ def test_phase_pairs_recover_the_pair_of_a_first_order_path(tmp_path, name, phas
     eps_true = pairs.eps - (a_T / s_T) * c
     torch.testing.assert_close(x0_ph, c.to(x0_ph).expand_as(x0_ph), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(eps_ph, eps_true[:, None].expand_as(eps_ph).to(eps_ph), rtol=1e-4, atol=1e-4)
+
+
+def test_crash_between_shard_and_manifest_regenerates_that_shard(tmp_path, monkeypatch):
+    """A shard written but not yet recorded is not trusted: resuming rewrites it, with the same content."""
+    s, full = oracle_pairs(tmp_path, sub="full")
+    real_write = rectify_mod._write_manifest
+    monkeypatch.setattr(rectify_mod, "_write_manifest", crash_on_call(2, real_write))  # dies recording shard 2
+    with pytest.raises(KeyboardInterrupt):
+        oracle_pairs(tmp_path, sub="resumed")
+    assert (tmp_path / "resumed" / "shard_00001.pt").exists()                 # on disk, not in the manifest
+    monkeypatch.setattr(rectify_mod, "_write_manifest", real_write)
+    oracle_pairs(tmp_path, sub="resumed")
+    torch.testing.assert_close(load_pairs(full, s).x_path, load_pairs(tmp_path / "resumed", s).x_path, rtol=0, atol=0)
+
+
+def test_pairs_are_tied_to_the_teacher_weights(tmp_path):
+    s = get_schedule("fm")
+    a, b = make_toy(s, "flow", 1.0, width=16), make_toy(s, "flow", 1.0, width=16)
+    generate_pairs(a, s, "flow", tmp_path, 64, (2,), steps=4, progress=False)
+    with pytest.raises(ValueError, match="other settings.*teacher"):
+        generate_pairs(b, s, "flow", tmp_path, 64, (2,), steps=4, progress=False)
+
+
+def test_rf_baseline_uses_the_same_pairs_in_the_flow_form(tmp_path):
+    s, d = oracle_pairs(tmp_path)
+    pairs, fm = load_pairs(d, s), get_schedule("fm")
+    x0, eps, t = flow_batches(pairs, fm)(500, torch.Generator().manual_seed(0))
+    assert torch.cdist(x0.double(), pairs.x_path[:, -1].double()).min(1).values.max() == 0
+    assert torch.cdist(eps.double(), pairs.eps.double()).min(1).values.max() == 0
+    teacher = make_toy(s, "eps", 1.0, width=16)
+    student = flow_student(teacher)
+    assert student.schedule.name == "fm" and student.pred_type == "flow" and teacher.schedule.name == "vp-sd"
+    for p, q in zip(student.parameters(), teacher.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
 
 
 def test_phase_batches_pick_the_phase_of_t(tmp_path):
@@ -113,7 +153,7 @@ def test_short_rectification_lowers_one_step_distance(tmp_path):
 
 def test_bad_pair_directories(tmp_path):
     s, d = oracle_pairs(tmp_path)
-    with pytest.raises(ValueError, match="schedule 'vp-sd', not 've'"):
+    with pytest.raises(ValueError, match="holds pairs of schedule 'vp-sd'"):
         load_pairs(d, get_schedule("ve"))
     with pytest.raises(ValueError, match=r"shape \(2,\), not \(3,\)"):
         load_pairs(d, s, (3,))
@@ -121,6 +161,9 @@ def test_bad_pair_directories(tmp_path):
         pair_batches(load_pairs(d), get_schedule("fm"))
     with pytest.raises(ValueError, match="other settings"):
         oracle_pairs(tmp_path, steps=9)
+    with pytest.raises(ValueError, match="holds pairs of schedule 've'"):       # same name, other σ_max
+        s_ve, d_ve = oracle_pairs(tmp_path, name="ve", sub="ve")
+        load_pairs(d_ve, type(s_ve)(sigma_max=10.0))
     shard = d / "shard_00001.pt"
     data = bytearray(shard.read_bytes())
     data[-20] ^= 0xFF
@@ -134,3 +177,24 @@ def test_bad_pair_directories(tmp_path):
         load_pairs(tmp_path / "nothing")
     with pytest.raises(ValueError, match="steps ≥ phases"):
         oracle_pairs(tmp_path, sub="x", phases=4, steps=2)
+
+
+def test_ema_and_toy_checkpoints(tmp_path):
+    """EMA: e ← d·e + (1 − d)·θ exactly; save_toy/load_toy gives back the same function."""
+    from rd.ema import EMA
+    from rd.toy import load_toy, save_toy
+    s = get_schedule("ve")
+    net = make_toy(s, "x0", 1.4, width=16)
+    ema = EMA(net, decay=0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net)
+    for e, b, p in zip(ema.model.parameters(), before, net.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
+    save_toy(net, tmp_path / "toy.pt")
+    back = load_toy(tmp_path / "toy.pt")
+    x, t = torch.randn(8, 2), torch.rand(8)
+    torch.testing.assert_close(back(x, t), net(x, t))
+    assert back.schedule.name == "ve" and back.pred_type == "x0"

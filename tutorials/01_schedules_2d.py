@@ -33,7 +33,7 @@ from rd.toy import ToyTrainConfig, few_step_distances, independent_batches, make
 
 # %% Config
 SMOKE = os.environ.get("RD_SMOKE") == "1"
-OUT = Path(os.environ.get("RD_OUT", "runs/tutorials"))
+OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 TEACHERS = {                               # label → (schedule, prediction type)
     "VP/eps": ("vp-sd", "eps"),            # Stable Diffusion's discrete scaled-linear VP schedule, ε-prediction
     "VP/v": ("vp-sd", "v"),                # the same schedule, v-prediction
@@ -47,6 +47,8 @@ N_EVAL = 500 if SMOKE else 4000            # samples for distances
 N_PATHS = 24                               # trajectories drawn per panel
 R_LATE = 2.0                               # path deviations are measured where r_t = σ_t/α_t ≤ R_LATE
 SEED = 0
+
+# %% Data: 8 Gaussians (std 0.2) on a circle of radius 2, with an exact denoiser (rd.mixture)
 OUT.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(SEED)
 mixture = ring_mixture(k=8, radius=2.0, std=0.2)

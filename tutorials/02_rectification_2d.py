@@ -36,7 +36,7 @@ from rd.toy import ToyTrainConfig, few_step_distances, independent_batches, load
 
 # %% Config
 SMOKE = os.environ.get("RD_SMOKE") == "1"
-OUT = Path(os.environ.get("RD_OUT", "runs/tutorials"))
+OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 TEACHERS = {"VP/eps": ("vp-sd", "eps"), "VP/v": ("vp-sd", "v"), "subVP/eps": ("subvp", "eps"),
             "VE/x0": ("ve", "x0"), "FM/flow": ("fm", "flow")}   # as in tutorial 01
 BASELINE = "VP/eps"                         # the teacher of the RD-vs-RF, phased and second-round comparisons
@@ -48,6 +48,8 @@ PAIR_SOLVER, PAIR_STEPS = "dpm++2m", 25     # the teacher's deterministic sample
 PHASES = (2, 4)                             # phased RD [RD §2.3]
 N_EVAL = 500 if SMOKE else 4000
 SEED = 0
+
+# %% Data, evaluation set and helpers
 OUT.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(SEED)
 mixture = ring_mixture(k=8, radius=2.0, std=0.2)
@@ -100,7 +102,7 @@ for label, (name, pred_type) in TEACHERS.items():
 teacher, rd_student, pairs = base
 (name, pred_type), fm = TEACHERS[BASELINE], get_schedule("fm")
 s, tag = get_schedule(name), BASELINE.replace("/", "_")
-rf = train_toy(flow_student(teacher), fm, "flow", flow_batches(pairs, s, fm), student_cfg, desc="RF")[0]
+rf = train_toy(flow_student(teacher), fm, "flow", flow_batches(pairs, fm), student_cfg, desc="RF")[0]
 results[f"{BASELINE} RF (FM, velocity)"] = (few_step_distances(rf, fm, "flow", noise, target), first_order(rf, fm, "flow"))
 phased = {}
 for k in PHASES:
