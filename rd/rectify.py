@@ -130,6 +130,10 @@ class Pairs:
     boundaries: Tensor   # (K+1,) float64, t_max … t_min
     config: dict         # the manifest's settings
 
+    def to(self, device) -> "Pairs":
+        """The same pairs on `device` (the batches are then drawn there too)."""
+        return Pairs(self.eps.to(device), self.x_path.to(device), self.boundaries.to(device), self.config)
+
     def phase_pairs(self, schedule: Schedule) -> tuple[Tensor, Tensor]:
         """(x0_ph, ε_ph), each (N, K, *shape): the pair whose forward path α_t·x0 + σ_t·ε passes through the
         teacher's states at both ends of each phase (z is linear in r along such a path).
@@ -205,8 +209,8 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
     x0_ph, eps_ph = pairs.phase_pairs(schedule)
 
     def batch(n, generator):
-        idx = torch.randint(0, x0_ph.shape[0], (n,), generator=generator)
-        t = schedule.sample_t(n, generator)
+        idx = torch.randint(0, x0_ph.shape[0], (n,), generator=generator, device=x0_ph.device)
+        t = schedule.sample_t(n, generator, device=x0_ph.device)
         phase = phase_of(pairs, schedule, t, handover)
         return x0_ph[idx, phase], eps_ph[idx, phase], t
     return batch
@@ -233,8 +237,8 @@ def flow_batches(pairs: Pairs, fm: Schedule):
     x0, eps = pairs.x_path[:, -1], pairs.eps
 
     def batch(n, generator):
-        idx = torch.randint(0, x0.shape[0], (n,), generator=generator)
-        return x0[idx], eps[idx], fm.sample_t(n, generator)
+        idx = torch.randint(0, x0.shape[0], (n,), generator=generator, device=x0.device)
+        return x0[idx], eps[idx], fm.sample_t(n, generator, device=x0.device)
     return batch
 
 

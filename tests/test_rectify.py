@@ -180,12 +180,13 @@ def test_bad_pair_directories(tmp_path):
 
 
 def test_ema_and_toy_checkpoints(tmp_path):
-    """EMA: e ← d·e + (1 − d)·θ exactly; save_toy/load_toy gives back the same function."""
+    """EMA: e ← d·e + (1 − d)·θ with d = min(decay, (1 + n)/(10 + n)); save_toy/load_toy gives back the same function."""
     from rd.ema import EMA
     from rd.toy import load_toy, save_toy
     s = get_schedule("ve")
     net = make_toy(s, "x0", 1.4, width=16)
     ema = EMA(net, decay=0.9)
+    ema.updates = 100                                         # past the warm-up: d = min(0.9, 101/110) = 0.9
     before = [p.clone() for p in ema.model.parameters()]
     with torch.no_grad():
         for p in net.parameters():

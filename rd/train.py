@@ -1,0 +1,132 @@
+"""Training images with the denoising loss: bf16 autocast, EMA, warm-up, clipping, atomic checkpoints, resume.
+
+    cfg = TrainConfig(steps=20_000, batch=512)
+    ema = train(net, schedule, "eps", batches, cfg, run_dir="runs/cifar/teacher")
+
+`batches(n, generator)` returns (x0, ε, t, cond) on the training device: independent (x0, ε) for a teacher,
+the teacher's pairs for a Rectified-Diffusion student — the same loop, as in rd.toy for 2D. Checkpoints are plain
+dicts {model, ema, opt, step, config} written atomically every `ckpt_every` steps; a run restarted with the same
+config resumes from the last one and loses at most the steps since.
+"""
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .ema import EMA
+from .io import atomic_save, atomic_write_text
+from .predictions import denoising_loss
+from .schedules import Schedule
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000          # optimiser steps
+    batch: int = 512             # images per step
+    lr: float = 2e-4             # Adam learning rate after warm-up
+    warmup: int = 500            # linear warm-up steps
+    ema_decay: float = 0.9995    # EMA of the weights (the sampled model)
+    grad_clip: float = 1.0       # global gradient-norm clip
+    amp: str = "bf16"            # "bf16" autocast, "fp16" autocast with a GradScaler, or "fp32"
+    channels_last: bool = True   # NHWC activations (faster convolutions on tensor cores)
+    compile: bool = False        # torch.compile the network (≈ 1 min to compile on an H100)
+    log_every: int = 100         # log line interval (steps)
+    ckpt_every: int = 1000       # checkpoint interval (steps)
+    seed: int = 0                # seeds the batches
+    max_minutes: float = 0.0     # > 0: stop (with a checkpoint) once this much wall time has passed
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast (CPU or CUDA), fp16 autocast (CUDA), or nothing."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    enabled = dtype is not None and (device.type == "cuda" or dtype == torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
+
+
+def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> int:
+    """Restore a checkpoint dict into net (and ema, opt); refuse one written with another config. Returns its step."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if config is not None and ckpt.get("config") != config:
+        diff = {k: (ckpt.get("config", {}).get(k), v) for k, v in config.items() if ckpt.get("config", {}).get(k) != v}
+        raise ValueError(f"{path} was written with another config (checkpoint, now): {diff}; use another run "
+                         f"folder or delete it to start over")
+    net.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    if opt is not None:
+        opt.load_state_dict(ckpt["opt"])
+    return ckpt["step"]
+
+
+def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, run_dir, model_config: dict | None = None,
+          desc: str = "train"):
+    """Minimise the denoising loss for cfg.steps steps; returns the EMA model. Resumes from run_dir/ckpt.pt."""
+    if cfg.amp not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    device = next(net.parameters()).device
+    config = {"train": asdict(cfg), "model": model_config or {}, "schedule": schedule.name, "pred_type": pred_type}
+    atomic_write_text(json.dumps(config, indent=1), run / "config.json")
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.train().requires_grad_(True)
+    ema = EMA(net, cfg.ema_decay)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(cfg.warmup, 1)))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
+    step = 0
+    if (run / "ckpt.pt").exists():
+        step = load_checkpoint(run / "ckpt.pt", net, ema, opt, config)
+        sched.last_epoch = step - 1
+        print(f"{desc}: resumed from {run / 'ckpt.pt'} at step {step}")
+    model = torch.compile(net) if cfg.compile else net
+    generator = torch.Generator(device=device)
+    log = open(run / "log.txt", "a")
+    window, t_last, bar = [], time.perf_counter(), tqdm(total=cfg.steps, initial=step, desc=desc, mininterval=2.0)
+    t_start = t_last
+    while step < cfg.steps:
+        # every step's randomness (batch, noise, times, dropout) comes from (seed, step): resuming replays exactly
+        generator.manual_seed(cfg.seed * 1_000_003 + step)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        x0, eps, t, cond = batches(cfg.batch, generator)
+        if cfg.channels_last:
+            x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
+        fn = model if cond is None else (lambda x, tt: model(x, tt, cond))
+        with _autocast(cfg, device):
+            loss = denoising_loss(fn, schedule, x0, eps, t, pred_type)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        ema.update(net)
+        step += 1
+        bar.update(1)
+        window.append(loss.detach())
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            mean = torch.stack(window).mean().item()                       # one device sync per log line
+            if not math.isfinite(mean):
+                raise FloatingPointError(f"{desc}: loss is {mean} at step {step}; the last checkpoint is "
+                                         f"{run / 'ckpt.pt'}. Lower lr (now {cfg.lr}) or use amp='fp32' to find out")
+            dt = (time.perf_counter() - t_last) / len(window)
+            line = f"step {step}/{cfg.steps} | loss {mean:.4f} | {1000 * dt:.1f} ms/step | {cfg.batch / dt:.0f} img/s"
+            print(line, file=log, flush=True)
+            bar.set_postfix_str(line.split(" | ", 1)[1])
+            window, t_last = [], time.perf_counter()
+        out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and time.perf_counter() - t_start > 60 * cfg.max_minutes
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+            atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "config": config}, run / "ckpt.pt")
+        if out_of_time:
+            print(f"{desc}: stopped at step {step} after {cfg.max_minutes} min (max_minutes)", file=log, flush=True)
+            break
+    bar.close()
+    log.close()
+    return ema.model.eval()
