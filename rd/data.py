@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import _fsync_dir
+from .io import atomic_write
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -219,14 +219,7 @@ def _read_tar(files, split):
 
 def _save_npz(path: Path, **arrays):
     """np.savez made atomic as rd.io.atomic_save is (temporary file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: np.savez(f, **arrays))   # a file object: numpy adds no ".npz" to the temp name
 
 
 def _load_cache(path: Path):

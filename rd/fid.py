@@ -12,7 +12,6 @@ one SVD (no scipy, whose sqrtm API changed in 1.18): it stays accurate when Σ i
 features), where a square root of the non-symmetric product Σ₁Σ₂ picks up complex round-off.
 """
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rd.io import _fsync_dir
+from rd.io import atomic_write
 
 FEATURE_DIM = 2048  # pool3 features of Inception-v3
 INPUT_SIZE = 299  # Inception-v3 input resolution
@@ -167,14 +166,7 @@ def reference_stats(name: str, images_fn, net, cache_dir="data/fid", batch: int 
         return mu, sigma
     images = images_fn()
     mu, sigma = feature_stats(inception_features(images, net, batch=batch, device=device))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temporary name
-        np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), n=np.int64(len(images)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), n=np.int64(len(images))))
     print(f"FID reference stats '{name}': {len(images)} images, saved to {path}")
     return mu, sigma
 

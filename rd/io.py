@@ -6,28 +6,27 @@ from pathlib import Path
 import torch
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename: a crash leaves the old file or none."""
+def atomic_write(path, write):
+    """write(f) into a temporary file in the same folder, fsync, then rename: a crash leaves the old file or none."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically (checkpoints, pair shards)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path):
-    """The text-file twin of atomic_save (manifests, configs)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """A text file, atomically (manifests, configs)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _fsync_dir(folder: Path):
