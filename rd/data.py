@@ -282,9 +282,18 @@ class GPULoader:
             self.epoch, self.pos = self.epoch + 1, 0
         idx = self.perm[self.pos:self.pos + self.batch]      # (B,)
         self.pos += self.batch
+        return self._batch(idx, self.gen)
+
+    def sample(self, n, generator):
+        """n images drawn with replacement, flips included, by `generator` alone: no loader state, so a training loop
+        that seeds the generator from the step (rd.train does) replays the same batches after a restart."""
+        idx = torch.randint(len(self.images), (n,), generator=generator, device=generator.device)
+        return self._batch(idx.to(self.images.device), generator)
+
+    def _batch(self, idx, gen):
         x = self.images[idx]                                 # (B, C, H, W) uint8
         if self.flip:
-            mirror = torch.rand(len(idx), generator=self.gen, device=device) < 0.5   # (B,) bool
+            mirror = torch.rand(len(idx), generator=gen, device=gen.device).to(x.device) < 0.5   # (B,) bool
             x = torch.where(mirror[:, None, None, None], x.flip(3), x)
         x = x.float() / 127.5 - 1
         if self.channels_last:

@@ -19,8 +19,7 @@ class EMA:
     def update(self, model: torch.nn.Module):
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 

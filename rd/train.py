@@ -5,12 +5,15 @@
 
 `batches(n, generator)` returns (x0, ε, t, cond) on the training device: independent (x0, ε) for a teacher,
 the teacher's pairs for a Rectified-Diffusion student — the same loop, as in rd.toy for 2D. Checkpoints are plain
-dicts {model, ema, opt, step, config} written atomically every `ckpt_every` steps; a run restarted with the same
-config resumes from the last one and loses at most the steps since.
+dicts {model, ema, opt, step, minutes, config} written atomically every `ckpt_every` steps; a run restarted with the
+same config resumes from the last one and loses at most the steps since. A run ends after `steps` steps or, with
+`max_minutes` > 0, once its training time summed over all restarts reaches the budget: calling `train` again on a
+finished run only loads its EMA model (`require_done=True` refuses to train at all — for a later stage that needs it).
 """
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +40,7 @@ class TrainConfig:
     log_every: int = 100         # log line interval (steps)
     ckpt_every: int = 1000       # checkpoint interval (steps)
     seed: int = 0                # seeds the batches
-    max_minutes: float = 0.0     # > 0: stop (with a checkpoint) once this much wall time has passed
+    max_minutes: float = 0.0     # > 0: training-time budget summed over restarts (checked every log_every steps)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -47,11 +50,18 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
 
 
-def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> int:
-    """Restore a checkpoint dict into net (and ema, opt); refuse one written with another config. Returns its step."""
+def _identity(config: dict) -> dict:
+    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes)."""
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("steps", "max_minutes")}
+    return config | {"train": train}
+
+
+def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> dict:
+    """Restore a checkpoint dict into net (and ema, opt); refuse one written with another config. Returns the dict."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if config is not None and ckpt.get("config") != config:
-        diff = {k: (ckpt.get("config", {}).get(k), v) for k, v in config.items() if ckpt.get("config", {}).get(k) != v}
+    if config is not None and _identity(ckpt.get("config", {})) != _identity(config):
+        old, new = _identity(ckpt.get("config", {})), _identity(config)
+        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
         raise ValueError(f"{path} was written with another config (checkpoint, now): {diff}; use another run "
                          f"folder or delete it to start over")
     net.load_state_dict(ckpt["model"])
@@ -59,19 +69,17 @@ def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | 
         ema.load_state_dict(ckpt["ema"])
     if opt is not None:
         opt.load_state_dict(ckpt["opt"])
-    return ckpt["step"]
+    return ckpt
 
 
 def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, run_dir, model_config: dict | None = None,
-          desc: str = "train"):
-    """Minimise the denoising loss for cfg.steps steps; returns the EMA model. Resumes from run_dir/ckpt.pt."""
+          desc: str = "train", require_done: bool = False):
+    """Minimise the denoising loss for cfg.steps steps (or cfg.max_minutes); returns the EMA model. Resumes from run_dir/ckpt.pt."""
     if cfg.amp not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     device = next(net.parameters()).device
     config = {"train": asdict(cfg), "model": model_config or {}, "schedule": schedule.name, "pred_type": pred_type}
-    atomic_write_text(json.dumps(config, indent=1), run / "config.json")
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train().requires_grad_(True)
@@ -79,16 +87,27 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(cfg.warmup, 1)))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
-    step = 0
+    step, spent = 0, 0.0                                    # steps done, training minutes spent (over all restarts)
     if (run / "ckpt.pt").exists():
-        step = load_checkpoint(run / "ckpt.pt", net, ema, opt, config)
+        ckpt = load_checkpoint(run / "ckpt.pt", net, ema, opt, config)
+        step, spent = ckpt["step"], ckpt.get("minutes", 0.0)
         sched.last_epoch = step - 1
-        print(f"{desc}: resumed from {run / 'ckpt.pt'} at step {step}")
+    finished = step >= cfg.steps or 0 < cfg.max_minutes <= spent
+    if require_done and not finished:
+        raise FileNotFoundError(f"{desc}: {run / 'ckpt.pt'} is {'missing' if step == 0 else f'unfinished (step {step})'}; "
+                                f"run the '{desc}' stage first")
+    if finished:
+        print(f"{desc}: {run / 'ckpt.pt'} is finished (step {step}, {spent:.2f} min): loaded its EMA model")
+        return ema.model.eval()
+    if step > 0:
+        print(f"{desc}: resumed from {run / 'ckpt.pt'} at step {step} ({spent:.2f} min trained)")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(config, indent=1), run / "config.json")
     model = torch.compile(net) if cfg.compile else net
     generator = torch.Generator(device=device)
     log = open(run / "log.txt", "a")
     window, t_last, bar = [], time.perf_counter(), tqdm(total=cfg.steps, initial=step, desc=desc, mininterval=2.0)
-    t_start = t_last
+    t_start, first = t_last, step
     while step < cfg.steps:
         # every step's randomness (batch, noise, times, dropout) comes from (seed, step): resuming replays exactly
         generator.manual_seed(cfg.seed * 1_000_003 + step)
@@ -97,10 +116,17 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         if cfg.channels_last:
             x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
         fn = model if cond is None else (lambda x, tt: model(x, tt, cond))
-        with _autocast(cfg, device):
-            loss = denoising_loss(fn, schedule, x0, eps, t, pred_type)
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        try:
+            with _autocast(cfg, device):
+                loss = denoising_loss(fn, schedule, x0, eps, t, pred_type)
+            scaler.scale(loss).backward()
+        except Exception as err:          # torch.compile fails at its first call: warn, redo the same step eagerly
+            if model is net or step > first:
+                raise
+            warnings.warn(f"{desc}: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly")
+            model = net
+            continue
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         scaler.step(opt)
@@ -120,12 +146,14 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
             print(line, file=log, flush=True)
             bar.set_postfix_str(line.split(" | ", 1)[1])
             window, t_last = [], time.perf_counter()
-        out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and time.perf_counter() - t_start > 60 * cfg.max_minutes
+        minutes = spent + (time.perf_counter() - t_start) / 60
+        out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "config": config}, run / "ckpt.pt")
+                         "minutes": minutes, "config": config}, run / "ckpt.pt")
         if out_of_time:
-            print(f"{desc}: stopped at step {step} after {cfg.max_minutes} min (max_minutes)", file=log, flush=True)
+            print(f"{desc}: stopped at step {step} after {minutes:.2f} min (max_minutes {cfg.max_minutes})",
+                  file=log, flush=True)
             break
     bar.close()
     log.close()

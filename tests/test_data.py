@@ -214,3 +214,15 @@ def test_loader_is_deterministic_per_seed_and_channels_last():
     assert x.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="batch"):
         GPULoader(images, labels, 41, "cpu")
+
+
+def test_sample_is_a_function_of_the_generator_alone():
+    images, labels = dataset()
+    loader = GPULoader(images, labels, 8, "cpu", flip=True)
+    a = loader.sample(200, torch.Generator().manual_seed(5))
+    next(loader)                                                      # iterator state must not matter
+    b = loader.sample(200, torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    idx, mirrored = match(a[0], images)
+    assert torch.equal(labels[idx], a[1]) and len(set(idx.tolist())) > 30, "draws cover the set (with replacement)"
+    assert 60 < mirrored.sum() < 140, f"{int(mirrored.sum())} of 200 mirrored: flips should be about half"

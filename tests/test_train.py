@@ -29,9 +29,6 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "full")
     # an "interrupted" run: 3 steps (one checkpoint), then the same command again
     train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"steps": 3}), tmp_path / "cut")
-    ckpt = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
-    ckpt["config"]["train"]["steps"] = 6                        # as if the first run had been stopped at step 3
-    torch.save(ckpt, tmp_path / "cut" / "ckpt.pt")
     resumed = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "cut")
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -42,8 +39,13 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     s = get_schedule("vp-ddpm")
     train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="another config.*'lr': 0.0005"):
         train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"lr": 5e-4}), tmp_path)
+    with pytest.raises(ValueError, match="another config.*'pred_type'"):
+        train(tiny_net(), s, "v", toy_batches(s), TrainConfig(**CFG), tmp_path)
+    # how long to train is not part of a run's identity: a longer run continues the same one
+    train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"steps": 8, "max_minutes": 5.0}), tmp_path)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 8
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
@@ -58,3 +60,40 @@ def test_bad_amp(tmp_path):
     with pytest.raises(ValueError, match="amp must be"):
         train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"amp": "int8"}), tmp_path)
     assert not any(tmp_path.iterdir()), "nothing is written for a refused config"
+
+
+def test_time_budget_counts_over_restarts_and_a_finished_run_only_loads(tmp_path):
+    s = get_schedule("vp-ddpm")
+    cfg = TrainConfig(**CFG | {"steps": 1000, "max_minutes": 1e-9})    # out of time at the first log line
+    first = train(tiny_net(), s, "eps", toy_batches(s), cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == CFG["log_every"] and ckpt["minutes"] > 0
+    again = train(tiny_net(), s, "eps", toy_batches(s), cfg, tmp_path)  # the budget is spent: load, don't train
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == CFG["log_every"]
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_require_done_refuses_to_train(tmp_path):
+    s = get_schedule("vp-ddpm")
+    with pytest.raises(FileNotFoundError, match="missing; run the 'teacher' stage first"):
+        train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "t", desc="teacher", require_done=True)
+    assert not (tmp_path / "t").exists()
+    train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"steps": 3}), tmp_path / "t")
+    with pytest.raises(FileNotFoundError, match=r"unfinished \(step 3\)"):
+        train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "t", desc="teacher", require_done=True)
+
+
+def test_failed_compile_warns_and_trains_eagerly(tmp_path, monkeypatch):
+    s = get_schedule("vp-ddpm")
+    eager = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "eager")
+
+    def broken_compile(net):
+        def fail(*args, **kw):
+            raise RuntimeError("no compiler here")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no compiler here.*training eagerly"):
+        fallback = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"compile": True}), tmp_path / "c")
+    for a, b in zip(eager.state_dict().values(), fallback.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,56 @@
+"""Tutorial 03 (CIFAR-10 pipeline) at smoke size: all stages, one stage at a time, resume and refusal."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out, **env):
+    env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg", **env)
+    return subprocess.run([sys.executable, str(ROOT / "tutorials" / "03_cifar10.py")], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cifar")
+    proc = run(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
+    out, stdout = finished
+    table = (out / "results.md").read_text()
+    for row in ("| teacher |", "| RD |", "| RF |", "| stage (this invocation) | GPU-minutes |", "pair generation",
+                "teacher training", "teacher sampling, 4 calls"):
+        assert row in table and row in stdout, row
+    assert (out / "samples.png").stat().st_size > 10_000
+    for stage in ("teacher", "rd", "rf"):
+        assert "img/s" in (out / stage / "log.txt").read_text()
+    assert (out / "pairs" / "manifest.json").is_file()
+
+
+def test_rerun_loads_finished_stages_without_training(finished):
+    out, _ = finished
+    logs = {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf")}
+    proc = run(out, RD_STAGE="eval")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("is finished") == 3
+    assert logs == {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf")}, "nothing was retrained"
+
+
+def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
+    proc = run(tmp_path, RD_STAGE="rd")
+    assert proc.returncode != 0 and "run the 'teacher' stage first" in proc.stderr
+    assert not (tmp_path / "teacher").exists() and not (tmp_path / "rd").exists()
+    proc = run(tmp_path, RD_STAGE="teacher")
+    assert proc.returncode == 0 and "stage teacher done" in proc.stdout and not (tmp_path / "pairs").exists()
+    proc = run(tmp_path, RD_STAGE="rd")
+    assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
+    proc = run(tmp_path, RD_STAGE="students")
+    assert proc.returncode != 0 and "RD_STAGE must be 'all' or one of teacher, pairs, rd, rf, eval" in proc.stderr
