@@ -115,7 +115,8 @@ def with_none(batches):
 
 def train_cfg(budget, lr, compile=False):
     return TrainConfig(steps=10**7, batch=BATCH, lr=lr, warmup=300, ema_decay=0.999, max_minutes=budget, amp="bf16",
-                       log_every=5 if SMOKE else 100, ckpt_every=10**7, channels_last=DEVICE == "cuda", compile=compile)
+                       log_every=5 if SMOKE else 100, ckpt_every=10 if SMOKE else 1000,   # a crash loses ≤ 1000 steps
+                       channels_last=DEVICE == "cuda", compile=compile)
 
 
 # %% 1. Teacher
