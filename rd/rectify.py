@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .io import atomic_save, atomic_write_text, sha256
 from .predictions import Predictor
-from .sampling import get_grid
+from .sampling import classifier_free_guidance, get_grid
 from .schedules import FlowMatching, Schedule
 from .solvers import MIN_STEPS, get_solver
 
@@ -77,17 +77,26 @@ def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries:
 
 def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, shape: tuple, *, shard_size: int = 4096,
                    solver: str = "dpm++2m", steps: int = 25, phases: int = 1, seed: int = 0, batch: int = 4096,
-                   device="cpu", dtype=torch.float32, progress: bool = True) -> Path:
+                   device="cpu", dtype=torch.float32, progress: bool = True, cond: Tensor | None = None,
+                   null_cond: Tensor | None = None, guidance: float = 1.0) -> Path:
     """ε ~ N(0, I) once, x̂0 = the teacher's ODE solution from σ_{t_max}·ε: n pairs as shards + manifest.  [RD Alg. 4]
 
     net(x, t) → prediction of `pred_type`; shape: one sample's shape, e.g. (2,) or (3, 32, 32). Shard i's noise
     comes from its own generator seeded (seed, i) on the CPU: the pairs do not depend on interruptions or on the
     batch size. A second call with the same settings and the same teacher weights resumes (finished shards are
     kept); other settings or another teacher are refused. One process per directory.
+
+    Conditional teachers: net(x, t, c) with `cond` (n, ...) — pair i solves the ODE for prompt cond[i], guided by
+    classifier-free guidance of scale `guidance` against `null_cond` (one unbatched null condition) when
+    guidance ≠ 1, as [RD] made SD's pairs; the shards keep cond, so the student learns the guided ODE.
     """
     if n < 1 or shard_size < 1 or phases < 1 or steps < phases:
         raise ValueError(f"need n ≥ 1, shard_size ≥ 1, phases ≥ 1 and steps ≥ phases; got n={n}, "
                          f"shard_size={shard_size}, phases={phases}, steps={steps}")
+    if cond is not None and len(cond) != n:
+        raise ValueError(f"cond must hold one condition per pair: {len(cond)} conditions for n={n} pairs")
+    if guidance != 1.0 and (cond is None or null_cond is None):
+        raise ValueError("classifier-free guidance (guidance ≠ 1) needs cond and null_cond")
     get_solver(solver)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,8 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     config = {"schedule": schedule.name, "schedule_params": schedule_params(schedule), "teacher": fingerprint(net),
               "pred_type": pred_type, "shape": list(shape), "n": n,
               "shard_size": shard_size, "solver": solver, "steps": steps, "phases": phases, "seed": seed,
-              "boundaries": boundaries.tolist()}
+              "boundaries": boundaries.tolist(), "guidance": guidance,
+              "cond": None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest()}
     manifest = {"format": FORMAT, "config": config, "shards": {}}
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
@@ -112,12 +122,27 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         m = min(shard_size, n - i * shard_size)
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         eps = torch.randn((m, *shape), generator=g)
-        paths = [solve_path(net, schedule, pred_type, e.to(device=device, dtype=dtype), boundaries, solver, steps).cpu()
-                 for e in eps.split(batch)]
-        atomic_save({"eps": eps, "x_path": torch.cat(paths).float()}, out / name)
+        c = None if cond is None else cond[i * shard_size:i * shard_size + m]
+        paths = []
+        for j in range(0, m, batch):
+            e = eps[j:j + batch].to(device=device, dtype=dtype)
+            paths.append(solve_path(_conditioned(net, c, j, batch, null_cond, guidance, device), schedule, pred_type,
+                                    e, boundaries, solver, steps).cpu())
+        atomic_save({"eps": eps, "x_path": torch.cat(paths).float()} | ({} if c is None else {"cond": c.cpu()}),
+                    out / name)
         manifest["shards"][name] = {"n": m, "sha256": sha256(out / name)}
         _write_manifest(out, manifest)
     return out
+
+
+def _conditioned(net, c, start, batch, null_cond, guidance, device):
+    """net itself, or (x, t) ↦ net(x, t, c_batch), guided by CFG when guidance ≠ 1."""
+    if c is None:
+        return net
+    cb = c[start:start + batch].to(device)
+    if guidance == 1.0:
+        return lambda x, t: net(x, t, cb)
+    return classifier_free_guidance(net, cb, null_cond.to(device).expand(len(cb), *null_cond.shape), guidance)
 
 # ----------------------------------------------------------------------------
 
@@ -129,10 +154,17 @@ class Pairs:
     x_path: Tensor       # (N, K+1, *shape): teacher states at the phase boundaries; x_path[:, -1] is x̂0
     boundaries: Tensor   # (K+1,) float64, t_max … t_min
     config: dict         # the manifest's settings
+    cond: Tensor | None = None   # (N, ...): each pair's condition (prompt tokens), None for unconditional pairs
 
     def to(self, device) -> "Pairs":
         """The same pairs on `device` (the batches are then drawn there too)."""
-        return Pairs(self.eps.to(device), self.x_path.to(device), self.boundaries.to(device), self.config)
+        return Pairs(self.eps.to(device), self.x_path.to(device), self.boundaries.to(device), self.config,
+                     None if self.cond is None else self.cond.to(device))
+
+    def endpoints(self) -> "Pairs":
+        """The K = 1 view of phased pairs: (ε, the teacher's first and last states) — one generation serves RD,
+        RF and phased RD."""
+        return Pairs(self.eps, self.x_path[:, [0, -1]], self.boundaries[[0, -1]], self.config, self.cond)
 
     def phase_pairs(self, schedule: Schedule) -> tuple[Tensor, Tensor]:
         """(x0_ph, ε_ph), each (N, K, *shape): the pair whose forward path α_t·x0 + σ_t·ε passes through the
@@ -167,7 +199,7 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
     if shape is not None and list(shape) != cfg["shape"]:
         raise ValueError(f"{d} holds samples of shape {tuple(cfg['shape'])}, not {tuple(shape)}")
     n_shards = (cfg["n"] + cfg["shard_size"] - 1) // cfg["shard_size"]
-    eps, paths = [], []
+    eps, paths, conds = [], [], []
     for i in range(n_shards):
         name = shard_name(i)
         if name not in manifest["shards"] or not (d / name).exists():
@@ -179,7 +211,9 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
         shard = torch.load(d / name, map_location="cpu", weights_only=True)
         eps.append(shard["eps"])
         paths.append(shard["x_path"])
-    return Pairs(torch.cat(eps), torch.cat(paths), torch.tensor(cfg["boundaries"], dtype=torch.float64), cfg)
+        conds.append(shard.get("cond"))
+    cond = torch.cat(conds) if conds[0] is not None else None
+    return Pairs(torch.cat(eps), torch.cat(paths), torch.tensor(cfg["boundaries"], dtype=torch.float64), cfg, cond)
 
 
 def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3) -> Tensor:
@@ -202,7 +236,7 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3)
 def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
     """(x0_ph, ε_ph, t) batches: t ~ the teacher's training times, the pair of phase_of(t).  [RD Alg. 4, §2.3]
 
-    t outside [t_min, t_max] uses the nearest phase."""
+    t outside [t_min, t_max] uses the nearest phase. Conditional pairs give (x0_ph, ε_ph, t, cond)."""
     if pairs.config["schedule_params"] != schedule_params(schedule):
         raise ValueError(f"pairs of schedule {pairs.config['schedule']!r} cannot train a {schedule.name!r} student "
                          f"in the teacher's form")
@@ -212,7 +246,8 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
         idx = torch.randint(0, x0_ph.shape[0], (n,), generator=generator, device=x0_ph.device)
         t = schedule.sample_t(n, generator, device=x0_ph.device)
         phase = phase_of(pairs, schedule, t, handover)
-        return x0_ph[idx, phase], eps_ph[idx, phase], t
+        out = x0_ph[idx, phase], eps_ph[idx, phase], t
+        return out if pairs.cond is None else (*out, pairs.cond[idx])
     return batch
 
 
@@ -233,12 +268,13 @@ def flow_batches(pairs: Pairs, fm: Schedule):
     """x_t = (1 − t)·x̂0 + t·ε on the teacher's pairs (x̂0 = its x_{t_min}), t from FM's training times.  [RF, InstaFlow]
 
     The raw pair of [RD Alg. 4]: FM samples from x_{0.999} = 0.999·ε, which this path meets up to 0.001·x̂0, so
-    it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs)."""
+    it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs). Conditional pairs add cond."""
     x0, eps = pairs.x_path[:, -1], pairs.eps
 
     def batch(n, generator):
         idx = torch.randint(0, x0.shape[0], (n,), generator=generator, device=x0.device)
-        return x0[idx], eps[idx], fm.sample_t(n, generator, device=x0.device)
+        out = x0[idx], eps[idx], fm.sample_t(n, generator, device=x0.device)
+        return out if pairs.cond is None else (*out, pairs.cond[idx])
     return batch
 
 

@@ -50,6 +50,15 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=enabled)
 
 
+def _denoising(model, schedule, pred_type, batch, cfg: TrainConfig):
+    """The denoising loss of a (x0, ε, t, cond) batch, with cond passed to the network when it is not None."""
+    x0, eps, t, cond = batch
+    if cfg.channels_last:
+        x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
+    fn = model if cond is None else (lambda x, tt: model(x, tt, cond))
+    return denoising_loss(fn, schedule, x0, eps, t, pred_type)
+
+
 def _identity(config: dict) -> dict:
     """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes)."""
     train = {k: v for k, v in config.get("train", {}).items() if k not in ("steps", "max_minutes")}
@@ -73,13 +82,17 @@ def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | 
 
 
 def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, run_dir, model_config: dict | None = None,
-          desc: str = "train", require_done: bool = False):
-    """Minimise the denoising loss for cfg.steps steps (or cfg.max_minutes); returns the EMA model. Resumes from run_dir/ckpt.pt."""
+          desc: str = "train", require_done: bool = False, loss_fn=None):
+    """Minimise the denoising loss for cfg.steps steps (or cfg.max_minutes); returns the EMA model. Resumes from run_dir/ckpt.pt.
+
+    loss_fn(model, batch) → loss replaces the denoising loss for other networks (the autoencoder of train_sd.py);
+    `batch` is then whatever batches(n, generator) returns, and schedule/pred_type may be None."""
     if cfg.amp not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
     run = Path(run_dir)
     device = next(net.parameters()).device
-    config = {"train": asdict(cfg), "model": model_config or {}, "schedule": schedule.name, "pred_type": pred_type}
+    config = {"train": asdict(cfg), "model": model_config or {}, "schedule": schedule and schedule.name,
+              "pred_type": pred_type}
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train().requires_grad_(True)
@@ -112,14 +125,11 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         # every step's randomness (batch, noise, times, dropout) comes from (seed, step): resuming replays exactly
         generator.manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
-        x0, eps, t, cond = batches(cfg.batch, generator)
-        if cfg.channels_last:
-            x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
-        fn = model if cond is None else (lambda x, tt: model(x, tt, cond))
+        batch = batches(cfg.batch, generator)
         opt.zero_grad(set_to_none=True)
         try:
             with _autocast(cfg, device):
-                loss = denoising_loss(fn, schedule, x0, eps, t, pred_type)
+                loss = _denoising(model, schedule, pred_type, batch, cfg) if loss_fn is None else loss_fn(model, batch)
             scaler.scale(loss).backward()
         except Exception as err:          # torch.compile fails at its first call: warn, redo the same step eagerly
             if model is net or step > first:

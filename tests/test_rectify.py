@@ -199,3 +199,50 @@ def test_ema_and_toy_checkpoints(tmp_path):
     x, t = torch.randn(8, 2), torch.rand(8)
     torch.testing.assert_close(back(x, t), net(x, t))
     assert back.schedule.name == "ve" and back.pred_type == "x0"
+
+# ----------------------------------------------------------------------------
+# Conditional pairs with classifier-free guidance: a closed form.  With data x0 = c (a point mass at the condition),
+# ε̂(x, t, c) = (x − α_t·c)/σ_t is exact, and the null condition c = 0 gives ε̂ = x/σ_t. The guided prediction
+# ε̂_∅ + w·(ε̂_c − ε̂_∅) = (x − α_t·w·c)/σ_t is the exact ε of data w·c: every guided pair must end at x̂0 = w·c.
+
+
+def point_mass_net(schedule):
+    def net(x, t, c):
+        co = schedule(t)
+        return (x - co.alpha.view(-1, 1).to(x) * c) / co.sigma.view(-1, 1).to(x)
+    return net
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_conditional_pairs_follow_their_guided_prompt(tmp_path, guidance):
+    s = get_schedule("vp-sd")
+    cond = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    d = generate_pairs(point_mass_net(s), s, "eps", tmp_path, n=50, shape=(2,), shard_size=16, steps=3, batch=7,
+                       progress=False, cond=cond, null_cond=torch.zeros(2), guidance=guidance)
+    pairs = load_pairs(d, s, (2,))
+    assert torch.equal(pairs.cond, cond), "each pair keeps its own prompt, in order, across shards and batches"
+    start, end = s(pairs.boundaries[:1]), s(pairs.boundaries[-1:])   # from x_T = σ_T·ε the path's noise is
+    eps_path = pairs.eps - start.alpha / start.sigma * guidance * cond       # ε − (α_T/σ_T)·w·c; x̂0 = x_{t_min}
+    torch.testing.assert_close(pairs.x_path[:, -1], (end.alpha * guidance * cond + end.sigma * eps_path).float(),
+                               atol=2e-5, rtol=0)
+    x0, eps, t, c = pair_batches(pairs, s)(64, torch.Generator().manual_seed(1))
+    idx = [int((cond == ci).all(1).nonzero()) for ci in c]                   # which pair each batch row came from
+    torch.testing.assert_close(eps, pairs.phase_pairs(s)[1][idx, 0])
+    x0f, epsf, tf, cf = flow_batches(pairs, get_schedule("fm"))(64, torch.Generator().manual_seed(1))
+    assert cf.shape == (64, 2)
+    with pytest.raises(ValueError, match="needs cond and null_cond"):
+        generate_pairs(point_mass_net(s), s, "eps", tmp_path / "x", n=4, shape=(2,), guidance=2.0, progress=False)
+    with pytest.raises(ValueError, match="one condition per pair"):
+        generate_pairs(point_mass_net(s), s, "eps", tmp_path / "y", n=4, shape=(2,), cond=cond, progress=False)
+
+
+def test_endpoints_view_of_phased_pairs(tmp_path):
+    s, d = oracle_pairs(tmp_path, n=40, phases=4)
+    pairs = load_pairs(d, s, (2,))
+    one = pairs.endpoints()
+    assert one.x_path.shape == (40, 2, 2) and len(one.boundaries) == 2
+    torch.testing.assert_close(one.x_path[:, -1], pairs.x_path[:, -1], rtol=0, atol=0)
+    x0, eps = one.phase_pairs(s)                      # the K = 1 pair passes through the first and last states
+    for k in (0, -1):
+        co = s(one.boundaries[k:k + 1 or None])
+        torch.testing.assert_close((co.alpha * x0[:, 0] + co.sigma * eps[:, 0]).float(), one.x_path[:, k], atol=1e-5, rtol=0)
