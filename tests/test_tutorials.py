@@ -35,3 +35,11 @@ def test_02_rectification_2d(out):
     table = (out / "02_results.md").read_text()
     for row in ("VP/eps RD", "VP/eps RF (FM, velocity)", "phased RD K=4", "2-RD (second round)"):
         assert row in table and row in stdout
+
+
+def test_04_fused_groupnorm(out):
+    stdout = run_tutorial("04_fused_groupnorm.py", out)
+    assert (out / "04_variance_error.png").stat().st_size > 10_000
+    assert "backward formula vs autograd, dx" in stdout and "bytes per element" in stdout
+    errors = [float(line.rsplit(" ", 1)[1]) for line in stdout.splitlines() if "max |error|" in line and "kernel" not in line]
+    assert len(errors) == 7 and max(errors) < 1e-12, errors

@@ -1,0 +1,52 @@
+"""Latent text-to-image diffusion: ε̂(z_t, t, prompt) = UNet(z_t, t, TextEncoder(tokens)) on autoencoder latents.  [RD, CFG]
+
+The pieces of a Stable-Diffusion-style model that are not an autoencoder (rd/autoencoder.py), a text tower
+(rd/text.py) or a UNet (rd/unet.py): the module that joins the text tower to the UNet, prompt dropout for
+classifier-free guidance, and few-step sampling with or without guidance. train_sd.py and tutorials/05 use them.
+"""
+import torch
+from torch import Tensor, nn
+
+from .sampling import classifier_free_guidance, sample
+from .schedules import Schedule
+
+
+class TextUNet(nn.Module):
+    """(z_t (B, 4, h, w), t (B,), tokens (B, L)) → UNet(z_t, t, TextEncoder(tokens)): one module, trained together.
+
+    SD freezes a pretrained CLIP text tower; here it is trained from scratch with the denoiser (and frozen with it
+    for the students, which copy both)."""
+
+    def __init__(self, unet: nn.Module, text: nn.Module):
+        super().__init__()
+        self.unet, self.text = unet, text
+
+    def forward(self, x, t, tokens):
+        return self.unet(x, t, self.text(tokens))
+
+
+def drop_prompts(tokens: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Each row replaced by the null prompt (all padding, token 0) with probability p: CFG training.  [CFG]"""
+    keep = torch.rand(len(tokens), generator=generator, device=generator.device).to(tokens.device) >= p   # (B,)
+    return tokens * keep[:, None]
+
+
+def solver_for(calls: int) -> str:
+    """DPM-Solver++(1) for one network call, DPM-Solver++(2M) for more (one call per step either way)."""
+    return "dpm++1" if calls == 1 else "dpm++2m"
+
+
+@torch.no_grad()
+def generate_latents(net, noise: Tensor, schedule: Schedule, pred_type: str, calls: int, tokens: Tensor,
+                     guidance: float = 1.0, batch: int = 500) -> Tensor:
+    """Latents after `calls` network evaluations per sample (CFG doubles each evaluation's batch, not the count).
+
+    guidance = 1: the conditional model alone (how rectified students sample: their pairs already carry the
+    teacher's guidance); guidance > 1: ε̂_∅ + w·(ε̂_c − ε̂_∅) with the null prompt = all padding."""
+    out = []
+    for z, c in zip(noise.split(batch), tokens.split(batch)):
+        fn = (lambda x, t, c=c: net(x, t, c)) if guidance == 1.0 else \
+            classifier_free_guidance(net, c, torch.zeros_like(c), guidance)
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=z.device.type == "cuda"):
+            out.append(sample(fn, z, schedule, pred_type, solver_for(calls), calls).float())
+    return torch.cat(out)

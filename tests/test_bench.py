@@ -1,0 +1,30 @@
+"""rd.bench runs end to end at smoke size and prints its one table (on a CPU: the reference rows only)."""
+import torch
+
+from rd.bench import main, norm_calls, table
+from rd.unet import UNetConfig
+
+
+def test_bench_quick_prints_one_table(capsys):
+    out = main(["--quick", "--op-layouts=channels_last"])
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(out.rstrip()), "the table comes last"
+    lines = out.splitlines()
+    assert lines[0].startswith("| part | case | metric | eager | eager+fused |")
+    parts = {line.split(" | ")[0].strip("| ") for line in lines[2:]}
+    assert parts == {"op fwd+bwd", "train step", "sampling"}
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in printed and all(line.count("–") >= 4 for line in lines[2:])
+
+
+def test_norm_calls_cover_every_block():
+    """The CIFAR UNet calls group_norm_silu twice per ResBlock plus once at the output (scale/shift in the 2nd)."""
+    calls = norm_calls(UNetConfig.preset("cifar"))
+    res_blocks = 8 + 2 + 12                      # down 4 levels × 2, middle 2, up 4 levels × 3
+    assert sum(calls.values()) == 2 * res_blocks + 1
+    assert sum(n for (c, h, w, g, affine), n in calls.items() if affine) == res_blocks
+
+
+def test_table_ratio_cells():
+    text = table([["op fwd+bwd", "x", "µs", 120.0, 40.0, 3.0, None, None, None]])
+    assert text.splitlines()[-1] == "| op fwd+bwd | x | µs | 120 | 40 | 3.00 | – | – | – |"

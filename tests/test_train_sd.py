@@ -1,0 +1,85 @@
+"""train_sd.py at its tiny preset: every stage, stage-by-stage = all at once, clear refusals, --help."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*flags, env=None):
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "train_sd.py"), *flags], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sd")
+    return out, ok(run("--preset=tiny", f"--out={out}"))
+
+
+def test_every_stage_runs_and_leaves_a_table_and_a_figure(whole):
+    out, stdout = whole
+    for stage in ("ae", "teacher", "rd", "rf", "phased"):
+        assert (out / stage / "ckpt.pt").is_file() and "img/s" in (out / stage / "log.txt").read_text(), stage
+    assert (out / "pairs" / "manifest.json").is_file() and (out / "prompts.png").stat().st_size > 10_000
+    results = json.loads((out / "results.json").read_text())
+    expected = {"teacher@25", "teacher@1", "teacher@2", "teacher@4", "RD@1", "RD@2", "RD@4", "RF@1", "RF@2", "RF@4",
+                "phased RD (K=4)@4"}
+    assert expected <= set(results), sorted(results)
+    assert all(0 <= v["fidelity"] <= 1 for k, v in results.items() if k != "real_fidelity")
+    assert "| phased RD (K=4) | 4 |" in stdout and "prompt fidelity" in (out / "results.md").read_text()
+
+
+def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path):
+    out, _ = whole
+    for stage in ("ae", "teacher", "pairs", "rd"):
+        ok(run("--preset=tiny", f"--out={tmp_path}", f"--stage={stage}"))
+    a = torch.load(out / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
+    b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "a stage-wise run is the same run"
+    log = (tmp_path / "teacher" / "log.txt").read_text()
+    stdout = ok(run("--preset=tiny", f"--out={tmp_path}", "--stage=rd"))
+    assert "is finished" in stdout and (tmp_path / "teacher" / "log.txt").read_text() == log, "nothing retrained"
+
+
+def test_missing_prerequisite_and_other_config_are_refused(tmp_path):
+    proc = run("--preset=tiny", f"--out={tmp_path}", "--stage=teacher")
+    assert proc.returncode != 0 and "run the 'ae' stage first" in proc.stderr
+    assert not (tmp_path / "teacher").exists()
+    proc = run("--preset=tiny", f"--out={tmp_path}", "--guidance=2.0")
+    assert proc.returncode != 0 and "another configuration" in proc.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["args"]["guidance"] == 3.0, "nothing overwritten"
+
+
+def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path):
+    proc = run("--bogus=1")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus=1" in proc.stderr
+    proc = run("--preset=huge")
+    assert proc.returncode == 2 and "--preset must be auto, tiny, cpu, gpu; got 'huge'" in proc.stderr
+    proc = run("--preset=tiny", "--data=cifar10", f"--cifar={tmp_path / 'nope'}", f"--out={tmp_path / 'c'}")
+    assert proc.returncode != 0 and "CIFAR-10 not found" in proc.stderr and "cifar10-jpg.tar.gz" in proc.stderr
+    if not torch.cuda.is_available():
+        proc = run("--preset=tiny", f"--out={tmp_path / 'd'}", env={"WORLD_SIZE": "2", "RANK": "0"})
+        assert proc.returncode != 0 and "needs CUDA" in proc.stderr and not (tmp_path / "d").exists()
+
+
+def test_help_lists_every_flag_with_its_default():
+    proc = run("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())                                        # argparse wraps long lines
+    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--out", "runs/sd"), ("--stage", "all"),
+                          ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
+                          ("--cifar", "data/cifar10-jpg.tar.gz")):
+        help_of_flag = text.split(f"{flag} ", 2)[-1].split(" --", 1)[0]
+        assert f"(default: {default})" in help_of_flag, (flag, help_of_flag)

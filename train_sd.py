@@ -1,0 +1,303 @@
+"""A latent Stable-Diffusion-style text-to-image model, rectified without leaving its own form.  [RD Tab. 1, CFG]
+
+    python train_sd.py                              # everything, offline: built-in captioned shapes, preset auto
+    python train_sd.py --stage=teacher              # one stage; every stage resumes and skips what is done
+    python train_sd.py --data=cifar10 --cifar=data/cifar10-jpg.tar.gz --inception=data/inception-2015-12-05-fp16.pt
+
+Stages (run folder --out): ae (KL autoencoder, 32 px → 4×8×8 latents, SD's scale factor measured from data) →
+teacher (UNet with cross-attention on a from-scratch text encoder; SD's scaled-linear VP schedule, ε-prediction,
+10 % prompt dropout) → pairs (DPM-Solver++(2M) with the teacher's classifier-free guidance, K phase states kept) →
+rd (the teacher's form on (x̂0, ε)) → rf (flow matching + velocity from the same teacher, same pairs and steps) →
+phased (RD on the K phase pairs) → eval (FID of decoded images when Inception weights are given; prompt fidelity
+= accuracy of an attribute classifier trained on real data; a prompts × methods × steps figure).
+"""
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
+from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from rd.data import GPULoader, load_cifar10, CIFAR_CLASSES
+from rd.io import atomic_save, atomic_write_text
+from rd.latent import TextUNet, drop_prompts, generate_latents
+from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
+from rd.schedules import get_schedule
+from rd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
+from rd.text import TextEncoder, TextEncoderConfig, Tokenizer
+from rd.train import TrainConfig, train
+from rd.unet import UNet, UNetConfig
+
+STAGES = ("ae", "teacher", "pairs", "rd", "rf", "phased", "eval")
+TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a small {}", "a photo of the {}")
+
+
+@dataclass
+class Args:
+    preset: str = "auto"          # auto (gpu if CUDA is present, else cpu), cpu, gpu, tiny (tests)
+    data: str = "shapes"          # shapes (built-in, procedural, captioned) or cifar10
+    cifar: str = "data/cifar10-jpg.tar.gz"   # CIFAR-10: pickles folder, image folder or its .tar.gz (--data=cifar10)
+    inception: str = ""           # TF-Inception TorchScript file for FID (empty: no FID, fidelity only)
+    out: str = "runs/sd"          # run folder: config, logs, checkpoints, grids, results
+    stage: str = "all"            # all, or one of: ae, teacher, pairs, rd, rf, phased, eval
+    guidance: float = 3.0         # classifier-free guidance scale of the teacher (pairs and teacher samples)
+    phases: int = 4               # K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)
+    seed: int = 0                 # seeds data, training, pairs and evaluation
+
+
+@dataclass
+class Preset:
+    n_train: int                  # shapes to render (CIFAR-10 uses its 50,000)
+    ae: str                       # AutoencoderConfig preset
+    ae_steps: int                 # autoencoder steps
+    channels: int                 # latent UNet width
+    text_dim: int                 # text encoder width (= UNet context_dim)
+    batch: int                    # batch of every training stage
+    teacher_steps: int            # teacher steps
+    n_pairs: int                  # pairs from the teacher
+    pair_steps: int               # DPM-Solver++(2M) steps per pair (over all phases)
+    student_steps: int            # steps of each student (RD, RF, phased)
+    clf_steps: int                # attribute-classifier steps
+    n_eval: int                   # samples per (model, calls) in the evaluation
+    minutes: float                # wall-clock cap per training stage (0: none)
+
+
+PRESETS = {
+    "tiny": Preset(256, "tiny", 12, 32, 32, 16, 12, 48, 8, 6, 10, 24, 0),
+    "cpu": Preset(20_000, "small", 800, 64, 128, 64, 3000, 2000, 28, 600, 400, 1000, 0),
+    "gpu": Preset(50_000, "base", 8000, 128, 256, 256, 30_000, 25_000, 28, 3000, 2000, 10_000, 8),
+}
+
+
+def parse_args(argv=None) -> Args:
+    """--flag=value for every Args field (its default and comment in --help); unknown flags are an error."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = Path(__file__).read_text()
+    for f in dataclasses.fields(Args):
+        line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}: "))
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=line.split("# ", 1)[-1])
+    args = Args(**vars(parser.parse_args(argv)))
+    if args.preset not in ("auto", *PRESETS):
+        parser.error(f"--preset must be auto, {', '.join(PRESETS)}; got {args.preset!r}")
+    if args.data not in ("shapes", "cifar10"):
+        parser.error(f"--data must be shapes or cifar10; got {args.data!r}")
+    if args.stage not in ("all", *STAGES):
+        parser.error(f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}")
+    if args.phases < 1 or args.guidance < 1:
+        parser.error(f"need --phases ≥ 1 and --guidance ≥ 1; got {args.phases}, {args.guidance}")
+    return args
+
+
+def load_data(args: Args, size: Preset, out: Path):
+    """Training images uint8 (N, 3, 32, 32), attributes (N, A) for the fidelity classifier, and captions."""
+    if args.data == "shapes":
+        images, attrs = make_shapes(size.n_train, seed=args.seed)
+        return images, attrs, captions(attrs)
+    images, labels = load_cifar10(args.cifar, "train", cache_dir=out / "cache", strict=size.n_train >= 50_000)
+    caps = [TEMPLATES[i % len(TEMPLATES)].format(CIFAR_CLASSES[y]) for i, y in enumerate(labels.tolist())]
+    return images, labels[:, None], caps
+
+
+def eval_prompts(args: Args, n: int):
+    """n prompts with their attributes: uniform random attributes (shapes) or balanced classes (CIFAR-10)."""
+    g = torch.Generator().manual_seed(args.seed + 7)
+    if args.data == "shapes":
+        attrs = torch.stack([torch.randint(len(v), (n,), generator=g) for v in ATTRIBUTES.values()], 1)
+        return attrs, captions(attrs)
+    labels = torch.arange(n) % len(CIFAR_CLASSES)
+    return labels[:, None], [f"a photo of a {CIFAR_CLASSES[y]}" for y in labels.tolist()]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not torch.cuda.is_available():
+            raise SystemExit("train_sd.py: torchrun with WORLD_SIZE > 1 needs CUDA GPUs (one process per GPU, NCCL); "
+                             "on a CPU run it as one process: python train_sd.py")
+        raise SystemExit("train_sd.py: multi-GPU (torchrun) training is not implemented yet; run one process")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    preset = args.preset if args.preset != "auto" else ("gpu" if device == "cuda" else "cpu")
+    size = PRESETS[preset]
+    out = Path(args.out)
+    run = lambda name: args.stage in ("all", name)                                   # noqa: E731
+    config = {"args": dataclasses.asdict(args) | {"stage": None}, "preset": preset, "size": dataclasses.asdict(size)}
+    if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
+        raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}); "
+                         f"pass another --out, or delete the folder to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(config, indent=1), out / "config.json")
+    print(f"train_sd.py: preset {preset} on {device}, data {args.data}, run folder {out}, stage {args.stage}")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    images, attrs, caps = load_data(args, size, out)
+    tokenizer = Tokenizer.from_texts(caps + eval_prompts(args, 64)[1] + list(PROMPTS))
+    length = max(len(tokenizer.words(c)) for c in caps) + 2
+    tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
+    def cfg(steps, lr):
+        return TrainConfig(steps=steps, batch=size.batch, lr=lr, warmup=min(200, steps // 5 + 1), ema_decay=0.999,
+                           amp="bf16" if device == "cuda" else "fp32", channels_last=False,
+                           log_every=max(1, min(100, steps // 10)), ckpt_every=max(1, min(500, steps // 4)),
+                           max_minutes=size.minutes, seed=args.seed)
+
+    # -- ae: the first stage, trained on images; latents = scale · E[q(z|x)]
+    loader = GPULoader(images, attrs[:, 0], size.batch, device, flip=args.data == "cifar10", seed=args.seed)
+    ae_cfg = AutoencoderConfig.preset(size.ae)
+    torch.manual_seed(args.seed)
+    ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0], cfg(size.ae_steps, 1e-3),
+               out / "ae", model_config=dataclasses.asdict(ae_cfg), desc="ae", require_done=not run("ae"),
+               loss_fn=lambda model, x: model.loss(x)[0])
+    x_all = images.to(device).float() / 127.5 - 1
+    scale = latent_scale(ae, x_all[:5000])
+    latents = encode_latents(ae, x_all, scale)                                           # (N, 4, 8, 8)
+    if args.stage == "ae":
+        return print(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
+
+    # -- teacher: SD's schedule and ε, text tower trained from scratch with it, 10 % of prompts dropped
+    schedule = get_schedule("vp-sd")
+    unet_cfg = UNetConfig(in_channels=latents.shape[1], resolution=latents.shape[-1], channels=size.channels,
+                          ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(latents.shape[-1], latents.shape[-1] // 2),
+                          dropout=0.0, context_dim=size.text_dim)
+    text_cfg = TextEncoderConfig(vocab_size=len(tokenizer.vocab), length=length, dim=size.text_dim)
+
+    def teacher_batches(n, g):
+        idx = torch.randint(len(latents), (n,), generator=g, device=g.device).to(device)
+        z0 = latents[idx]                                                                # (B, 4, 8, 8)
+        return z0, torch.randn(z0.shape, generator=g, device=device), schedule.sample_t(n, g, device=device), \
+            drop_prompts(tokens[idx], 0.1, g)
+
+    torch.manual_seed(args.seed)
+    teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, "eps", teacher_batches,
+                    cfg(size.teacher_steps, 3e-4), out / "teacher", desc="teacher", require_done=not run("teacher"),
+                    model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
+                                  "vocab": tokenizer.vocab})
+    if args.stage == "teacher":
+        return print("teacher done")
+
+    # -- pairs: prompts drawn from the captions, the teacher's guided ODE, K + 1 states per pair
+    prompt_idx = torch.randint(len(caps), (size.n_pairs,), generator=torch.Generator().manual_seed(args.seed + 1))
+    shape = tuple(latents.shape[1:])
+    if run("pairs"):
+        generate_pairs(teacher, schedule, "eps", out / "pairs", size.n_pairs, shape, shard_size=max(16, size.n_pairs // 5),
+                       steps=size.pair_steps, phases=args.phases, seed=args.seed, batch=1000, device=device,
+                       cond=tokens[prompt_idx.to(device)].cpu(), null_cond=torch.zeros(length, dtype=torch.int64),
+                       guidance=args.guidance)
+    pairs = load_pairs(out / "pairs", schedule, shape).to(device)
+    if args.stage == "pairs":
+        return print(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
+
+    # -- students: same pairs, same steps; RD and phased RD keep the teacher's form, RF is FM + velocity
+    fm = get_schedule("fm")
+    students = {
+        "RD": (lambda: copy.deepcopy(teacher), schedule, "eps", pair_batches(pairs.endpoints(), schedule)),
+        "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm)),
+        f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, "eps", pair_batches(pairs, schedule)),
+    }
+    trained = {}
+    for (name, (init, sch, pred, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
+        trained[name] = train(init().requires_grad_(True), sch, pred, batches, cfg(size.student_steps, 1e-4),
+                              out / stage, desc=stage, require_done=not run(stage))
+        if args.stage == stage:
+            return print(f"{stage} done")
+
+    # -- eval
+    models = {"teacher": (teacher, schedule, "eps", args.guidance)} | \
+             {name: (net, sch, pred, 1.0) for (name, net), (_, sch, pred, _) in zip(trained.items(), students.values())}
+    evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
+
+
+def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models):
+    """FID (decoded images vs the training images' statistics) and prompt fidelity per (model, calls); the figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = tuple(len(v) for v in ATTRIBUTES.values()) if args.data == "shapes" else (len(CIFAR_CLASSES),)
+    clf_path = out / "classifier" / "ckpt.pt"
+    clf = AttributeClassifier(ClassifierConfig(heads=heads)).to(device)
+    if clf_path.exists():
+        clf.load_state_dict(torch.load(clf_path, map_location=device, weights_only=True))
+    else:
+        clf = train_classifier(images, attrs, ClassifierConfig(heads=heads), size.clf_steps, device=device,
+                               seed=args.seed, flip=args.data == "cifar10")
+        atomic_save(clf.state_dict(), clf_path)
+    clf.eval()
+    if args.data == "shapes":
+        held_out, held_attrs = make_shapes(size.n_eval, seed=args.seed + 1000)
+    else:
+        held_out, held_labels = load_cifar10(args.cifar, "test", cache_dir=out / "cache", strict=False, verbose=False)
+        held_out, held_attrs = held_out[:size.n_eval], held_labels[:size.n_eval, None]
+    real_acc = accuracy(clf, held_out, held_attrs)
+
+    inception = None
+    if args.inception:
+        from rd.fid import fid, load_inception, reference_stats
+        inception = load_inception(args.inception, device=device)
+        ref = reference_stats(f"{args.data}-train-{len(images)}", lambda: images, inception, cache_dir=out / "cache",
+                              device=device)
+
+    eval_attrs, eval_caps = eval_prompts(args, size.n_eval)
+    eval_tokens = tokenizer.encode(eval_caps, length).to(device)
+    noise = torch.randn(size.n_eval, *ae_latent_shape(ae, images, device), generator=torch.Generator().manual_seed(args.seed + 2))
+    fig_tokens = tokenizer.encode(list(PROMPTS), length).to(device) if args.data == "shapes" else eval_tokens[:len(PROMPTS)]
+    fig_noise = noise[:len(fig_tokens)].to(device)
+    calls = {"teacher": (25, 1, 2, 4)} | {name: ((args.phases,) if name.startswith("phased") else (1, 2, 4))
+                                          for name in models if name != "teacher"}
+    results, figure = {}, {}
+    for name, (net, sch, pred, w) in models.items():
+        for k in calls[name]:
+            z = generate_latents(net, noise.to(device), sch, pred, k, eval_tokens, guidance=w)
+            x = to_uint8(decode_latents(ae, z, scale))
+            fid_value = fid(x, *ref, inception, device=device, progress=False) if inception else None
+            results[(name, k)] = (fid_value, accuracy(clf, x, eval_attrs))
+            figure[(name, k)] = to_uint8(decode_latents(ae, generate_latents(net, fig_noise, sch, pred, k, fig_tokens,
+                                                                             guidance=w), scale))
+
+    fmt = lambda v, f: "—" if v is None else f.format(v)                              # noqa: E731
+    lines = [f"train_sd.py, data {args.data}, {len(images)} training images, CFG scale {args.guidance} for the teacher "
+             f"(students sample unguided: their pairs carry it); {size.n_eval} samples per row; real held-out images "
+             f"score fidelity {real_acc:.3f}", "", "| model | calls | FID | prompt fidelity |", "|---|---|---|---|"]
+    lines += [f"| {name} | {k} | {fmt(f, '{:.2f}')} | {a:.3f} |" for (name, k), (f, a) in results.items()]
+    table = "\n".join(lines)
+    print(table)
+    atomic_write_text(table + "\n", out / "results.md")
+    atomic_write_text(json.dumps({f"{n}@{k}": {"fid": f, "fidelity": a} for (n, k), (f, a) in results.items()}
+                                 | {"real_fidelity": real_acc}, indent=1), out / "results.json")
+    cols = [key for key in figure]
+    fig, axes = plt.subplots(len(fig_tokens), len(cols), figsize=(1.3 * len(cols), 1.4 * len(fig_tokens) + 0.6),
+                             squeeze=False)
+    prompts = list(PROMPTS) if args.data == "shapes" else eval_caps[:len(PROMPTS)]
+    for j, key in enumerate(cols):
+        axes[0, j].set_title(f"{key[0]}\n{key[1]} call{'s' * (key[1] > 1)}", fontsize=7)
+        for i in range(len(fig_tokens)):
+            axes[i, j].imshow(figure[key][i].permute(1, 2, 0).cpu().numpy())
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+            if j == 0:
+                axes[i, j].set_ylabel(prompts[i], fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(out / "prompts.png", dpi=100)
+    print(f"results in {out}/: results.md, results.json, prompts.png")
+
+
+def ae_latent_shape(ae, images, device) -> tuple:
+    """(C, h, w) of the autoencoder's latents for these images."""
+    with torch.no_grad():
+        return tuple(ae.encode(images[:1].to(device).float() / 127.5 - 1)[0].shape[1:])
+
+
+def to_uint8(x):
+    """Images in [−1, 1] → uint8 0..255."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FileNotFoundError as err:          # missing data, or a stage's prerequisite: say what to do, exit 1
+        sys.exit(f"train_sd.py: {err}")
