@@ -15,13 +15,14 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from rd import dist
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import GPULoader, load_cifar10, CIFAR_CLASSES
@@ -49,6 +50,7 @@ class Args:
     guidance: float = 3.0         # classifier-free guidance scale of the teacher (pairs and teacher samples)
     phases: int = 4               # K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)
     seed: int = 0                 # seeds data, training, pairs and evaluation
+    time_scale: float = 1.0       # multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)
 
 
 @dataclass
@@ -65,13 +67,14 @@ class Preset:
     student_steps: int            # steps of each student (RD, RF, phased)
     clf_steps: int                # attribute-classifier steps
     n_eval: int                   # samples per (model, calls) in the evaluation
-    minutes: float                # wall-clock cap per training stage (0: none)
+    minutes: tuple = (0, 0, 0)    # training-time caps of (ae, teacher, each student) in minutes (0: none)
 
 
 PRESETS = {
-    "tiny": Preset(256, "tiny", 12, 32, 32, 16, 12, 48, 8, 6, 10, 24, 0),
-    "cpu": Preset(20_000, "small", 800, 64, 128, 64, 3000, 2000, 28, 600, 400, 1000, 0),
-    "gpu": Preset(50_000, "base", 8000, 128, 256, 256, 30_000, 25_000, 28, 3000, 2000, 10_000, 8),
+    "tiny": Preset(256, "tiny", 12, 32, 32, 16, 12, 48, 8, 6, 10, 24),
+    "cpu": Preset(20_000, "tiny", 800, 32, 64, 64, 3000, 2000, 28, 400, 300, 1000),
+    # ≈ 25 H100-minutes in all: the minute caps bind before the step counts
+    "gpu": Preset(50_000, "base", 20_000, 128, 256, 256, 100_000, 25_000, 28, 20_000, 2000, 10_000, (2, 12, 2.5)),
 }
 
 
@@ -90,8 +93,9 @@ def parse_args(argv=None) -> Args:
         parser.error(f"--data must be shapes or cifar10; got {args.data!r}")
     if args.stage not in ("all", *STAGES):
         parser.error(f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}")
-    if args.phases < 1 or args.guidance < 1:
-        parser.error(f"need --phases ≥ 1 and --guidance ≥ 1; got {args.phases}, {args.guidance}")
+    if args.phases < 1 or args.guidance < 1 or args.time_scale <= 0:
+        parser.error(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
+                     f"{args.time_scale}")
     return args
 
 
@@ -117,47 +121,91 @@ def eval_prompts(args: Args, n: int):
 
 def main(argv=None):
     args = parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not torch.cuda.is_available():
-            raise SystemExit("train_sd.py: torchrun with WORLD_SIZE > 1 needs CUDA GPUs (one process per GPU, NCCL); "
-                             "on a CPU run it as one process: python train_sd.py")
-        raise SystemExit("train_sd.py: multi-GPU (torchrun) training is not implemented yet; run one process")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    preset = args.preset if args.preset != "auto" else ("gpu" if device == "cuda" else "cpu")
+    if dist.env_world() > 1 and not torch.cuda.is_available():
+        raise SystemExit("train_sd.py: torchrun with WORLD_SIZE > 1 needs CUDA GPUs (one process per GPU, NCCL); "
+                         "on a CPU run it as one process: python train_sd.py")
+    ctx = dist.init()
+    try:
+        pipeline(args, ctx)
+    finally:
+        dist.finish()
+
+
+class Laps:
+    """Wall-clock minutes per stage, summed over invocations, kept in out/minutes.json (process 0 writes it)."""
+
+    def __init__(self, path: Path, write: bool):
+        self.path, self.write, self.t = path, write, time.perf_counter()
+        self.minutes = json.loads(path.read_text()) if path.exists() else {}
+
+    def __call__(self, stage: str):
+        """Add the time since the last call (or since the start) to `stage`."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.minutes[stage] = self.minutes.get(stage, 0.0) + (now - self.t) / 60
+        self.t = now
+        if self.write:
+            atomic_write_text(json.dumps(self.minutes, indent=1), self.path)
+
+    def table(self) -> str:
+        return "minutes per stage (summed over runs): " + ", ".join(f"{k} {v:.2f}" for k, v in self.minutes.items()) \
+            + f"; total {sum(self.minutes.values()):.2f}"
+
+
+def pipeline(args: Args, ctx: dist.Context):
+    """The stages in order (each resumes or skips); under torchrun every process runs this, process 0 writes."""
+    device = ctx.device
+    say = print if ctx.main else (lambda *a, **k: None)
+    preset = args.preset if args.preset != "auto" else ("gpu" if device != "cpu" else "cpu")
     size = PRESETS[preset]
     out = Path(args.out)
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
-    config = {"args": dataclasses.asdict(args) | {"stage": None}, "preset": preset, "size": dataclasses.asdict(size)}
+    # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
+    # its own) or the Inception file (evaluation only)
+    free = {"out": None, "stage": None, "time_scale": None, "inception": None}
+    config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
+                                    "size": dataclasses.asdict(size)}))                # as config.json reads back
     if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}); "
                          f"pass another --out, or delete the folder to start over")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(config, indent=1), out / "config.json")
-    print(f"train_sd.py: preset {preset} on {device}, data {args.data}, run folder {out}, stage {args.stage}")
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(config, indent=1), out / "config.json")
+    dist.barrier()
+    say(f"train_sd.py: preset {preset} on {device} × {ctx.world} process{'es' * (ctx.world > 1)}, data {args.data}, "
+        f"run folder {out}, stage {args.stage}")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
+    lap = Laps(out / "minutes.json", ctx.main)
+    if not ctx.main:
+        dist.barrier()                               # process 0 decodes and caches the data first
     images, attrs, caps = load_data(args, size, out)
+    if ctx.main:
+        dist.barrier()
+    lap("data")
     tokenizer = Tokenizer.from_texts(caps + eval_prompts(args, 64)[1] + list(PROMPTS))
     length = max(len(tokenizer.words(c)) for c in caps) + 2
     tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
-    def cfg(steps, lr):
+    def cfg(steps, lr, minutes):
         return TrainConfig(steps=steps, batch=size.batch, lr=lr, warmup=min(200, steps // 5 + 1), ema_decay=0.999,
-                           amp="bf16" if device == "cuda" else "fp32", channels_last=False,
+                           amp="fp32" if device == "cpu" else "bf16", channels_last=False,
                            log_every=max(1, min(100, steps // 10)), ckpt_every=max(1, min(500, steps // 4)),
-                           max_minutes=size.minutes, seed=args.seed)
+                           max_minutes=minutes * args.time_scale, seed=args.seed)
 
     # -- ae: the first stage, trained on images; latents = scale · E[q(z|x)]
     loader = GPULoader(images, attrs[:, 0], size.batch, device, flip=args.data == "cifar10", seed=args.seed)
     ae_cfg = AutoencoderConfig.preset(size.ae)
     torch.manual_seed(args.seed)
-    ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0], cfg(size.ae_steps, 1e-3),
+    ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0], cfg(size.ae_steps, 1e-3, size.minutes[0]),
                out / "ae", model_config=dataclasses.asdict(ae_cfg), desc="ae", require_done=not run("ae"),
                loss_fn=lambda model, x: model.loss(x)[0])
     x_all = images.to(device).float() / 127.5 - 1
     scale = latent_scale(ae, x_all[:5000])
     latents = encode_latents(ae, x_all, scale)                                           # (N, 4, 8, 8)
+    lap("ae")
     if args.stage == "ae":
-        return print(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
+        return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
 
     # -- teacher: SD's schedule and ε, text tower trained from scratch with it, 10 % of prompts dropped
     schedule = get_schedule("vp-sd")
@@ -174,23 +222,25 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, "eps", teacher_batches,
-                    cfg(size.teacher_steps, 3e-4), out / "teacher", desc="teacher", require_done=not run("teacher"),
+                    cfg(size.teacher_steps, 3e-4, size.minutes[1]), out / "teacher", desc="teacher", require_done=not run("teacher"),
                     model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
                                   "vocab": tokenizer.vocab})
+    lap("teacher")
     if args.stage == "teacher":
-        return print("teacher done")
+        return say("teacher done")
 
     # -- pairs: prompts drawn from the captions, the teacher's guided ODE, K + 1 states per pair
     prompt_idx = torch.randint(len(caps), (size.n_pairs,), generator=torch.Generator().manual_seed(args.seed + 1))
     shape = tuple(latents.shape[1:])
     if run("pairs"):
-        generate_pairs(teacher, schedule, "eps", out / "pairs", size.n_pairs, shape, shard_size=max(16, size.n_pairs // 5),
-                       steps=size.pair_steps, phases=args.phases, seed=args.seed, batch=1000, device=device,
+        generate_pairs(teacher, schedule, "eps", out / "pairs", size.n_pairs, shape, shard_size=max(16, size.n_pairs // 20),
+                       steps=size.pair_steps, phases=args.phases, seed=args.seed, batch=2000, device=device,
                        cond=tokens[prompt_idx.to(device)].cpu(), null_cond=torch.zeros(length, dtype=torch.int64),
                        guidance=args.guidance)
     pairs = load_pairs(out / "pairs", schedule, shape).to(device)
+    lap("pairs")
     if args.stage == "pairs":
-        return print(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
+        return say(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
 
     # -- students: same pairs, same steps; RD and phased RD keep the teacher's form, RF is FM + velocity
     fm = get_schedule("fm")
@@ -199,17 +249,28 @@ def main(argv=None):
         "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm)),
         f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, "eps", pair_batches(pairs, schedule)),
     }
-    trained = {}
+    trained, steps = {}, size.student_steps
     for (name, (init, sch, pred, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
-        trained[name] = train(init().requires_grad_(True), sch, pred, batches, cfg(size.student_steps, 1e-4),
-                              out / stage, desc=stage, require_done=not run(stage))
+        # RD may stop at its minute cap; RF and phased RD then take exactly as many steps
+        cap = size.minutes[2] if stage == "rd" else 0
+        trained[name] = train(init().requires_grad_(True), sch, pred, batches, cfg(steps, 1e-4, cap), out / stage,
+                              desc=stage, require_done=not run(stage))
+        if stage == "rd":
+            steps = torch.load(out / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
+        lap(stage)
         if args.stage == stage:
-            return print(f"{stage} done")
+            return say(f"{stage} done")
 
-    # -- eval
+    # -- eval (process 0)
+    if not ctx.main:
+        return
     models = {"teacher": (teacher, schedule, "eps", args.guidance)} | \
              {name: (net, sch, pred, 1.0) for (name, net), (_, sch, pred, _) in zip(trained.items(), students.values())}
     evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
+    lap("eval")
+    print(lap.table())
+    where = f"{torch.cuda.get_device_name() if device != 'cpu' else 'CPU'}, {ctx.world} process{'es' * (ctx.world > 1)}"
+    atomic_write_text((out / "results.md").read_text() + f"\n{lap.table()} ({where})\n", out / "results.md")
 
 
 def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models):
@@ -250,6 +311,11 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
     calls = {"teacher": (25, 1, 2, 4)} | {name: ((args.phases,) if name.startswith("phased") else (1, 2, 4))
                                           for name in models if name != "teacher"}
     results, figure = {}, {}
+    # the floors: real held-out images, and the same encoded and decoded by the autoencoder
+    rec = to_uint8(decode_latents(ae, encode_latents(ae, held_out.to(device).float() / 127.5 - 1, scale), scale))
+    for name, x in [("real held-out images", held_out.to(device)), ("autoencoder reconstructions", rec)]:
+        results[(name, "–")] = (fid(x, *ref, inception, device=device, progress=False) if inception else None,
+                                accuracy(clf, x, held_attrs))
     for name, (net, sch, pred, w) in models.items():
         for k in calls[name]:
             z = generate_latents(net, noise.to(device), sch, pred, k, eval_tokens, guidance=w)
@@ -260,9 +326,11 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
                                                                              guidance=w), scale))
 
     fmt = lambda v, f: "—" if v is None else f.format(v)                              # noqa: E731
+    jpeg = " (CIFAR-10: the JPEG copy)" if args.data == "cifar10" else ""
     lines = [f"train_sd.py, data {args.data}, {len(images)} training images, CFG scale {args.guidance} for the teacher "
              f"(students sample unguided: their pairs carry it); {size.n_eval} samples per row; real held-out images "
-             f"score fidelity {real_acc:.3f}", "", "| model | calls | FID | prompt fidelity |", "|---|---|---|---|"]
+             f"score fidelity {real_acc:.3f}; FID against the training images' statistics{jpeg}", "",
+             "| model | calls | FID | prompt fidelity |", "|---|---|---|---|"]
     lines += [f"| {name} | {k} | {fmt(f, '{:.2f}')} | {a:.3f} |" for (name, k), (f, a) in results.items()]
     table = "\n".join(lines)
     print(table)

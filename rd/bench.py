@@ -7,8 +7,9 @@
 Prints one markdown table. Every row holds a baseline and ours measured in the same run, and their ratio
 (> 1: ours is better): eager PyTorch (GroupNorm under bf16 autocast, then scale/shift, then SiLU) against the fused
 kernel, and torch.compile without the kernel against torch.compile with it. Times are medians over timed iterations
-after warm-up, measured with CUDA events. MFU = 3 × forward FLOPs per image × batch / step time / peak, the peak
-being the best measured 8192³ bf16 matmul.
+after warm-up, measured with CUDA events. The op rows give the GPU time (one fwd+bwd captured in a CUDA graph
+and replayed) and, summed, also the wall time of calls made one at a time, where the host's overhead shows.
+MFU = 3 × forward FLOPs per image × batch / step time / peak, the peak being the best measured 8192³ bf16 matmul.
 """
 import argparse
 import statistics
@@ -44,6 +45,21 @@ def timeit(fn, iters: int, warmup: int) -> float:
         end.record()
     torch.cuda.synchronize()
     return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
+
+
+def graph_timeit(fn, iters: int, warmup: int) -> float:
+    """Median seconds of one replay of fn captured in a CUDA graph: the GPU's time alone, without the host's
+    (Python, dispatcher, launch) overhead, which dominates small ops timed one call at a time."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):                          # warm-up on a side stream, as capture requires
+        for _ in range(max(warmup, 2)):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return timeit(graph.replay, iters, warmup)
 
 
 def attempt(what: str, fn):
@@ -85,7 +101,9 @@ def fused_op(x, weight, bias, groups: int, scale=None, shift=None):
 
 
 def bench_op(args, cuda: bool, rows: list):
-    """(a) fwd+bwd of every distinct group_norm_silu call of the UNet, bf16, at batch args.op_batch."""
+    """(a) fwd+bwd of every distinct group_norm_silu call of the UNet, bf16, at batch args.op_batch: the GPU time
+    of each (CUDA-graph replay; on a CPU the wall time), then per layout the sums over one forward's calls, of the
+    GPU time and of the wall time of calls made one at a time (host overhead included)."""
     device = "cuda" if cuda else "cpu"
     compiled_op = torch.compile(eager_op, dynamic=True) if cuda and args.compile else None
     totals = {}
@@ -107,14 +125,19 @@ def bench_op(args, cuda: bool, rows: list):
                 torch.autograd.grad(y, [x, *params], dy)
             case = f"{layout} ({args.op_batch},{c},{h},{w}) G={groups}{' +scale/shift' if affine else ''} ×{count}"
             fns = {"eager": eager_op, "fused": fused_op if cuda else None, "compiled": compiled_op}
-            t = {k: attempt(f"op {k} {case}", lambda: timeit(lambda: step(fn), args.iters, args.warmup))
-                 for k, fn in fns.items() if fn is not None}
-            for k, v in t.items():                   # a failed measurement makes its sum unknown
-                previous = totals.get((layout, k), 0.0)
-                totals[layout, k] = None if v is None or previous is None else previous + count * v
-            rows.append(op_row(case, t))
-        rows.append(op_row(f"{layout}: all calls of one forward, summed", {k: v for (l, k), v in totals.items()
-                                                                           if l == layout}))
+            clocks = {"gpu": graph_timeit if cuda else timeit, "wall": timeit} if cuda else {"gpu": timeit}
+            t = {(clock, k): attempt(f"op {k} {clock} {case}", lambda: timer(lambda: step(fn), args.iters,
+                                                                              args.warmup))
+                 for clock, timer in clocks.items() for k, fn in fns.items() if fn is not None}
+            for (clock, k), v in t.items():          # a failed measurement makes its sum unknown
+                previous = totals.get((layout, clock, k), 0.0)
+                totals[layout, clock, k] = None if v is None or previous is None else previous + count * v
+            rows.append(op_row(f"{case}{', GPU time' if cuda else ''}", {k: v for (c, k), v in t.items()
+                                                                          if c == "gpu"}))
+        for clock in clocks:
+            what = {"gpu": "GPU time" if cuda else "time", "wall": "wall time, one call at a time"}[clock]
+            rows.append(op_row(f"{layout}: all calls of one forward, summed, {what}",
+                               {k: v for (l, c, k), v in totals.items() if l == layout and c == clock}))
 
 
 def op_row(case, t):
@@ -173,7 +196,7 @@ def bench_train(args, cuda: bool, rows: list):
 def time_train_step(net, compiled: bool, schedule, x0, eps, t, args) -> float:
     """Median seconds of forward (denoising loss, bf16 autocast) + backward + Adam step; prints the compile time."""
     model = torch.compile(net) if compiled else net
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=x0.is_cuda)                  # as rd.train
 
     def step():
         with torch.autocast(x0.device.type, dtype=torch.bfloat16):

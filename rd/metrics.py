@@ -47,9 +47,11 @@ def first_order_error(x0_preds: Tensor) -> float:
     0 exactly when the prediction is constant along every path ([RD]'s first-order ODE, where one DPM-Solver-1
     step is exact); a trained teacher's x̂0 drifts from the data mean at t_max to its sample at t_min.
     """
+    # BEGIN ASSIGNMENT A3.4: the first-order diagnostic: how far x̂0 moves along each trajectory, relative to its size — see [RD] §2.1
     x0 = x0_preds.double()
     spread = (x0 - x0.mean(0, keepdim=True)).pow(2).sum(-1).mean()
     return (spread / x0.pow(2).sum(-1).mean()).sqrt().item()
+    # END ASSIGNMENT
 
 
 def path_deviation(points: Tensor) -> float:

@@ -40,6 +40,7 @@ def _bcast(c: Coeffs, like: Tensor) -> Coeffs:
 def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tensor:
     """The regression target of `pred_type` for the pair (x0, ε) at coefficients c.  [VDM, RF]"""
     c = _bcast(c, x0)
+    # BEGIN ASSIGNMENT A1.1: the regression target of each prediction type for a pair (x0, ε) — see [VDM], [RF] and PAPER.md §2
     if pred_type == "eps":
         return eps
     if pred_type == "x0":
@@ -48,6 +49,7 @@ def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tens
         return c.alpha * eps - c.sigma * x0
     if pred_type == "flow":
         return c.d_alpha * x0 + c.d_sigma * eps
+    # END ASSIGNMENT
     raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
 
 
@@ -59,6 +61,7 @@ def pair_from_prediction(pred: Tensor, x_t: Tensor, c: Coeffs, pred_type: str) -
     flow: det = α σ' − σ α',  x̂0 = (σ' x_t − σ û)/det,  ε̂ = (α û − α' x_t)/det
     """
     c = _bcast(c, x_t)
+    # BEGIN ASSIGNMENT A1.2: (x̂0, ε̂) from a prediction of each type, exact for any (α, σ) — see the docstring, [VDM], [RF]
     a, s = c.alpha, c.sigma
     if pred_type == "eps":
         return (x_t - s * pred) / a, pred
@@ -70,6 +73,7 @@ def pair_from_prediction(pred: Tensor, x_t: Tensor, c: Coeffs, pred_type: str) -
     if pred_type == "flow":
         det = a * c.d_sigma - s * c.d_alpha
         return (c.d_sigma * x_t - s * pred) / det, (a * pred - c.d_alpha * x_t) / det
+    # END ASSIGNMENT
     raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
 
 

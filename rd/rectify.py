@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import dist
 from .io import atomic_save, atomic_write_text, sha256
 from .predictions import Predictor
 from .sampling import classifier_free_guidance, get_grid
@@ -64,6 +65,7 @@ def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries:
 
     `steps` solver steps in all, ⌈steps/K⌉ per phase (each phase on its own λ-uniform sub-grid; a multistep solver
     restarts in every phase, and never gets fewer steps than its order needs)."""
+    # BEGIN ASSIGNMENT A3.1: the teacher's ODE from σ_T·ε, phase by phase, keeping its state at every boundary — see [RD] Alg. 4 and §2.3
     k = len(boundaries) - 1
     per_phase = max(-(-steps // k), MIN_STEPS.get(solver, 1))
     model, solve = Predictor(net, pred_type, schedule), get_solver(solver)
@@ -73,6 +75,7 @@ def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries:
         x = solve(model, x, get_grid(schedule, per_phase, "logsnr", t_max=b_s, t_min=b_e), schedule)
         path.append(x)
     return torch.stack(path, 1)
+    # END ASSIGNMENT
 
 
 def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, shape: tuple, *, shard_size: int = 4096,
@@ -84,7 +87,8 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     net(x, t) → prediction of `pred_type`; shape: one sample's shape, e.g. (2,) or (3, 32, 32). Shard i's noise
     comes from its own generator seeded (seed, i) on the CPU: the pairs do not depend on interruptions or on the
     batch size. A second call with the same settings and the same teacher weights resumes (finished shards are
-    kept); other settings or another teacher are refused. One process per directory.
+    kept); other settings or another teacher are refused. Under torchrun (rd.dist) process r makes the shards
+    i ≡ r (mod W) — the same pairs as one process — and process 0 writes the manifest once all are done.
 
     Conditional teachers: net(x, t, c) with `cond` (n, ...) — pair i solves the ODE for prompt cond[i], guided by
     classifier-free guidance of scale `guidance` against `null_cond` (one unbatched null condition) when
@@ -98,6 +102,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     if guidance != 1.0 and (cond is None or null_cond is None):
         raise ValueError("classifier-free guidance (guidance ≠ 1) needs cond and null_cond")
     get_solver(solver)
+    rank, world = dist.rank(), dist.world()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     boundaries = get_grid(schedule, phases, "logsnr")
@@ -115,7 +120,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
                              f"use another directory, or delete this one to regenerate")
         manifest["shards"] = old["shards"]
     n_shards = (n + shard_size - 1) // shard_size
-    for i in tqdm(range(n_shards), desc=f"pairs → {out}", disable=not progress):
+    for i in tqdm(range(rank, n_shards, world), desc=f"pairs → {out}", disable=not progress or rank != 0):
         name = shard_name(i)
         if name in manifest["shards"] and (out / name).exists():
             continue                                                   # finished by an earlier call
@@ -130,8 +135,18 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
                                     e, boundaries, solver, steps).cpu())
         atomic_save({"eps": eps, "x_path": torch.cat(paths).float()} | ({} if c is None else {"cond": c.cpu()}),
                     out / name)
-        manifest["shards"][name] = {"n": m, "sha256": sha256(out / name)}
-        _write_manifest(out, manifest)
+        if world == 1:
+            manifest["shards"][name] = {"n": m, "sha256": sha256(out / name)}
+            _write_manifest(out, manifest)
+    if world > 1:                          # all shards are on disk (atomic writes): process 0 lists them
+        dist.barrier()
+        if rank == 0:
+            for i in range(n_shards):
+                name = shard_name(i)
+                if name not in manifest["shards"]:
+                    manifest["shards"][name] = {"n": min(shard_size, n - i * shard_size), "sha256": sha256(out / name)}
+            _write_manifest(out, manifest)
+        dist.barrier()
     return out
 
 
@@ -175,12 +190,14 @@ class Pairs:
         teacher's x_{t_min}). The shift is small (α_T/σ_T = 0.07 for SD's schedule), and it is where an
         ε-prediction model is least forgiving.
         """
+        # BEGIN ASSIGNMENT A3.2: the pair (x0_ph, ε_ph) whose forward path passes through the teacher's states at both ends of each phase — see the docstring, [RD] §2.3
         c = schedule(self.boundaries)
         view = (1, -1) + (1,) * (self.eps.dim() - 1)
         z = self.x_path.double() / c.alpha.view(view)                                       # (N, K+1, ...)
         r = (c.sigma / c.alpha).view(view)
         eps_ph = (z[:, :-1] - z[:, 1:]) / (r[:, :-1] - r[:, 1:])
         return (z[:, 1:] - r[:, 1:] * eps_ph).float(), eps_ph.float()
+        # END ASSIGNMENT
 
 
 def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None = None) -> Pairs:
@@ -257,11 +274,13 @@ def rectify(model, schedule: Schedule, pred_type: str, train_fn, pair_dir, n: in
 
     Each round draws fresh noise (seed + i) into pair_dir/round<i> and trains in the teacher's own form;
     train_fn(student, batches) → trained student (e.g. rd.toy.train_toy)."""
+    # BEGIN ASSIGNMENT A3.3: k rounds of rectification: pairs from the current model, then a copy of it trained on them in its own form — see [RD] Alg. 4
     for i in range(1, rounds + 1):
         d = generate_pairs(model, schedule, pred_type, Path(pair_dir) / f"round{i}", n, shape, phases=phases,
                            seed=seed + i, **pair_kw)
         model = train_fn(copy.deepcopy(model), pair_batches(load_pairs(d, schedule, shape), schedule))
     return model
+    # END ASSIGNMENT
 
 
 def flow_batches(pairs: Pairs, fm: Schedule):

@@ -74,19 +74,25 @@ class Schedule:
 
 def _vp_log_sigma(log_alpha: Tensor) -> Tensor:
     """σ = sqrt(1 − α²), in logs: ½·log(−expm1(2 log α))."""
+    # BEGIN ASSIGNMENT A1.3: VP's σ from α (α² + σ² = 1), in logs and without cancellation near α = 1 — see [VDM] eq. (2)
     return 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+    # END ASSIGNMENT
 
 
 def _vp_log_alpha_from_lambda(lam: Tensor) -> Tensor:
     """α² = 1/(1 + e^{−2λ})  ⇒  log α = −½·softplus(−2λ)."""
+    # BEGIN ASSIGNMENT A1.4: VP's log α from the log-SNR λ = log(α/σ) — see [DPM] §3.1 (the inverse t(λ) builds on it)
     return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+    # END ASSIGNMENT
 
 
 def _vp_derivatives(log_alpha: Tensor, d_log_alpha: Tensor) -> tuple[Tensor, Tensor]:
     """dα = α·(d log α);  σ² = 1 − α²  ⇒  dσ = −α·dα/σ  (−inf at σ = 0)."""
+    # BEGIN ASSIGNMENT A1.5: VP's dα/dt and dσ/dt from d(log α)/dt — differentiate α² + σ² = 1
     alpha = log_alpha.exp()
     d_alpha = alpha * d_log_alpha
     return d_alpha, -alpha * d_alpha / _vp_log_sigma(log_alpha).exp()
+    # END ASSIGNMENT
 
 # ----------------------------------------------------------------------------
 
@@ -267,7 +273,9 @@ class FlowMatching(Schedule):
         return -torch.ones_like(t), torch.ones_like(t)
 
     def inverse_lambda(self, lam):
+        # BEGIN ASSIGNMENT A1.6: flow matching's t(λ): invert λ = log((1 − t)/t) — see [RF] and PAPER.md §2
         return torch.sigmoid(-torch.as_tensor(lam, dtype=torch.float64))
+        # END ASSIGNMENT
 
     def sample_t(self, n, generator=None, device=None):
         """Uniform on [0, 1], as rectified flow trains."""

@@ -54,13 +54,16 @@ def _phis(hh: float) -> tuple[float, float, float]:
 
 def first_order_update(schedule, x, s: float, t: float, pred_s, form: str):
     """x_t = (A_t/A_s)·x_s − B_t·expm1(ĥ)·P_s: DDIM in the noise form, DPM-Solver++(1) in the data form.  [DPM, DPM++]"""
+    # BEGIN ASSIGNMENT A2.1: the first-order step (DDIM in the noise form, DPM-Solver++(1) in the data form) — see [DPM] eq. (3.7), [DPM++] eq. (9)
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     return (A_t / A_s) * x - (B_t * math.expm1(_hat(lam_t - lam_s, form))) * _pick(pred_s, form)
+    # END ASSIGNMENT
 
 
 def singlestep_2_update(model, schedule, x, s: float, t: float, pred_s, form: str, r1: float = 0.5):
     """u = 1st-order step to s1 = t(λ_s + r1·h);  x_t = (A_t/A_s)x − B_t·φ1·P_s − B_t·φ1/(2r1)·(P_s1 − P_s).  [DPM Alg. 1, DPM++ Alg. 1]"""
+    # BEGIN ASSIGNMENT A2.2: the second-order singlestep step (DPM-Solver-2 / DPM-Solver++(2S)) — see [DPM] Alg. 1, [DPM++] Alg. 1
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     h = lam_t - lam_s
@@ -69,11 +72,13 @@ def singlestep_2_update(model, schedule, x, s: float, t: float, pred_s, form: st
     P_s, P_s1 = _pick(pred_s, form), _pick(model(u, s1), form)
     phi1 = math.expm1(_hat(h, form))
     return (A_t / A_s) * x - (B_t * phi1) * P_s - (B_t * phi1 / (2 * r1)) * (P_s1 - P_s)
+    # END ASSIGNMENT
 
 
 def singlestep_3_update(model, schedule, x, s: float, t: float, pred_s, form: str,
                         r1: float = 1 / 3, r2: float = 2 / 3):
     """Two inner points s1, s2 at r1·h, r2·h;  x_t = (A_t/A_s)x − B_t·φ1·P_s − B_t·φ2/r2·(P_s2 − P_s).  [DPM Alg. 2; data form: DPM++ reference code]"""
+    # BEGIN ASSIGNMENT A2.3: the third-order singlestep step (two inner points at r1·h and r2·h) — see [DPM] Alg. 2, [DPM++] App. B
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     h = lam_t - lam_s
@@ -88,10 +93,12 @@ def singlestep_3_update(model, schedule, x, s: float, t: float, pred_s, form: st
     D2 = _pick(model(u2, s2), form) - P_s
     phi1, phi2, _ = _phis(_hat(h, form))
     return (A_t / A_s) * x - (B_t * phi1) * P_s - (B_t * phi2 / r2) * D2
+    # END ASSIGNMENT
 
 
 def multistep_2_update(schedule, x, t_prev: float, s: float, t: float, pred_prev, pred_s, form: str):
     """r = h_prev/h, D1 = (P_s − P_prev)/r;  x_t = (A_t/A_s)x − B_t·φ1·(P_s + ½·D1).  [DPM++ Alg. 2]"""
+    # BEGIN ASSIGNMENT A2.4: the second-order multistep step (DPM-Solver++(2M)) from the last two predictions — see [DPM++] Alg. 2
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     lam_prev = _at(schedule, t_prev)[2]
@@ -100,6 +107,7 @@ def multistep_2_update(schedule, x, t_prev: float, s: float, t: float, pred_prev
     D1 = (P_s - _pick(pred_prev, form)) / r
     phi1 = math.expm1(_hat(h, form))
     return (A_t / A_s) * x - (B_t * phi1) * (P_s + 0.5 * D1)
+    # END ASSIGNMENT
 
 
 def multistep_3_update(schedule, x, t_prev2: float, t_prev: float, s: float, t: float,
@@ -111,6 +119,7 @@ def multistep_3_update(schedule, x, t_prev2: float, t_prev: float, s: float, t: 
     use D2 = (D1_0 − D1_1)/(r0 + r1) ≈ h²·P''/2 here, which leaves an O(h³) local error and a second-order
     method; tests/test_solvers.py measures order 3 with the factor 2 and order 2 without it.
     """
+    # BEGIN ASSIGNMENT A2.5: the third-order multistep step from three predictions (mind the factor 2 in D2: see the docstring) — see [DPM++] App. B
     A_s, _, lam_s = _form(schedule, s, form)
     A_t, B_t, lam_t = _form(schedule, t, form)
     lam_p1, lam_p2 = _at(schedule, t_prev)[2], _at(schedule, t_prev2)[2]
@@ -122,6 +131,7 @@ def multistep_3_update(schedule, x, t_prev2: float, t_prev: float, s: float, t: 
     D2 = 2.0 * (D1_0 - D1_1) / (r0 + r1)      # ≈ h²·P''; see the docstring
     phi1, phi2, phi3 = _phis(_hat(h, form))
     return (A_t / A_s) * x - B_t * (phi1 * P_s + phi2 * D1 + phi3 * D2)
+    # END ASSIGNMENT
 
 # ----------------------------------------------------------------------------
 # Samplers: solver(model, x, ts, schedule, callback=None) → x at ts[-1].

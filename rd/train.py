@@ -9,6 +9,10 @@ dicts {model, ema, opt, step, minutes, config} written atomically every `ckpt_ev
 same config resumes from the last one and loses at most the steps since. A run ends after `steps` steps or, with
 `max_minutes` > 0, once its training time summed over all restarts reaches the budget: calling `train` again on a
 finished run only loads its EMA model (`require_done=True` refuses to train at all — for a later stage that needs it).
+
+Under torchrun (rd.dist) each of the W processes draws cfg.batch / W examples per step from its own stream and
+DistributedDataParallel averages the gradients: the same global batch and steps as one process, in less time.
+Process 0 writes the checkpoints and logs; all of them resume from the same checkpoint.
 """
 import json
 import math
@@ -18,8 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import dist
 from .ema import EMA
 from .io import atomic_save, atomic_write_text
 from .predictions import denoising_loss
@@ -59,6 +65,17 @@ def _denoising(model, schedule, pred_type, batch, cfg: TrainConfig):
     return denoising_loss(fn, schedule, x0, eps, t, pred_type)
 
 
+class _Objective(torch.nn.Module):
+    """The loss of one batch as a module's forward, so that DistributedDataParallel sees every forward pass."""
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch):
+        return self.loss(self.model, batch)
+
+
 def _identity(config: dict) -> dict:
     """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes)."""
     train = {k: v for k, v in config.get("train", {}).items() if k not in ("steps", "max_minutes")}
@@ -91,13 +108,16 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
     run = Path(run_dir)
     device = next(net.parameters()).device
+    rank, world = dist.rank(), dist.world()
+    if cfg.batch % world:
+        raise ValueError(f"batch {cfg.batch} must be divisible by the number of processes ({world})")
     config = {"train": asdict(cfg), "model": model_config or {}, "schedule": schedule and schedule.name,
               "pred_type": pred_type}
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train().requires_grad_(True)
     ema = EMA(net, cfg.ema_decay)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda")   # one kernel on a GPU
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(cfg.warmup, 1)))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
     step, spent = 0, 0.0                                    # steps done, training minutes spent (over all restarts)
@@ -114,28 +134,39 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         return ema.model.eval()
     if step > 0:
         print(f"{desc}: resumed from {run / 'ckpt.pt'} at step {step} ({spent:.2f} min trained)")
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(config, indent=1), run / "config.json")
-    model = torch.compile(net) if cfg.compile else net
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(config, indent=1), run / "config.json")
+    loss = loss_fn or (lambda model, batch: _denoising(model, schedule, pred_type, batch, cfg))
+
+    def objective(compiled: bool):
+        model = _Objective(torch.compile(net) if compiled else net, loss)
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+            if world > 1 else model
+    compiled = cfg.compile
+    model = objective(compiled)
     generator = torch.Generator(device=device)
-    log = open(run / "log.txt", "a")
-    window, t_last, bar = [], time.perf_counter(), tqdm(total=cfg.steps, initial=step, desc=desc, mininterval=2.0)
-    t_start, first = t_last, step
+    log = open(run / "log.txt", "a") if rank == 0 else None
+    window, t_last = [], time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, mininterval=2.0, disable=rank != 0)
+    t_start, first, minutes = t_last, step, spent
     while step < cfg.steps:
-        # every step's randomness (batch, noise, times, dropout) comes from (seed, step): resuming replays exactly
-        generator.manual_seed(cfg.seed * 1_000_003 + step)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        batch = batches(cfg.batch, generator)
+        # every step's randomness (batch, noise, times, dropout) comes from (seed, step, rank): resuming replays it
+        seed = (cfg.seed * 1_000_003 + step) * world + rank
+        generator.manual_seed(seed)
+        torch.manual_seed(seed)
+        batch = batches(cfg.batch // world, generator)
         opt.zero_grad(set_to_none=True)
         try:
             with _autocast(cfg, device):
-                loss = _denoising(model, schedule, pred_type, batch, cfg) if loss_fn is None else loss_fn(model, batch)
-            scaler.scale(loss).backward()
+                value = model(batch)
+            scaler.scale(value).backward()
         except Exception as err:          # torch.compile fails at its first call: warn, redo the same step eagerly
-            if model is net or step > first:
+            if not compiled or step > first:
                 raise
             warnings.warn(f"{desc}: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly")
-            model = net
+            compiled = False
+            model = objective(compiled)
             continue
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -145,26 +176,36 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         ema.update(net)
         step += 1
         bar.update(1)
-        window.append(loss.detach())
+        window.append(value.detach())
+        out_of_time = False
         if step % cfg.log_every == 0 or step == cfg.steps:
-            mean = torch.stack(window).mean().item()                       # one device sync per log line
+            # one device sync per log line; with several processes their mean loss and mean minutes, so that all
+            # of them stop (NaN, budget) at the same step
+            elapsed = torch.tensor([(time.perf_counter() - t_start) / 60], device=device)
+            mean, elapsed = dist.mean(torch.cat([torch.stack(window).mean().float()[None], elapsed])).tolist()
+            minutes = spent + elapsed
+            out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
             if not math.isfinite(mean):
                 raise FloatingPointError(f"{desc}: loss is {mean} at step {step}; the last checkpoint is "
                                          f"{run / 'ckpt.pt'}. Lower lr (now {cfg.lr}) or use amp='fp32' to find out")
             dt = (time.perf_counter() - t_last) / len(window)
             line = f"step {step}/{cfg.steps} | loss {mean:.4f} | {1000 * dt:.1f} ms/step | {cfg.batch / dt:.0f} img/s"
-            print(line, file=log, flush=True)
+            if log:
+                print(line, file=log, flush=True)
             bar.set_postfix_str(line.split(" | ", 1)[1])
             window, t_last = [], time.perf_counter()
-        minutes = spent + (time.perf_counter() - t_start) / 60
-        out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+        if (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time) and rank == 0:
+            if step % cfg.log_every:                                       # minutes are exact at log lines only
+                minutes = spent + (time.perf_counter() - t_start) / 60
             atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                          "minutes": minutes, "config": config}, run / "ckpt.pt")
         if out_of_time:
-            print(f"{desc}: stopped at step {step} after {minutes:.2f} min (max_minutes {cfg.max_minutes})",
-                  file=log, flush=True)
+            if log:
+                print(f"{desc}: stopped at step {step} after {minutes:.2f} min (max_minutes {cfg.max_minutes})",
+                      file=log, flush=True)
             break
     bar.close()
-    log.close()
+    if log:
+        log.close()
+    dist.barrier()                                          # the last checkpoint is on disk for every process
     return ema.model.eval()

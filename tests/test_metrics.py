@@ -37,6 +37,7 @@ def test_path_deviation():
     assert path_deviation(corner) == pytest.approx(0.5)
 
 
+@pytest.mark.a3
 def test_first_order_error_zero_on_first_order_paths_and_not_for_the_mixture():
     s = get_schedule("vp-sd")
     g = torch.Generator().manual_seed(0)
@@ -44,9 +45,13 @@ def test_first_order_error_zero_on_first_order_paths_and_not_for_the_mixture():
     first = Predictor(lambda x, t: target_from_pair(x0, eps, s(t.double()), "eps"), "eps", s)
     x_T = s.alpha(s.t_max).item() * x0 + s.sigma(s.t_max).item() * eps
     _, _, x0s = trajectory(first, x_T, get_grid(s, 20), SOLVERS["dpm++2m"], s)
-    assert first_order_error(x0s) < 1e-10
+    err = first_order_error(x0s)
+    assert err < 1e-10, (f"A3.4: x̂0 is the same at every step of a first-order path, so the diagnostic must be 0; "
+                         f"got {err} — subtract the mean over the steps (dim 0), not over the batch")
     mix = ring_mixture()
     xs, ts, x0s = trajectory(Predictor(mix.net(s), "eps", s), s.sigma(s.t_max).item() * eps, get_grid(s, 20),
                              SOLVERS["dpm++2m"], s)
     assert xs.shape == (21, 32, 2) and ts.shape == (21,) and x0s.shape == (20, 32, 2)
-    assert first_order_error(x0s) > 0.3
+    err = first_order_error(x0s)
+    assert err > 0.3, (f"A3.4: the mixture teacher's x̂0 moves from the data mean to a sample, so the diagnostic is "
+                       f"large (≈ 0.5–0.9); got {err} — normalise by sqrt(mean ‖x̂0‖²) over all steps and samples")

@@ -65,6 +65,7 @@ def test_reference_is_groupnorm_then_scale_shift_then_silu():
         assert torch.equal(unet_group_norm_silu(xf, norm, s.bfloat16(), b.bfloat16()), expected)
 
 
+@pytest.mark.a4
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("affine", [True, False])
 def test_backward_formula_is_the_gradient(channels_last, affine):
@@ -83,6 +84,7 @@ def test_backward_formula_is_the_gradient(channels_last, affine):
         torch.testing.assert_close(got, want, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.a4
 def test_custom_op_registration_cpu():
     """opcheck (schema, fake shapes/strides, autograd, AOT) of both ops, run through their CPU formulas."""
     for channels_last, affine in [(False, True), (True, False)]:
@@ -94,6 +96,7 @@ def test_custom_op_registration_cpu():
                               (torch.randn_like(y), x, mean, rstd, weight, bias, scale, shift, 4))
 
 
+@pytest.mark.a4
 def test_custom_op_compiles_fullgraph_cpu():
     x, weight, bias, scale, shift = leaves(*inputs(2, 8, 3, 5, 4, dtype=torch.float32, channels_last=True))
 

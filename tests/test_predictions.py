@@ -5,6 +5,8 @@ import torch
 from rd.predictions import PRED_TYPES, Predictor, convert, denoising_loss, pair_from_prediction, target_from_pair
 from rd.schedules import SCHEDULES, get_schedule
 
+pytestmark = pytest.mark.a1          # the checks of assignment A1 (tutorials/assignments/A1.md)
+
 
 def batch(schedule, n=257, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -20,8 +22,13 @@ def batch(schedule, n=257, d=3, seed=0):
 def test_pair_round_trip(name, pred_type):
     x0, eps, c, x_t = batch(get_schedule(name))
     x0_hat, eps_hat = pair_from_prediction(target_from_pair(x0, eps, c, pred_type), x_t, c, pred_type)
-    torch.testing.assert_close(x0_hat, x0, rtol=1e-8, atol=1e-8)
-    torch.testing.assert_close(eps_hat, eps, rtol=1e-8, atol=1e-8)
+    hint = {"eps": "x̂0 = (x_t − σ·ε̂)/α", "x0": "ε̂ = (x_t − α·x̂0)/σ",
+            "v": "divide by α² + σ² (it is 1 only on VP: ve and fm need it); v = α·ε − σ·x0",
+            "flow": "the determinant is α·σ' − σ·α'; u = α'·x0 + σ'·ε"}[pred_type]
+    for got, want, what in [(x0_hat, x0, "x̂0"), (eps_hat, eps, "ε̂")]:
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8, msg=lambda m: (
+            f"A1: the exact {pred_type} target on {name}, converted back, must give the pair's {what}. Check "
+            f"target_from_pair and pair_from_prediction for {pred_type}: {hint}.\n{m}"))
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
@@ -30,7 +37,9 @@ def test_pair_round_trip(name, pred_type):
 def test_convert_between_all_types(name, src, dst):
     x0, eps, c, x_t = batch(get_schedule(name), seed=1)
     got = convert(target_from_pair(x0, eps, c, src), x_t, c, src, dst)
-    torch.testing.assert_close(got, target_from_pair(x0, eps, c, dst), rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(got, target_from_pair(x0, eps, c, dst), rtol=1e-7, atol=1e-7, msg=lambda m: (
+        f"A1: {src} → {dst} on {name} is not exact. convert goes through the pair (x̂0, ε̂): if the round-trip test "
+        f"of {src} passes, the target of {dst} is the likely culprit.\n{m}"))
 
 
 def test_closed_forms_of_targets():

@@ -12,6 +12,7 @@ from rd.sampling import sample
 from rd.schedules import get_schedule
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 
+
 MIX = ring_mixture()
 
 
@@ -34,6 +35,7 @@ def crash_on_call(n, real):
     return wrapper
 
 
+@pytest.mark.a3
 def test_same_seed_same_pairs_and_different_seed_different_pairs(tmp_path):
     s, d1 = oracle_pairs(tmp_path, sub="a")
     _, d2 = oracle_pairs(tmp_path, sub="b", batch=50)           # another batch size: the same pairs
@@ -45,9 +47,12 @@ def test_same_seed_same_pairs_and_different_seed_different_pairs(tmp_path):
     assert not torch.allclose(p1.eps, p3.eps)
     # the pairs are the teacher's ODE solutions from σ_T·ε
     x0 = sample(MIX.net(s, "eps"), p1.eps[:10], s, "eps", "dpm++2m", 8)
-    torch.testing.assert_close(p1.x_path[:10, -1], x0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p1.x_path[:10, -1], x0, rtol=1e-5, atol=1e-5, msg=lambda m: (
+        f"A3.1: the pair's x̂0 must be the solver's sample from x_T = σ_T·ε (start at σ_{{t_max}}·ε, not at ε; "
+        f"one phase = one λ-uniform grid from t_max to t_min).\n{m}"))
 
 
+@pytest.mark.a3
 def test_interrupted_then_resumed_generation_gives_the_same_pairs(tmp_path, monkeypatch):
     s, full = oracle_pairs(tmp_path, sub="full")
     real_save = rectify_mod.atomic_save
@@ -67,6 +72,7 @@ def test_interrupted_then_resumed_generation_gives_the_same_pairs(tmp_path, monk
     torch.testing.assert_close(a.x_path, b.x_path, rtol=0, atol=0)
 
 
+@pytest.mark.a3
 @pytest.mark.parametrize("name", ["vp-sd", "subvp", "ve", "fm"])
 @pytest.mark.parametrize("phases", [1, 2, 4])
 def test_phase_pairs_recover_the_pair_of_a_first_order_path(tmp_path, name, phases):
@@ -82,10 +88,15 @@ def test_phase_pairs_recover_the_pair_of_a_first_order_path(tmp_path, name, phas
     assert x0_ph.shape == (64, phases, 2)
     a_T, s_T = s.alpha(s.t_max).item(), s.sigma(s.t_max).item()
     eps_true = pairs.eps - (a_T / s_T) * c
-    torch.testing.assert_close(x0_ph, c.to(x0_ph).expand_as(x0_ph), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(eps_ph, eps_true[:, None].expand_as(eps_ph).to(eps_ph), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0_ph, c.to(x0_ph).expand_as(x0_ph), rtol=1e-5, atol=1e-5, msg=lambda m: (
+        f"A3.2 ({name}, K={phases}): on a first-order path every phase pair is (c, ε'). With z = x/α and r = σ/α the "
+        f"path is a line in (r, z): ε_ph = (z_k − z_k+1)/(r_k − r_k+1), x0_ph = z_k+1 − r_k+1·ε_ph. If K = 1 "
+        f"passes and K > 1 fails, look at A3.1's phase boundaries.\n{m}"))
+    torch.testing.assert_close(eps_ph, eps_true[:, None].expand_as(eps_ph).to(eps_ph), rtol=1e-4, atol=1e-4,
+                               msg=lambda m: f"A3.2 ({name}, K={phases}): ε_ph should be ε − (α_T/σ_T)·c.\n{m}")
 
 
+@pytest.mark.a3
 def test_crash_between_shard_and_manifest_regenerates_that_shard(tmp_path, monkeypatch):
     """A shard written but not yet recorded is not trusted: resuming rewrites it, with the same content."""
     s, full = oracle_pairs(tmp_path, sub="full")
@@ -99,6 +110,7 @@ def test_crash_between_shard_and_manifest_regenerates_that_shard(tmp_path, monke
     torch.testing.assert_close(load_pairs(full, s).x_path, load_pairs(tmp_path / "resumed", s).x_path, rtol=0, atol=0)
 
 
+@pytest.mark.a3
 def test_pairs_are_tied_to_the_teacher_weights(tmp_path):
     s = get_schedule("fm")
     a, b = make_toy(s, "flow", 1.0, width=16), make_toy(s, "flow", 1.0, width=16)
@@ -107,6 +119,7 @@ def test_pairs_are_tied_to_the_teacher_weights(tmp_path):
         generate_pairs(b, s, "flow", tmp_path, 64, (2,), steps=4, progress=False)
 
 
+@pytest.mark.a3
 def test_rf_baseline_uses_the_same_pairs_in_the_flow_form(tmp_path):
     s, d = oracle_pairs(tmp_path)
     pairs, fm = load_pairs(d, s), get_schedule("fm")
@@ -120,6 +133,7 @@ def test_rf_baseline_uses_the_same_pairs_in_the_flow_form(tmp_path):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
 
 
+@pytest.mark.a3
 def test_phase_batches_pick_the_phase_of_t(tmp_path):
     """t in the first 70 % (in λ) of phase k trains phase k's pair; its last 30 % trains phase k + 1's pair."""
     s, d = oracle_pairs(tmp_path, phases=4, steps=8)
@@ -135,6 +149,7 @@ def test_phase_batches_pick_the_phase_of_t(tmp_path):
         assert sel.sum() > 20 and float(rows.max()) < 1e-6, f"batches expected in phase {k} must use its pairs"
 
 
+@pytest.mark.a3
 def test_short_rectification_lowers_one_step_distance(tmp_path):
     """A small VP/v teacher, one round of RD on 4k pairs: the 1-step distance to the target must drop a lot."""
     torch.manual_seed(0)
@@ -151,6 +166,7 @@ def test_short_rectification_lowers_one_step_distance(tmp_path):
     assert after < before / 2, f"1-step sliced-W2 {before:.3f} → {after:.3f}"
 
 
+@pytest.mark.a3
 def test_bad_pair_directories(tmp_path):
     s, d = oracle_pairs(tmp_path)
     with pytest.raises(ValueError, match="holds pairs of schedule 'vp-sd'"):
@@ -213,6 +229,7 @@ def point_mass_net(schedule):
     return net
 
 
+@pytest.mark.a3
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_conditional_pairs_follow_their_guided_prompt(tmp_path, guidance):
     s = get_schedule("vp-sd")
@@ -236,6 +253,7 @@ def test_conditional_pairs_follow_their_guided_prompt(tmp_path, guidance):
         generate_pairs(point_mass_net(s), s, "eps", tmp_path / "y", n=4, shape=(2,), cond=cond, progress=False)
 
 
+@pytest.mark.a3
 def test_endpoints_view_of_phased_pairs(tmp_path):
     s, d = oracle_pairs(tmp_path, n=40, phases=4)
     pairs = load_pairs(d, s, (2,))

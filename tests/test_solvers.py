@@ -13,11 +13,13 @@ from rd.sampling import get_grid, sample
 from rd.schedules import SCHEDULES, get_schedule
 from rd.solvers import SOLVERS, dpm_multistep, dpm_singlestep, euler
 
+
 TABLE = solver_table()
 DPM = [name for name in TABLE if name.startswith("dpm") or name == "ddim"]
 CONTINUOUS = ["vp-linear", "vp-cosine", "subvp", "ve", "fm"]
 
 
+@pytest.mark.a2
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("solver", [n for n in DPM if n not in ("dpm3m", "dpm++3m")])
 def test_dpm_solver_convergence_order(schedule, solver):
@@ -30,6 +32,7 @@ def test_dpm_solver_convergence_order(schedule, solver):
         f"but this fails, check the φ coefficients and the r = h_prev/h ratios of the higher-order updates.")
 
 
+@pytest.mark.a2
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("solver", ["dpm3m", "dpm++3m"])
 def test_multistep_3_with_lower_order_warmup_is_at_least_second_order(schedule, solver):
@@ -38,6 +41,7 @@ def test_multistep_3_with_lower_order_warmup_is_at_least_second_order(schedule, 
     assert slope > 1.75
 
 
+@pytest.mark.a2
 @pytest.mark.parametrize("schedule", CONTINUOUS)
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_euler_heun_convergence_order(schedule, solver):
@@ -47,6 +51,7 @@ def test_euler_heun_convergence_order(schedule, solver):
     assert abs(slope - order) < 0.3 if solver == "heun" else 0.8 < slope < 1.2
 
 
+@pytest.mark.a2
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_dpm_solver_1_is_ddim_in_both_forms(name):
     """DDIM: x_t = α_t·x̂0(x_s) + σ_t·ε̂(x_s). DPM-Solver-1 and DPM-Solver++(1) are both exactly this.  [DPM]"""
@@ -67,6 +72,7 @@ def first_order_model(x0, eps, schedule, pred_type):
     return lambda x, t: target_from_pair(x0, eps, schedule(t.double()), pred_type)
 
 
+@pytest.mark.a2
 @pytest.mark.parametrize("name", list(SCHEDULES))
 @pytest.mark.parametrize("pred_type", PRED_TYPES)
 def test_one_step_is_exact_on_a_first_order_path(name, pred_type):
@@ -109,6 +115,7 @@ def test_euler_is_exact_on_first_order_paths_only_where_they_are_straight():
 SAMPLING_STEPS = {"euler": 100, "heun": 40}
 
 
+@pytest.mark.a2
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_every_solver_samples_the_mixture(name):
     """Sliced-W₂ to exact samples within 2× the noise floor of two exact sample sets (0.057 at n = 2000)."""
@@ -123,6 +130,7 @@ def test_every_solver_samples_the_mixture(name):
     assert sliced_wasserstein(sample(mix.net(s, "eps"), noise, s, "eps", "ddim", 2), target) > 2 * floor
 
 
+@pytest.mark.a2
 def test_callback_sees_every_step():
     s, mix = get_schedule("vp-ddpm"), ring_mixture()
     seen = []

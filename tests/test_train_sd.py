@@ -39,6 +39,9 @@ def test_every_stage_runs_and_leaves_a_table_and_a_figure(whole):
     assert expected <= set(results), sorted(results)
     assert all(0 <= v["fidelity"] <= 1 for k, v in results.items() if k != "real_fidelity")
     assert "| phased RD (K=4) | 4 |" in stdout and "prompt fidelity" in (out / "results.md").read_text()
+    assert "| autoencoder reconstructions | – |" in stdout and "minutes per stage" in (out / "results.md").read_text()
+    minutes = json.loads((out / "minutes.json").read_text())
+    assert set(minutes) == {"data", "ae", "teacher", "pairs", "rd", "rf", "phased", "eval"}
 
 
 def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path):
@@ -49,8 +52,44 @@ def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path):
     b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "a stage-wise run is the same run"
     log = (tmp_path / "teacher" / "log.txt").read_text()
-    stdout = ok(run("--preset=tiny", f"--out={tmp_path}", "--stage=rd"))
-    assert "is finished" in stdout and (tmp_path / "teacher" / "log.txt").read_text() == log, "nothing retrained"
+    # a moved run folder and another --time_scale are the same run (each stage's checkpoint keeps its own caps)
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    stdout = ok(run("--preset=tiny", f"--out={moved}", "--stage=rd", "--time_scale=0.5"))
+    assert "is finished" in stdout and (moved / "teacher" / "log.txt").read_text() == log, "nothing retrained"
+
+
+CRASH = """
+import runpy, sys
+import rd.train
+real, calls = rd.train.atomic_save, []
+
+def crashing(obj, path):                  # the 6th checkpoint write: the teacher's second (the ae writes 4)
+    calls.append(path)
+    if len(calls) == 6:
+        raise KeyboardInterrupt("simulated crash")
+    real(obj, path)
+
+rd.train.atomic_save = crashing
+sys.argv = ["train_sd.py", "--preset=tiny", "--out=" + sys.argv[1]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_crash_mid_stage_then_rerun_equals_an_uninterrupted_run(whole, tmp_path):
+    out, _ = whole
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-c", CRASH.format(script=str(ROOT / "train_sd.py")), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr
+    assert torch.load(tmp_path / "teacher" / "ckpt.pt", weights_only=True)["step"] == 3, "the last checkpoint kept"
+    assert not (tmp_path / "pairs").exists()
+    stdout = ok(run("--preset=tiny", f"--out={tmp_path}"))
+    assert "teacher: resumed from" in stdout and "at step 3" in stdout
+    a = torch.load(out / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
+    b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed after a crash = never interrupted"
+    assert json.loads((out / "results.json").read_text()) == json.loads((tmp_path / "results.json").read_text())
 
 
 def test_missing_prerequisite_and_other_config_are_refused(tmp_path):

@@ -43,3 +43,13 @@ def test_04_fused_groupnorm(out):
     assert "backward formula vs autograd, dx" in stdout and "bytes per element" in stdout
     errors = [float(line.rsplit(" ", 1)[1]) for line in stdout.splitlines() if "max |error|" in line and "kernel" not in line]
     assert len(errors) == 7 and max(errors) < 1e-12, errors
+
+
+def test_05_latent_sd(out):
+    stdout = run_tutorial("05_latent_sd.py", out)
+    for fig in ("05_data_autoencoder.png", "05_samples.png"):
+        assert (out / fig).stat().st_size > 10_000, fig
+    table = (out / "05_results.md").read_text()
+    for row in ("| teacher, no guidance | 25 |", "| teacher, CFG w=3 | 25 |", "| RD | 1 |", "| RF | 1 |", "| RD | 2 |"):
+        assert row in table and row in stdout, row
+    assert "<unk>" in stdout                                    # the unknown-word demonstration ran

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include "group_norm_silu.h"
 
@@ -125,6 +126,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   p.dbeta_part = dbeta_part.data_ptr<float>();
   gns_backward(p, c10::cuda::getCurrentCUDAStream().stream());
   return {dx, dgamma_part.sum(0), dbeta_part.sum(0), dscale, dshift};
+}
+
+// The CUDA kernels of the ops rd/ops/fused.py defines (torch.library.custom_op, whose Python implementation stays
+// the CPU / no-build path): registered here, the dispatcher calls them without a Python layer — in eager mode
+// under the custom op's autograd, and from torch.compile'd graphs. Loading this library registers them.
+namespace {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(const at::Tensor& x, const at::Tensor& weight,
+                                                          const at::Tensor& bias,
+                                                          const std::optional<at::Tensor>& scale,
+                                                          const std::optional<at::Tensor>& shift, int64_t groups,
+                                                          double eps) {
+  return forward(x, weight, bias, scale, shift, groups, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    const at::Tensor& weight, const at::Tensor& bias, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, int64_t groups) {
+  return backward(dy, x, mean, rstd, weight, bias, scale, shift, groups);
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rd, CUDA, m) {
+  m.impl("group_norm_silu", TORCH_FN(forward_op));
+  m.impl("group_norm_silu_backward", TORCH_FN(backward_op));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -71,6 +71,7 @@ def backward_formula(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: 
     dshift = A,  dscale = γ·B + β·A,  dγ = Σ_n (1 + s)·B,  dβ = Σ_n (1 + s)·A
     with g = ∂L/∂x̂ = dh·γ·(1 + s):  dx = rstd·(g − mean_g(g) − x̂·mean_g(g·x̂))   (means over a group)
     """
+    # BEGIN ASSIGNMENT A4.1: the backward of GroupNorm + scale/shift + SiLU from the saved statistics (the formulas in the docstring) — see tutorials/04_fused_groupnorm.py
     n, c = x.shape[:2]
     xhat = _normalise(x, mean, rstd)                                                   # (N, C, HW)
     h = _affine(xhat, weight, bias, scale, shift)
@@ -83,3 +84,4 @@ def backward_formula(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: 
     dx = rstd[:, :, None] * (g - g.mean(2, keepdim=True) - xg * (g * xg).mean(2, keepdim=True))
     dx = dx.reshape(x.shape).to(x.dtype).contiguous(memory_format=memory_format(x))
     return dx, (one_s * B).sum(0), (one_s * A).sum(0), weight * B + bias * A, A
+    # END ASSIGNMENT

@@ -1,0 +1,84 @@
+"""Several GPUs, one process each (torchrun): who am I, wait for the others, average across processes.
+
+    torchrun --nproc_per_node=2 train_sd.py         # WORLD_SIZE, RANK, LOCAL_RANK come from torchrun
+    ctx = rd.dist.init()                            # NCCL process group, this process's GPU; a no-op for one process
+
+With one process (python train_sd.py, every CPU run, the tests) every helper here is a no-op, so the library's
+code paths are the same as without torchrun. rd.train wraps the network in DistributedDataParallel and splits each
+batch over the processes; rd.rectify.generate_pairs splits the shards by rank.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0                  # this process among all
+    world: int = 1                 # processes
+    local_rank: int = 0            # this process on its machine: its GPU index
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files, logs and shows progress bars."""
+        return self.rank == 0
+
+
+def env_world() -> int:
+    """WORLD_SIZE as torchrun sets it (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init(backend: str | None = None) -> Context:
+    """Join the process group torchrun described (NCCL on this process's GPU unless `backend` says otherwise, e.g.
+    "gloo" for CPU tests); one process: nothing to join, the context of a single process on cuda:0 or the CPU."""
+    world = env_world()
+    if world == 1:
+        return Context(device="cuda" if torch.cuda.is_available() else "cpu")
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if backend is None:
+        if not torch.cuda.is_available() or torch.cuda.device_count() <= local:
+            raise RuntimeError(f"torchrun started {world} processes, but process {rank} finds "
+                               f"{torch.cuda.device_count()} CUDA GPUs (it needs GPU {local}); multi-process "
+                               f"training runs one process per GPU over NCCL — on a CPU run one process")
+        torch.cuda.set_device(local)
+        backend = "nccl"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=torch.device("cuda", local) if backend == "nccl" else None)
+    return Context(rank, world, local, f"cuda:{local}" if backend == "nccl" else "cpu")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def barrier():
+    """Wait until every process gets here (nothing with one process)."""
+    if active():
+        dist.barrier()
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """x averaged over the processes (x itself with one process)."""
+    if not active():
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def finish():
+    """Leave the process group (at the end of a torchrun job)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,158 @@
+"""The assignment tool, and the CI check of every student copy: it fails its own tests (-m a<n>), each with the
+NotImplementedError of one of its blanked blocks, passes every test that does not reach them, and fails no test
+for any other reason. The repo itself passing everything is the rest of this suite.
+
+In the copies the end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out: each
+reaches nearly every block, and their minutes would double the CI time; the repo's own run covers them."""
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from rd.assignments import ASSIGNMENTS, Block, all_blocks, blank, find_blocks, main, student_copy
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_A_COPY = os.environ.get("RD_STUDENT_COPY")         # set while this check runs the suite inside a student copy
+END_TO_END = ["test_tutorials.py", "test_tutorial_03.py", "test_train_sd.py", "test_bench.py", "test_dist.py",
+              "test_assignments.py"]
+pytestmark = pytest.mark.skipif(bool(IN_A_COPY), reason="checks the repo, not a student copy")
+
+
+def write(tmp_path, text):
+    path = tmp_path / "m.py"
+    path.write_text(text)
+    return path
+
+
+def test_every_assignment_has_blocks_with_unique_ids():
+    blocks = all_blocks()
+    assert {b.assignment for b in blocks} == set(ASSIGNMENTS)
+    assert len({b.id for b in blocks}) == len(blocks) >= 12
+
+
+def test_blank_replaces_a_block_by_one_raise_at_its_indentation(tmp_path):
+    path = write(tmp_path, "def f(x):\n    y = 1\n    # BEGIN ASSIGNMENT A2.7: add one — see nothing\n"
+                           "    y = x + 1\n    # END ASSIGNMENT\n    return y\n")
+    (block,) = find_blocks(path)
+    assert (block.id, block.task, block.start, block.end, block.indent) == ("A2.7", "add one — see nothing", 2, 4, "    ")
+    text = blank(path.read_text(), [block])
+    assert text.splitlines()[2] == ('    raise NotImplementedError("A2.7: add one — see nothing — handout: '
+                                    'tutorials/assignments/A2.md; tests: pytest -m a2")')
+    namespace = {}
+    exec(compile(text, "m.py", "exec"), namespace)
+    with pytest.raises(NotImplementedError, match=r"^A2\.7: add one"):
+        namespace["f"](1)
+
+
+@pytest.mark.parametrize("text,error", [
+    ("# BEGIN ASSIGNMENT A1.1: x\nx = 1\n", "never closed"),
+    ("x = 1\n# END ASSIGNMENT\n", "END ASSIGNMENT without a BEGIN"),
+    ("# BEGIN ASSIGNMENT A1.1: x\n# BEGIN ASSIGNMENT A1.2: y\nx = 1\n# END ASSIGNMENT\n", "do not nest"),
+    ("# BEGIN ASSIGNMENT A1.1: x\n# only a comment\n# END ASSIGNMENT\n", "holds no code"),
+    ("# BEGIN ASSIGNMENT A9.1: x\nx = 1\n# END ASSIGNMENT\n", "unknown assignment A9.1"),
+    ("# BEGIN ASSIGNMENT 1.1 x\nx = 1\n# END ASSIGNMENT\n", "malformed marker"),
+])
+def test_bad_markers_are_refused_with_the_place(tmp_path, text, error):
+    with pytest.raises(ValueError, match=error) as info:
+        find_blocks(write(tmp_path, text))
+    assert "m.py:" in str(info.value)
+
+
+def test_student_copy_blanks_only_its_assignment_and_never_overwrites(tmp_path, capsys):
+    main(["student", "a3", str(tmp_path / "s")])
+    assert "4 blocks replaced (A3.1, A3.2, A3.3, A3.4)" in capsys.readouterr().out
+    copy = (tmp_path / "s" / "rd" / "rectify.py").read_text()
+    assert 'raise NotImplementedError("A3.1: ' in copy and "BEGIN ASSIGNMENT A3" not in copy
+    assert "BEGIN ASSIGNMENT A2.1" in (tmp_path / "s" / "rd" / "solvers.py").read_text(), "other solutions stay"
+    for f in ("README.md", "train_sd.py", "tests/test_solvers.py", "tutorials/assignments/A3.md"):
+        assert (tmp_path / "s" / f).is_file(), f
+    left = {b.assignment for b in all_blocks(tmp_path / "s", complete=False)}
+    assert left == set(ASSIGNMENTS) - {"A3"}, "the copy keeps the other assignments' blocks, not A3's"
+    with pytest.raises(SystemExit, match="exists; choose a new folder"):
+        main(["student", "A3", str(tmp_path / "s")])
+    with pytest.raises(SystemExit, match="unknown assignment 'A7'"):
+        main(["student", "A7", str(tmp_path / "t")])
+
+
+def test_handouts_exist_and_name_their_tasks():
+    for a in ASSIGNMENTS:
+        text = (ROOT / "tutorials" / "assignments" / f"{a}.md").read_text()
+        for b in all_blocks():
+            if b.assignment == a:
+                assert b.id in text, f"{a}.md does not mention {b.id}"
+        assert f"pytest -m a{a[1:]}" in text and "Stretch" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def marked_tests(marker: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m",
+                          marker, *(f"--ignore=tests/{f}" for f in END_TO_END), "tests"], cwd=ROOT,
+                         capture_output=True, text=True).stdout
+    return {line.strip() for line in out.splitlines() if "::" in line}
+
+
+def junit_results(path: Path) -> dict[str, tuple[str, str]]:
+    """node id → (passed | failed | skipped, failure text)."""
+    results = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        node = case.get("classname").replace(".", "/") + ".py::" + case.get("name")
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None:
+            results[node] = ("failed", (bad.get("message") or "") + "\n" + (bad.text or ""))
+        else:
+            results[node] = ("skipped" if case.find("skipped") is not None else "passed", "")
+    return results
+
+
+@pytest.fixture(scope="module")
+def student_suites(tmp_path_factory):
+    """The four student copies, the whole suite run in each, two copies at a time (CI has two cores)."""
+    base = tmp_path_factory.mktemp("students")
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    jobs = list(ASSIGNMENTS)
+    running, results = {}, {}
+    while jobs or running:
+        while jobs and len(running) < 2:
+            a = jobs.pop()
+            student_copy(a, base / a)
+            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={base / a}.xml",
+                   f"--basetemp={base / a}-tmp", *(f"--ignore=tests/{f}" for f in END_TO_END), "tests"]
+            running[a] = subprocess.Popen(cmd, cwd=base / a, env=env | {"RD_STUDENT_COPY": a},
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for a, proc in list(running.items()):
+            if proc.poll() is not None:
+                results[a] = junit_results(base / f"{a}.xml")
+                del running[a]
+        if running:
+            next(iter(running.values())).wait(timeout=1800)
+    return results
+
+
+@pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
+def test_student_copy_fails_exactly_its_own_tests_with_not_implemented(student_suites, assignment):
+    results, marker = student_suites[assignment], f"a{assignment[1:]}"
+    own = marked_tests(marker)
+    assert own, f"no tests carry the marker {marker}"
+    blanked = f"NotImplementedError: {assignment}."
+    problems = []
+    for node in sorted(own):
+        outcome, text = results.get(node, ("missing", ""))
+        if outcome != "failed" or blanked not in text:
+            problems.append(f"{node}: marked {marker} but {outcome} in the student copy"
+                            + ("" if outcome != "failed" else f" with another error: {text[:200]!r}"))
+    dependents = 0
+    for node, (outcome, text) in sorted(results.items()):
+        if node in own or outcome != "failed":
+            continue
+        if blanked in text:
+            dependents += 1                                  # reaches a blanked block through the library
+        else:
+            problems.append(f"{node}: fails in the {assignment} copy for another reason: {text[:300]!r}")
+    passed = sum(outcome == "passed" for outcome, _ in results.values())
+    assert not problems, f"{assignment}: {len(problems)} problems\n" + "\n".join(problems[:20])
+    print(f"{assignment}: {len(own)} own tests fail with NotImplementedError, {dependents} other tests reach a "
+          f"blanked block, {passed} pass")

@@ -1,0 +1,200 @@
+# %% [markdown]
+# # 05 — A latent text-to-image model, rectified in its own form (the pipeline of train_sd.py, small and slow)
+#
+# Stable Diffusion in miniature, built from the same library pieces that `train_sd.py` uses, one step at a time:
+#
+# 1. **Data with captions**: procedural coloured shapes ("a red circle on the left") whose every word is visible.
+# 2. **Autoencoder**: a KL-regularised encoder/decoder, 32 px → 4 × 8 × 8 latents, and SD's latent scale factor
+#    (1 / std of the latents, measured on data), so the diffusion model sees latents of unit variance.  [LDM]
+# 3. **Text**: a word tokeniser (unknown words → `<unk>`) and a small transformer trained from scratch; the UNet
+#    reads its token features through cross-attention.
+# 4. **Teacher**: SD's scaled-linear VP schedule and ε-prediction on the latents, with 10 % of the prompts dropped
+#    so that one network is both conditional and unconditional: classifier-free guidance
+#    ε̂ = ε̂_∅ + w·(ε̂_c − ε̂_∅).  [CFG]
+# 5. **Pairs with guidance**: ε → the teacher's *guided* ODE solution x̂0 (DPM-Solver++(2M)), as [RD] made SD's
+#    pairs: the students learn the guided ODE and then sample unguided, one network call per step.
+# 6. **RD vs RF** on the same pairs for the same steps: RD keeps the teacher's schedule and ε-prediction; RF turns
+#    it into flow matching + velocity (InstaFlow's route). Prompt fidelity = accuracy of an attribute classifier
+#    trained on real shapes (the stand-in for a CLIP score).
+#
+#     python tutorials/05_latent_sd.py          # ≈ 9 minutes on 2 CPU cores, faster on a GPU; RD_SMOKE=1: seconds
+#
+# Outputs in runs/tutorials (or RD_OUT): 05_data_autoencoder.png, 05_samples.png, 05_results.md. `python
+# train_sd.py` is the same pipeline at full size, with phased RD, FID and resumable stages.
+
+# %% Setup
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]) if "__file__" in globals() else "..")  # rd from the clone
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
+from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from rd.latent import TextUNet, drop_prompts, generate_latents
+from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
+from rd.schedules import get_schedule
+from rd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
+from rd.text import TextEncoder, TextEncoderConfig, Tokenizer
+from rd.train import TrainConfig, train
+from rd.unet import UNet, UNetConfig
+
+SMOKE = os.environ.get("RD_SMOKE") == "1"
+OUT = Path(os.environ.get("RD_OUT", "runs/tutorials"))
+RUN = OUT / "05_run"                       # checkpoints and pairs (a second run reuses them)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+N_TRAIN = 256 if SMOKE else 20_000
+AE_STEPS, TEACHER_STEPS, STUDENT_STEPS = (10, 20, 10) if SMOKE else (600, 2000, 300)
+N_PAIRS, PAIR_STEPS = (64, 8) if SMOKE else (1500, 25)
+N_EVAL, CLF_STEPS = (32, 10) if SMOKE else (500, 300)
+GUIDANCE = 3.0
+BATCH = 16 if SMOKE else 64
+OUT.mkdir(parents=True, exist_ok=True)
+t_start = time.perf_counter()
+
+
+def cfg(steps, lr):
+    return TrainConfig(steps=steps, batch=BATCH, lr=lr, warmup=min(200, steps // 5 + 1), ema_decay=0.999,
+                       amp="bf16" if DEVICE == "cuda" else "fp32", channels_last=False, log_every=max(1, steps // 10),
+                       ckpt_every=max(1, steps // 2))
+
+
+def to_uint8(x):
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# %% 1. Data: every caption's words are visible in its image
+images, attrs = make_shapes(N_TRAIN, seed=0)                  # (N, 3, 32, 32) uint8, (N, 3) = colour, shape, position
+texts = captions(attrs)
+print(f"{N_TRAIN} captioned shapes, e.g. {texts[:3]}")
+
+# %% 2. Autoencoder: 32×32×3 → 8×8×4, then SD's scale factor from the data
+torch.manual_seed(0)
+ae_cfg = AutoencoderConfig.preset("tiny")
+x_all = images.to(DEVICE).float() / 127.5 - 1                 # images in [−1, 1]
+ae = train(Autoencoder(ae_cfg).to(DEVICE), None, None,        # batches(n, generator) → n random training images
+           lambda n, g: x_all[torch.randint(N_TRAIN, (n,), generator=g, device=g.device)], cfg(AE_STEPS, 1e-3),
+           RUN / "ae", desc="autoencoder", loss_fn=lambda model, x: model.loss(x)[0])
+raw = encode_latents(ae, x_all[:2000], 1.0)
+scale = latent_scale(ae, x_all[:2000])
+latents = encode_latents(ae, x_all, scale)                    # (N, 4, 8, 8), the teacher's data
+print(f"latents {tuple(latents.shape[1:])}: std before scaling {raw.std():.3f}, scale {scale:.3f}, "
+      f"after {latents.std():.3f}")
+recon = to_uint8(decode_latents(ae, latents[:8], scale))
+print(f"reconstruction error (8 images, 0..255): {(recon.cpu().float() - images[:8].float()).abs().mean():.1f} per pixel")
+
+fig, axes = plt.subplots(2, 8, figsize=(12, 3.4))
+for j in range(8):
+    axes[0, j].imshow(images[j].permute(1, 2, 0).numpy())
+    axes[0, j].set_title(texts[j].replace(" on the ", "\non the ").replace(" at the ", "\nat the "), fontsize=7)
+    axes[1, j].imshow(recon[j].permute(1, 2, 0).cpu().numpy())
+for ax in axes.flat:
+    ax.set_xticks([]), ax.set_yticks([])
+axes[0, 0].set_ylabel("image"), axes[1, 0].set_ylabel("decoded\nlatent")
+fig.tight_layout()
+fig.savefig(OUT / "05_data_autoencoder.png", dpi=100)
+
+# %% 3. Text: tokens, unknown words, and the transformer whose features the UNet cross-attends to
+tokenizer = Tokenizer.from_texts(texts + list(PROMPTS))
+length = max(len(tokenizer.words(t)) for t in texts) + 2
+tokens = tokenizer.encode(texts, length).to(DEVICE)
+demo = ["a red circle on the left", "a purple hexagon in the middle"]
+print(f"vocabulary of {len(tokenizer.vocab)} words; {demo} → {tokenizer.encode(demo, length).tolist()} → "
+      f"{tokenizer.decode(tokenizer.encode(demo, length))}  (1 = <unk>: unknown words still give an input)")
+
+# %% 4. The teacher: SD's schedule, ε-prediction, 10 % of prompts dropped (the null prompt = all padding)
+schedule = get_schedule("vp-sd")
+unet_cfg = UNetConfig(in_channels=4, resolution=8, channels=32, ch_mult=(1, 2), num_res_blocks=2,
+                      attn_resolutions=(8, 4), dropout=0.0, context_dim=64)     # cross-attention at 8×8 and 4×4
+text_cfg = TextEncoderConfig(vocab_size=len(tokenizer.vocab), length=length, dim=64)
+
+
+def teacher_batches(n, g):
+    idx = torch.randint(N_TRAIN, (n,), generator=g, device=g.device).to(DEVICE)
+    z0 = latents[idx]
+    return z0, torch.randn(z0.shape, generator=g, device=DEVICE), schedule.sample_t(n, g, device=DEVICE), \
+        drop_prompts(tokens[idx], 0.1, g)
+
+
+torch.manual_seed(0)
+teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(DEVICE), schedule, "eps", teacher_batches,
+                cfg(TEACHER_STEPS, 3e-4), RUN / "teacher", desc="teacher")
+print(f"teacher: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M parameters (UNet + text encoder)")
+
+# %% 5. Pairs from the guided teacher: (ε, x̂0 = its CFG-guided ODE solution for the pair's prompt)
+prompt_idx = torch.randint(N_TRAIN, (N_PAIRS,), generator=torch.Generator().manual_seed(1))
+generate_pairs(teacher, schedule, "eps", RUN / "pairs", N_PAIRS, (4, 8, 8), shard_size=max(16, N_PAIRS // 4),
+               steps=PAIR_STEPS, seed=0, batch=500, device=DEVICE, cond=tokens[prompt_idx.to(DEVICE)].cpu(),
+               null_cond=torch.zeros(length, dtype=torch.int64), guidance=GUIDANCE)
+pairs = load_pairs(RUN / "pairs", schedule, (4, 8, 8)).to(DEVICE)
+print(f"{len(pairs.eps)} guided pairs (w = {GUIDANCE}, {PAIR_STEPS} DPM-Solver++(2M) steps each)")
+
+# %% 6. RD (the teacher's own form) vs RF (flow matching + velocity), same pairs, same steps
+fm = get_schedule("fm")
+rd_student = train(copy.deepcopy(teacher).requires_grad_(True), schedule, "eps", pair_batches(pairs, schedule),
+                   cfg(STUDENT_STEPS, 1e-4), RUN / "rd", desc="RD")
+rf_student = train(flow_student(teacher).requires_grad_(True), fm, "flow", flow_batches(pairs, fm),
+                   cfg(STUDENT_STEPS, 1e-4), RUN / "rf", desc="RF")
+
+# %% 7. Prompt fidelity: a classifier trained on real shapes reads colour, shape and position back
+heads = tuple(len(v) for v in ATTRIBUTES.values())
+clf = train_classifier(images, attrs, ClassifierConfig(heads=heads), CLF_STEPS, device=DEVICE, seed=0).eval()
+held_out, held_attrs = make_shapes(N_EVAL, seed=1000)
+g = torch.Generator().manual_seed(7)
+eval_attrs = torch.stack([torch.randint(len(v), (N_EVAL,), generator=g) for v in ATTRIBUTES.values()], 1)
+eval_tokens = tokenizer.encode(captions(eval_attrs), length).to(DEVICE)
+noise = torch.randn(N_EVAL, 4, 8, 8, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+fig_tokens = tokenizer.encode(list(PROMPTS), length).to(DEVICE)
+
+rows = [("teacher, no guidance", teacher, schedule, "eps", 25, 1.0),
+        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, "eps", 25, GUIDANCE),
+        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, "eps", 1, GUIDANCE),
+        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, "eps", 2, GUIDANCE),
+        ("RD", rd_student, schedule, "eps", 1, 1.0), ("RF", rf_student, fm, "flow", 1, 1.0),
+        ("RD", rd_student, schedule, "eps", 2, 1.0), ("RF", rf_student, fm, "flow", 2, 1.0)]
+results, grids = [], []
+for name, net, sch, pred, calls, w in rows:
+    x = to_uint8(decode_latents(ae, generate_latents(net, noise, sch, pred, calls, eval_tokens, guidance=w), scale))
+    results.append((name, calls, accuracy(clf, x, eval_attrs, per_attribute=True)))
+    grids.append(to_uint8(decode_latents(ae, generate_latents(net, noise[:len(PROMPTS)], sch, pred, calls, fig_tokens,
+                                                              guidance=w), scale)))
+
+real = accuracy(clf, held_out, held_attrs, per_attribute=True)
+lines = [f"prompt fidelity on {N_EVAL} random prompts (all three attributes right; then colour / shape / position); "
+         f"real held-out shapes: {real[0]:.3f}", "", "| model | calls | fidelity | colour | shape | position |",
+         "|---|---|---|---|---|---|"]
+lines += [f"| {name} | {calls} | {a:.3f} | " + " | ".join(f"{v:.3f}" for v in per) + " |"
+          for name, calls, (a, per) in results]
+table = "\n".join(lines)
+print(table)
+(OUT / "05_results.md").write_text(table + "\n")
+
+fig, axes = plt.subplots(len(rows), len(PROMPTS), figsize=(1.45 * len(PROMPTS), 1.5 * len(rows) + 0.8), squeeze=False)
+for i, ((name, _, _, _, calls, _), grid) in enumerate(zip(rows, grids)):
+    axes[i, 0].set_ylabel(f"{name}\n{calls} call{'s' * (calls > 1)}", fontsize=7, rotation=0, ha="right", va="center")
+    for j in range(len(PROMPTS)):
+        axes[i, j].imshow(grid[j].permute(1, 2, 0).cpu().numpy())
+        axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+        if i == 0:
+            axes[i, j].set_title(PROMPTS[j].replace(" on the ", "\non the ").replace(" at the ", "\nat the "),
+                                 fontsize=7)
+fig.tight_layout()
+fig.savefig(OUT / "05_samples.png", dpi=100)
+print(f"figures and table in {OUT}/ (05_data_autoencoder.png, 05_samples.png, 05_results.md); "
+      f"{(time.perf_counter() - t_start) / 60:.1f} min")
+
+# %% [markdown]
+# What to look for: CFG makes the teacher follow the prompt far better than no guidance at 25 calls, and at 1–2
+# calls the teacher's samples lose shape and colour. Both students learn the guided ODE from the pairs and sample
+# unguided. On 2 CPU cores (2026-11-26; table in 05_results.md) RF — the same pairs, the flow form — came out well
+# ahead of RD at 1 and 2 calls (fidelity 0.56 / 0.58 against 0.24 / 0.25): at this budget (300 student steps) the
+# ε-form's one-step update x̂0 = (x_T − σ_T·ε̂)/α_T multiplies the error of ε̂ by σ_T/α_T ≈ 15 on SD's schedule.
+# The README's train_sd.py results show the same ordering on CIFAR-10 latents; [RD] reports the opposite on
+# SD1.5 after far longer training. `python train_sd.py` runs the full comparison, with FID and phased RD.
