@@ -132,7 +132,8 @@ def main(argv=None):
 
 
 class Laps:
-    """Wall-clock minutes per stage, summed over invocations, kept in out/minutes.json (process 0 writes it)."""
+    """Wall-clock minutes per stage, summed over invocations, kept in out/minutes.json (process 0 writes it at the
+    end of each stage: a crashed stage's minutes are not counted; a skipped stage adds its loading time)."""
 
     def __init__(self, path: Path, write: bool):
         self.path, self.write, self.t = path, write, time.perf_counter()
@@ -163,7 +164,7 @@ def pipeline(args: Args, ctx: dist.Context):
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
     # its own) or the Inception file (evaluation only)
-    free = {"out": None, "stage": None, "time_scale": None, "inception": None}
+    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None}   # (resolved below)
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
     if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
@@ -251,9 +252,11 @@ def pipeline(args: Args, ctx: dist.Context):
     }
     trained, steps = {}, size.student_steps
     for (name, (init, sch, pred, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
-        # RD may stop at its minute cap; RF and phased RD then take exactly as many steps
-        cap = size.minutes[2] if stage == "rd" else 0
-        trained[name] = train(init().requires_grad_(True), sch, pred, batches, cfg(steps, 1e-4, cap), out / stage,
+        # RD may stop at its minute cap; RF and phased RD then take exactly as many steps, with the same recipe
+        # (warm-up, log and checkpoint intervals from the preset's step count)
+        student_cfg = dataclasses.replace(cfg(size.student_steps, 1e-4, size.minutes[2]), steps=steps,
+                                          max_minutes=size.minutes[2] * args.time_scale if stage == "rd" else 0)
+        trained[name] = train(init().requires_grad_(True), sch, pred, batches, student_cfg, out / stage,
                               desc=stage, require_done=not run(stage))
         if stage == "rd":
             steps = torch.load(out / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]

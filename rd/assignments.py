@@ -73,6 +73,9 @@ def find_blocks(path: Path) -> list[Block]:
                 raise ValueError(f"{path}:{start + 1}: {m.group('id')} holds no code")
             blocks.append(Block(path, start, i, m.group("id"), m.group("task"), m.group("indent")))
             open_ = None
+        elif line.lstrip().startswith("# END ASSIGNMENT"):
+            raise ValueError(f"{path}:{i + 1}: malformed marker {line.strip()!r}; an end marker is exactly "
+                             f"'# END ASSIGNMENT'")
         elif "ASSIGNMENT" in line and line.lstrip().startswith("# BEGIN"):
             raise ValueError(f"{path}:{i + 1}: malformed marker {line.strip()!r}; the form is "
                              f"'# BEGIN ASSIGNMENT A<n>.<k>: <what to implement>'")

@@ -88,7 +88,8 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     comes from its own generator seeded (seed, i) on the CPU: the pairs do not depend on interruptions or on the
     batch size. A second call with the same settings and the same teacher weights resumes (finished shards are
     kept); other settings or another teacher are refused. Under torchrun (rd.dist) process r makes the shards
-    i ≡ r (mod W) — the same pairs as one process — and process 0 writes the manifest once all are done.
+    i ≡ r (mod W) — the same pairs as one process — and process 0 writes the manifest once all are done (so an
+    interrupted multi-process run remakes the shards it had made; a finished one is kept).
 
     Conditional teachers: net(x, t, c) with `cond` (n, ...) — pair i solves the ODE for prompt cond[i], guided by
     classifier-free guidance of scale `guidance` against `null_cond` (one unbatched null condition) when

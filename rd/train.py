@@ -11,8 +11,10 @@ same config resumes from the last one and loses at most the steps since. A run e
 finished run only loads its EMA model (`require_done=True` refuses to train at all — for a later stage that needs it).
 
 Under torchrun (rd.dist) each of the W processes draws cfg.batch / W examples per step from its own stream and
-DistributedDataParallel averages the gradients: the same global batch and steps as one process, in less time.
-Process 0 writes the checkpoints and logs; all of them resume from the same checkpoint.
+DistributedDataParallel averages the gradients: the global batch of one process (and its step count, unless a
+minute budget stops the run). Faster only where the per-GPU work outweighs the synchronisation: see the README's
+multi-GPU measurements. Process 0 writes the checkpoints and logs; all of them resume from the same checkpoint; a
+torch.compile failure stops a multi-process run (falling back on some processes only would desynchronise them).
 """
 import json
 import math
@@ -162,7 +164,7 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
                 value = model(batch)
             scaler.scale(value).backward()
         except Exception as err:          # torch.compile fails at its first call: warn, redo the same step eagerly
-            if not compiled or step > first:
+            if not compiled or step > first or world > 1:
                 raise
             warnings.warn(f"{desc}: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly")
             compiled = False

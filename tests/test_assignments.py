@@ -7,6 +7,7 @@ reaches nearly every block, and their minutes would double the CI time; the repo
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def test_blank_replaces_a_block_by_one_raise_at_its_indentation(tmp_path):
     ("# BEGIN ASSIGNMENT A1.1: x\n# only a comment\n# END ASSIGNMENT\n", "holds no code"),
     ("# BEGIN ASSIGNMENT A9.1: x\nx = 1\n# END ASSIGNMENT\n", "unknown assignment A9.1"),
     ("# BEGIN ASSIGNMENT 1.1 x\nx = 1\n# END ASSIGNMENT\n", "malformed marker"),
+    ("# BEGIN ASSIGNMENT A1.1: x\nx = 1\n# END ASSIGNMENT A1.1\n", "an end marker is exactly"),
 ])
 def test_bad_markers_are_refused_with_the_place(tmp_path, text, error):
     with pytest.raises(ValueError, match=error) as info:
@@ -113,22 +115,27 @@ def student_suites(tmp_path_factory):
     """The four student copies, the whole suite run in each, two copies at a time (CI has two cores)."""
     base = tmp_path_factory.mktemp("students")
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    jobs = list(ASSIGNMENTS)
-    running, results = {}, {}
-    while jobs or running:
-        while jobs and len(running) < 2:
-            a = jobs.pop()
-            student_copy(a, base / a)
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={base / a}.xml",
-                   f"--basetemp={base / a}-tmp", *(f"--ignore=tests/{f}" for f in END_TO_END), "tests"]
-            running[a] = subprocess.Popen(cmd, cwd=base / a, env=env | {"RD_STUDENT_COPY": a},
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for a, proc in list(running.items()):
-            if proc.poll() is not None:
-                results[a] = junit_results(base / f"{a}.xml")
-                del running[a]
-        if running:
-            next(iter(running.values())).wait(timeout=1800)
+    jobs, running, results = list(ASSIGNMENTS), {}, {}
+    deadline = time.monotonic() + 1800
+    try:
+        while jobs or running:
+            while jobs and len(running) < 2:
+                a = jobs.pop()
+                student_copy(a, base / a)
+                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={base / a}.xml",
+                       f"--basetemp={base / a}-tmp", *(f"--ignore=tests/{f}" for f in END_TO_END), "tests"]
+                running[a] = subprocess.Popen(cmd, cwd=base / a, env=env | {"RD_STUDENT_COPY": a},
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for a, proc in list(running.items()):
+                if proc.poll() is not None:
+                    results[a] = junit_results(base / f"{a}.xml")
+                    del running[a]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the student copies {sorted(running)} ran for more than 30 minutes")
+            time.sleep(0.5)
+    finally:
+        for proc in running.values():                        # nothing left running after a failure
+            proc.kill()
     return results
 
 

@@ -80,8 +80,13 @@ def test_backward_formula_is_the_gradient(channels_last, affine):
     torch.testing.assert_close(mean, mu)
     torch.testing.assert_close(rstd, (var + 1e-5).rsqrt())
     grads = backward_formula(dy, x, mean, rstd, weight, bias, scale, shift, 4)
+    hints = {"dx": "dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dh·γ·(1 + s), means over the whole group "
+                   "(C/G channels × H·W), and dx in x's memory format",
+             "dweight": "dγ = Σ_n (1 + s)·B, B = Σ_hw dh·x̂", "dbias": "dβ = Σ_n (1 + s)·A, A = Σ_hw dh",
+             "dscale": "dscale = γ·B + β·A (β is easy to forget)",
+             "dshift": "dshift = A = Σ_hw dh with dh = dy·σ(h)·(1 + h·(1 − σ(h)))"}
     for name, got, want in zip(["dx", "dweight", "dbias", "dscale", "dshift"], grads, grads_ref):
-        torch.testing.assert_close(got, want, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, msg=lambda m: f"A4.1: {name} differs from autograd: {hints[name]}.\n{m}")
 
 
 @pytest.mark.a4
