@@ -163,8 +163,8 @@ def pipeline(args: Args, ctx: dist.Context):
     out = Path(args.out)
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
-    # its own) or the Inception file (evaluation only)
-    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None}   # (resolved below)
+    # its own), the Inception file (evaluation only) or --preset=auto vs its resolution
+    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None}
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
     if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
