@@ -25,7 +25,7 @@ import torch
 from rd import dist
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
-from rd.data import GPULoader, load_cifar10, CIFAR_CLASSES
+from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
 from rd.io import atomic_save, atomic_write_text
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
@@ -360,11 +360,6 @@ def ae_latent_shape(ae, images, device) -> tuple:
     """(C, h, w) of the autoencoder's latents for these images."""
     with torch.no_grad():
         return tuple(ae.encode(images[:1].to(device).float() / 127.5 - 1)[0].shape[1:])
-
-
-def to_uint8(x):
-    """Images in [−1, 1] → uint8 0..255."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,10 @@ def _check(images, labels, split, strict, source, verbose):
     return images, labels
 
 
+def to_uint8(x):
+    """Images in [−1, 1] (model samples) → uint8 0..255: round((clamp(x) + 1)·127.5), the inverse of x/127.5 − 1."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
 #----------------------------------------------------------------------------
 
 class GPULoader:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rd.data as data_mod  # the cache test patches the pickle reader here
-from rd.data import CIFAR_CLASSES, URL, GPULoader, download, load_cifar10
+from rd.data import CIFAR_CLASSES, URL, GPULoader, download, load_cifar10, to_uint8
 
 PER_BATCH = 20
 
@@ -169,7 +169,7 @@ def dataset(n=40, seed=0):
 
 def match(x, images):
     """For each batch image: the index of the dataset image it equals, and whether it equals it mirrored."""
-    u = ((x + 1) * 127.5).round().to(torch.uint8)                              # exact inverse of x/127.5 − 1
+    u = to_uint8(x)                                                             # exact inverse of x/127.5 − 1
     same = (u[:, None] == images[None]).flatten(2).all(-1)                      # (B, N)
     mirrored = (u[:, None] == images.flip(3)[None]).flatten(2).all(-1)         # (B, N)
     assert ((same | mirrored).sum(1) == 1).all(), "a batch image is neither a dataset image nor its mirror"
@@ -226,3 +226,9 @@ def test_sample_is_a_function_of_the_generator_alone():
     idx, mirrored = match(a[0], images)
     assert torch.equal(labels[idx], a[1]) and len(set(idx.tolist())) > 30, "draws cover the set (with replacement)"
     assert 60 < mirrored.sum() < 140, f"{int(mirrored.sum())} of 200 mirrored: flips should be about half"
+
+
+def test_to_uint8_inverts_the_loader_map_and_clamps():
+    images = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(to_uint8(images.float() / 127.5 - 1), images)
+    assert to_uint8(torch.tensor([-3.0, 2.0, 0.0])).tolist() == [0, 255, 128]        # round(127.5) = 128 (half to even)

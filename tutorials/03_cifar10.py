@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from rd.data import GPULoader, load_cifar10
+from rd.data import GPULoader, load_cifar10, to_uint8
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.sampling import sample
 from rd.schedules import get_schedule
@@ -161,7 +161,7 @@ def generate(net, sch, pred, k, n=N_FID, batch=2500):
     for z in noise[:n].split(batch):
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             x = sample(net, z.to(DEVICE), sch, pred, "dpm++1" if k == 1 else "dpm++2m", k)
-        out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        out.append(to_uint8(x).cpu())
     return torch.cat(out)
 
 

@@ -38,6 +38,7 @@ import torch
 
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from rd.data import to_uint8
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -64,10 +65,6 @@ def cfg(steps, lr):
     return TrainConfig(steps=steps, batch=BATCH, lr=lr, warmup=min(200, steps // 5 + 1), ema_decay=0.999,
                        amp="bf16" if DEVICE == "cuda" else "fp32", channels_last=False, log_every=max(1, steps // 10),
                        ckpt_every=max(1, steps // 2))
-
-
-def to_uint8(x):
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 # %% 1. Data: every caption's words are visible in its image
