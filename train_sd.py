@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from rd import dist
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
-from rd.io import atomic_save, atomic_write_text
+from rd.io import Laps, atomic_save, atomic_write_text
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -131,29 +130,6 @@ def main(argv=None):
         dist.finish()
 
 
-class Laps:
-    """Wall-clock minutes per stage, summed over invocations, kept in out/minutes.json (process 0 writes it at the
-    end of each stage: a crashed stage's minutes are not counted; a skipped stage adds its loading time)."""
-
-    def __init__(self, path: Path, write: bool):
-        self.path, self.write, self.t = path, write, time.perf_counter()
-        self.minutes = json.loads(path.read_text()) if path.exists() else {}
-
-    def __call__(self, stage: str):
-        """Add the time since the last call (or since the start) to `stage`."""
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.minutes[stage] = self.minutes.get(stage, 0.0) + (now - self.t) / 60
-        self.t = now
-        if self.write:
-            atomic_write_text(json.dumps(self.minutes, indent=1), self.path)
-
-    def table(self) -> str:
-        return "minutes per stage (summed over runs): " + ", ".join(f"{k} {v:.2f}" for k, v in self.minutes.items()) \
-            + f"; total {sum(self.minutes.values()):.2f}"
-
-
 def pipeline(args: Args, ctx: dist.Context):
     """The stages in order (each resumes or skips); under torchrun every process runs this, process 0 writes."""
     device = ctx.device
@@ -178,13 +154,13 @@ def pipeline(args: Args, ctx: dist.Context):
         f"run folder {out}, stage {args.stage}")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    lap = Laps(out / "minutes.json", ctx.main)
-    if not ctx.main:
-        dist.barrier()                               # process 0 decodes and caches the data first
-    images, attrs, caps = load_data(args, size, out)
-    if ctx.main:
-        dist.barrier()
-    lap("data")
+    lap = Laps(out / "minutes.json", ctx.main)      # minutes per stage, summed over invocations (SIGTERM'd ones too)
+    with lap("data"):
+        if not ctx.main:
+            dist.barrier()                           # process 0 decodes and caches the data first
+        images, attrs, caps = load_data(args, size, out)
+        if ctx.main:
+            dist.barrier()
     tokenizer = Tokenizer.from_texts(caps + eval_prompts(args, 64)[1] + list(PROMPTS))
     length = max(len(tokenizer.words(c)) for c in caps) + 2
     tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
@@ -198,13 +174,13 @@ def pipeline(args: Args, ctx: dist.Context):
     loader = GPULoader(images, attrs[:, 0], size.batch, device, flip=args.data == "cifar10", seed=args.seed)
     ae_cfg = AutoencoderConfig.preset(size.ae)
     torch.manual_seed(args.seed)
-    ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0], cfg(size.ae_steps, 1e-3, size.minutes[0]),
-               out / "ae", model_config=dataclasses.asdict(ae_cfg), desc="ae", require_done=not run("ae"),
-               loss_fn=lambda model, x: model.loss(x)[0])
-    x_all = images.to(device).float() / 127.5 - 1
-    scale = latent_scale(ae, x_all[:5000])
-    latents = encode_latents(ae, x_all, scale)                                           # (N, 4, 8, 8)
-    lap("ae")
+    with lap("ae"):
+        ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0],
+                   cfg(size.ae_steps, 1e-3, size.minutes[0]), out / "ae", model_config=dataclasses.asdict(ae_cfg),
+                   desc="ae", require_done=not run("ae"), loss_fn=lambda model, x: model.loss(x)[0])
+        x_all = images.to(device).float() / 127.5 - 1
+        scale = latent_scale(ae, x_all[:5000])
+        latents = encode_latents(ae, x_all, scale)                                       # (N, 4, 8, 8)
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
 
@@ -222,24 +198,25 @@ def pipeline(args: Args, ctx: dist.Context):
             drop_prompts(tokens[idx], 0.1, g)
 
     torch.manual_seed(args.seed)
-    teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, "eps", teacher_batches,
-                    cfg(size.teacher_steps, 3e-4, size.minutes[1]), out / "teacher", desc="teacher", require_done=not run("teacher"),
-                    model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
-                                  "vocab": tokenizer.vocab})
-    lap("teacher")
+    with lap("teacher"):
+        teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, "eps", teacher_batches,
+                        cfg(size.teacher_steps, 3e-4, size.minutes[1]), out / "teacher", desc="teacher",
+                        require_done=not run("teacher"),
+                        model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
+                                      "vocab": tokenizer.vocab})
     if args.stage == "teacher":
         return say("teacher done")
 
     # -- pairs: prompts drawn from the captions, the teacher's guided ODE, K + 1 states per pair
     prompt_idx = torch.randint(len(caps), (size.n_pairs,), generator=torch.Generator().manual_seed(args.seed + 1))
     shape = tuple(latents.shape[1:])
-    if run("pairs"):
-        generate_pairs(teacher, schedule, "eps", out / "pairs", size.n_pairs, shape, shard_size=max(16, size.n_pairs // 20),
-                       steps=size.pair_steps, phases=args.phases, seed=args.seed, batch=2000, device=device,
-                       cond=tokens[prompt_idx.to(device)].cpu(), null_cond=torch.zeros(length, dtype=torch.int64),
-                       guidance=args.guidance)
-    pairs = load_pairs(out / "pairs", schedule, shape).to(device)
-    lap("pairs")
+    with lap("pairs"):
+        if run("pairs"):
+            generate_pairs(teacher, schedule, "eps", out / "pairs", size.n_pairs, shape,
+                           shard_size=max(16, size.n_pairs // 20), steps=size.pair_steps, phases=args.phases,
+                           seed=args.seed, batch=2000, device=device, cond=tokens[prompt_idx.to(device)].cpu(),
+                           null_cond=torch.zeros(length, dtype=torch.int64), guidance=args.guidance)
+        pairs = load_pairs(out / "pairs", schedule, shape).to(device)
     if args.stage == "pairs":
         return say(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
 
@@ -256,11 +233,11 @@ def pipeline(args: Args, ctx: dist.Context):
         # (warm-up, log and checkpoint intervals from the preset's step count)
         student_cfg = dataclasses.replace(cfg(size.student_steps, 1e-4, size.minutes[2]), steps=steps,
                                           max_minutes=size.minutes[2] * args.time_scale if stage == "rd" else 0)
-        trained[name] = train(init().requires_grad_(True), sch, pred, batches, student_cfg, out / stage,
-                              desc=stage, require_done=not run(stage))
+        with lap(stage):
+            trained[name] = train(init().requires_grad_(True), sch, pred, batches, student_cfg, out / stage,
+                                  desc=stage, require_done=not run(stage))
         if stage == "rd":
             steps = torch.load(out / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
-        lap(stage)
         if args.stage == stage:
             return say(f"{stage} done")
 
@@ -269,8 +246,8 @@ def pipeline(args: Args, ctx: dist.Context):
         return
     models = {"teacher": (teacher, schedule, "eps", args.guidance)} | \
              {name: (net, sch, pred, 1.0) for (name, net), (_, sch, pred, _) in zip(trained.items(), students.values())}
-    evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
-    lap("eval")
+    with lap("eval"):
+        evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
     print(lap.table())
     where = f"{torch.cuda.get_device_name() if device != 'cpu' else 'CPU'}, {ctx.world} process{'es' * (ctx.world > 1)}"
     atomic_write_text((out / "results.md").read_text() + f"\n{lap.table()} ({where})\n", out / "results.md")

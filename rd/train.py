@@ -6,7 +6,8 @@
 `batches(n, generator)` returns (x0, ε, t, cond) on the training device: independent (x0, ε) for a teacher,
 the teacher's pairs for a Rectified-Diffusion student — the same loop, as in rd.toy for 2D. Checkpoints are plain
 dicts {model, ema, opt, step, minutes, config} written atomically every `ckpt_every` steps; a run restarted with the
-same config resumes from the last one and loses at most the steps since. A run ends after `steps` steps or, with
+same config resumes from the last one and loses at most the steps since; one stopped by SIGTERM (`timeout`,
+SLURM, Kubernetes) loses nothing: it finishes its step, writes a checkpoint and exits non-zero. A run ends after `steps` steps or, with
 `max_minutes` > 0, once its training time summed over all restarts reaches the budget: calling `train` again on a
 finished run only loads its EMA model (`require_done=True` refuses to train at all — for a later stage that needs it).
 
@@ -18,6 +19,8 @@ torch.compile failure stops a multi-process run (falling back on some processes 
 """
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -76,6 +79,24 @@ class _Objective(torch.nn.Module):
 
     def forward(self, batch):
         return self.loss(self.model, batch)
+
+
+class _Terminated:
+    """While active, SIGTERM only sets `.flag`, which the loop reads after each step (main thread only: signal handlers
+    cannot be installed elsewhere, and there SIGTERM keeps its default, fatal, action)."""
+
+    def __enter__(self):
+        self.flag, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._set)
+        return self
+
+    def _set(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _identity(config: dict) -> dict:
@@ -152,60 +173,70 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     window, t_last = [], time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, mininterval=2.0, disable=rank != 0)
     t_start, first, minutes = t_last, step, spent
-    while step < cfg.steps:
-        # every step's randomness (batch, noise, times, dropout) comes from (seed, step, rank): resuming replays it
-        seed = (cfg.seed * 1_000_003 + step) * world + rank
-        generator.manual_seed(seed)
-        torch.manual_seed(seed)
-        batch = batches(cfg.batch // world, generator)
-        opt.zero_grad(set_to_none=True)
-        try:
-            with _autocast(cfg, device):
-                value = model(batch)
-            scaler.scale(value).backward()
-        except Exception as err:          # torch.compile fails at its first call: warn, redo the same step eagerly
-            if not compiled or step > first or world > 1:
-                raise
-            warnings.warn(f"{desc}: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); training eagerly")
-            compiled = False
-            model = objective(compiled)
-            continue
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        ema.update(net)
-        step += 1
-        bar.update(1)
-        window.append(value.detach())
-        out_of_time = False
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            # one device sync per log line; with several processes their mean loss and mean minutes, so that all
-            # of them stop (NaN, budget) at the same step
-            elapsed = torch.tensor([(time.perf_counter() - t_start) / 60], device=device)
-            mean, elapsed = dist.mean(torch.cat([torch.stack(window).mean().float()[None], elapsed])).tolist()
-            minutes = spent + elapsed
-            out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
-            if not math.isfinite(mean):
-                raise FloatingPointError(f"{desc}: loss is {mean} at step {step}; the last checkpoint is "
-                                         f"{run / 'ckpt.pt'}. Lower lr (now {cfg.lr}) or use amp='fp32' to find out")
-            dt = (time.perf_counter() - t_last) / len(window)
-            line = f"step {step}/{cfg.steps} | loss {mean:.4f} | {1000 * dt:.1f} ms/step | {cfg.batch / dt:.0f} img/s"
-            if log:
-                print(line, file=log, flush=True)
-            bar.set_postfix_str(line.split(" | ", 1)[1])
-            window, t_last = [], time.perf_counter()
-        if (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time) and rank == 0:
-            if step % cfg.log_every:                                       # minutes are exact at log lines only
-                minutes = spent + (time.perf_counter() - t_start) / 60
-            atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "minutes": minutes, "config": config}, run / "ckpt.pt")
-        if out_of_time:
-            if log:
-                print(f"{desc}: stopped at step {step} after {minutes:.2f} min (max_minutes {cfg.max_minutes})",
-                      file=log, flush=True)
-            break
+    with _Terminated() as terminated:
+        while step < cfg.steps:
+            # every step's randomness (batch, noise, times, dropout) comes from (seed, step, rank): resuming replays it
+            seed = (cfg.seed * 1_000_003 + step) * world + rank
+            generator.manual_seed(seed)
+            torch.manual_seed(seed)
+            batch = batches(cfg.batch // world, generator)
+            opt.zero_grad(set_to_none=True)
+            try:
+                with _autocast(cfg, device):
+                    value = model(batch)
+                scaler.scale(value).backward()
+            except Exception as err:      # torch.compile fails at its first call: warn, redo the same step eagerly
+                if not compiled or step > first or world > 1:
+                    raise
+                warnings.warn(f"{desc}: torch.compile failed ({type(err).__name__}: {str(err)[:300]}); "
+                              "training eagerly")
+                compiled = False
+                model = objective(compiled)
+                continue
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            ema.update(net)
+            step += 1
+            bar.update(1)
+            window.append(value.detach())
+            out_of_time = False
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                # one device sync per log line; with several processes their mean loss and mean minutes, so that all
+                # of them stop (NaN, budget) at the same step
+                elapsed = torch.tensor([(time.perf_counter() - t_start) / 60], device=device)
+                mean, elapsed = dist.mean(torch.cat([torch.stack(window).mean().float()[None], elapsed])).tolist()
+                minutes = spent + elapsed
+                out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
+                if not math.isfinite(mean):
+                    raise FloatingPointError(f"{desc}: loss is {mean} at step {step}; the last checkpoint is "
+                                             f"{run / 'ckpt.pt'}. Lower lr (now {cfg.lr}) or use amp='fp32' to "
+                                             "find out")
+                dt = (time.perf_counter() - t_last) / len(window)
+                line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | {1000 * dt:.1f} ms/step | "
+                        f"{cfg.batch / dt:.0f} img/s")
+                if log:
+                    print(line, file=log, flush=True)
+                bar.set_postfix_str(line.split(" | ", 1)[1])
+                window, t_last = [], time.perf_counter()
+            stop = out_of_time or terminated.flag
+            if (step % cfg.ckpt_every == 0 or step == cfg.steps or stop) and rank == 0:
+                if step % cfg.log_every:                                       # minutes are exact at log lines only
+                    minutes = spent + (time.perf_counter() - t_start) / 60
+                atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                             "minutes": minutes, "config": config}, run / "ckpt.pt")
+            if terminated.flag:
+                if log:
+                    print(f"{desc}: stopped by SIGTERM at step {step}", file=log, flush=True)
+                raise SystemExit(f"{desc}: stopped by SIGTERM at step {step} ({minutes:.2f} min trained); "
+                                 f"{run / 'ckpt.pt'} holds it: run the same command again to resume")
+            if out_of_time:
+                if log:
+                    print(f"{desc}: stopped at step {step} after {minutes:.2f} min (max_minutes {cfg.max_minutes})",
+                          file=log, flush=True)
+                break
     bar.close()
     if log:
         log.close()

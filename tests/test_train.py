@@ -1,4 +1,7 @@
 """The image training loop: a run interrupted and resumed equals an uninterrupted one; bad input is refused."""
+import os
+import signal
+
 import pytest
 import torch
 
@@ -34,6 +37,25 @@ def test_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     log = (tmp_path / "full" / "log.txt").read_text().splitlines()
     assert len(log) == 3 and "img/s" in log[0] and log[-1].startswith("step 6/6 | loss ")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_and_the_rerun_equals_uninterrupted(tmp_path):
+    s = get_schedule("vp-ddpm")
+    full = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "full")
+    calls, batches = [0], toy_batches(s)
+
+    def terminated_during_the_fifth_step(n, g):          # as `timeout` or a cluster's scheduler would
+        calls[0] += 1
+        if calls[0] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batches(n, g)
+    with pytest.raises(SystemExit, match="stopped by SIGTERM at step 5 .*run the same command again"):
+        train(tiny_net(), s, "eps", terminated_during_the_fifth_step, TrainConfig(**CFG), tmp_path / "cut")
+    assert torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"] == 5   # not the step-3 checkpoint
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL                         # the handler is removed
+    resumed = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "cut")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):

@@ -1,10 +1,12 @@
 """Tutorial 03 (CIFAR-10 pipeline) at smoke size: all stages, one stage at a time, resume and refusal."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,13 +28,17 @@ def finished(tmp_path_factory):
 def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     out, stdout = finished
     table = (out / "results.md").read_text()
-    for row in ("| teacher |", "| RD |", "| RF |", "| stage (this invocation) | GPU-minutes |", "pair generation",
+    for row in ("| teacher |", "| RD |", "| RF |", "| stage (summed over invocations; eval = sampling + FID) | GPU-minutes |", "pair generation",
                 "teacher training", "teacher sampling, 4 calls"):
         assert row in table and row in stdout, row
     assert (out / "samples.png").stat().st_size > 10_000
     for stage in ("teacher", "rd", "rf"):
         assert "img/s" in (out / stage / "log.txt").read_text()
     assert (out / "pairs" / "manifest.json").is_file()
+    steps = {s: torch.load(out / s / "ckpt.pt", weights_only=True)["step"] for s in ("rd", "rf")}
+    assert steps["rd"] == steps["rf"] > 0, f"RF must take RD's step count: {steps}"
+    minutes = json.loads((out / "minutes.json").read_text())
+    assert list(minutes) == ["data", "teacher", "pairs", "RD", "RF", "eval"] and all(v > 0 for v in minutes.values())
 
 
 def test_rerun_loads_finished_stages_without_training(finished):

@@ -2,7 +2,7 @@
 # # 03 — CIFAR-10: a UNet teacher, its pairs, Rectified Diffusion vs Rectified Flow, FID
 #
 # teacher (SD's VP schedule, ε-prediction) → 25-step DPM-Solver++(2M) pairs from its EMA → RD student (the teacher's
-# own form) and RF student (flow matching + velocity; same pairs, same budget) → FID-10k of every model at 1, 2, 4
+# own form) and RF student (flow matching + velocity; same pairs, same steps) → FID-10k of every model at 1, 2, 4
 # calls (the teacher also at 10 and 25) against CIFAR-10 train statistics, sample grids, throughput, GPU-minutes.
 #
 #     RD_CIFAR=data/cifar10-jpg.tar.gz RD_INCEPTION=data/inception-2015-12-05-fp16.pt python tutorials/03_cifar10.py
@@ -10,13 +10,15 @@
 #
 # Every stage resumes from its checkpoint and skips what is done; a stage whose input is missing stops with an error
 # that names the stage to run first. Training stages are sized by wall-clock budgets (summed over restarts); the
-# defaults (teacher 15 min, students 3 min each) make the whole pipeline ≈ 25 minutes on one H100.
+# defaults (teacher 15 min, RD 3 min, RF as many steps as RD) make the whole pipeline ≈ 25 minutes on one H100.
+# A run stopped by SIGTERM (`timeout -s TERM …`, a cluster's time limit) saves its checkpoint: rerun to go on.
 # FIDs use the JPEG copy of CIFAR-10 (quality 75, 4:2:0) for the reference statistics: they are close to, not equal
 # to, numbers on the original PNGs. `RD_SMOKE=1` runs a CPU miniature on random images (no FID without the Inception
 # weights).
 
 # %% Setup
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -31,6 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.data import GPULoader, load_cifar10, to_uint8
+from rd.io import Laps
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.sampling import sample
 from rd.schedules import get_schedule
@@ -50,7 +53,7 @@ DROPOUT = 0.0                              # minutes-long runs: dropout would on
 BATCH = 8 if SMOKE else 512
 LR, STUDENT_LR = 5e-4, 2e-4                # Adam after a 300-step warm-up (students start from the teacher)
 TEACHER_MIN = float(os.environ.get("RD_TEACHER_MIN", 0.05 if SMOKE else 15))   # training budgets (minutes)
-STUDENT_MIN = float(os.environ.get("RD_STUDENT_MIN", 0.02 if SMOKE else 3))
+STUDENT_MIN = float(os.environ.get("RD_STUDENT_MIN", 0.02 if SMOKE else 3))      # RD's; RF takes RD's steps
 COMPILE = not SMOKE and torch.cuda.is_available()   # torch.compile the teacher (≈ 1 min once, then ≈ 2× faster)
 N_PAIRS = 16 if SMOKE else 25_000
 PAIR_STEPS = 4 if SMOKE else 25            # DPM-Solver++(2M) steps of the teacher per pair
@@ -63,7 +66,8 @@ if STAGE not in STAGES + ("all",):
     raise SystemExit(f"RD_STAGE must be 'all' or one of {', '.join(STAGES)}; got {STAGE!r}")
 OUT.mkdir(parents=True, exist_ok=True)
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-seconds = {}
+seconds = {}                               # this invocation's seconds per block (throughputs)
+laps = Laps(OUT / "minutes.json")          # GPU-minutes per stage, summed over invocations (a run may be split)
 
 
 def run(name):
@@ -79,10 +83,11 @@ def stop_after(name):
 
 
 class timed:
-    """Wall-clock seconds of a block (GPU-seconds on one GPU), synchronised, recorded in `seconds`."""
+    """Wall-clock seconds of a block (GPU-seconds on one GPU), synchronised, recorded in `seconds` and added to the
+    pipeline stage `stage` in minutes.json (also when the block ends by an error or SIGTERM; None: not added)."""
 
-    def __init__(self, name):
-        self.name = name
+    def __init__(self, name, stage="same"):
+        self.name, self.stage = name, name if stage == "same" else stage
 
     def __enter__(self):
         self.t = time.perf_counter()
@@ -90,7 +95,10 @@ class timed:
     def __exit__(self, *exc):
         if DEVICE == "cuda":
             torch.cuda.synchronize()
-        seconds[self.name] = seconds.get(self.name, 0.0) + time.perf_counter() - self.t
+        dt = time.perf_counter() - self.t
+        seconds[self.name] = seconds.get(self.name, 0.0) + dt
+        if self.stage:
+            laps.add(self.stage, dt / 60)
 
 
 # %% Data: uint8 CIFAR-10 train decoded once (cached), kept on the GPU; batches drawn per step (see GPULoader.sample)
@@ -129,23 +137,32 @@ with timed("teacher"):
 stop_after("teacher")
 
 # %% 2. Pairs from the EMA teacher: ε once, x̂0 = 25 steps of DPM-Solver++(2M), bf16 network, fp32 solver state
-with timed("pairs"):
-    if run("pairs"):
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            generate_pairs(teacher, schedule, PRED, OUT / "pairs", N_PAIRS, (3, 32, 32), shard_size=5000,
-                           solver="dpm++2m", steps=PAIR_STEPS, seed=SEED, batch=2500, device=DEVICE)
-    pairs = load_pairs(OUT / "pairs", schedule, (3, 32, 32)).to(DEVICE)
+def pairs_on_disk():
+    manifest = OUT / "pairs" / "manifest.json"
+    return sum(s["n"] for s in json.loads(manifest.read_text())["shards"].values()) if manifest.exists() else 0
+
+
+made = -pairs_on_disk()                    # pairs made by this invocation (throughput)
+if run("pairs"):
+    with timed("pairs"), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        generate_pairs(teacher, schedule, PRED, OUT / "pairs", N_PAIRS, (3, 32, 32), shard_size=5000,
+                       solver="dpm++2m", steps=PAIR_STEPS, seed=SEED, batch=2500, device=DEVICE)
+made += pairs_on_disk()
+pairs = load_pairs(OUT / "pairs", schedule, (3, 32, 32)).to(DEVICE)
 stop_after("pairs")
 
-# %% 3. RD (the teacher's form) and RF (FM + velocity), same pairs, same budget, both from the teacher's weights
+# %% 3. RD (the teacher's form) and RF (FM + velocity), same pairs, same steps, both from the teacher's weights
 with timed("RD"):
     rd_student = train(copy.deepcopy(teacher), schedule, PRED, with_none(pair_batches(pairs, schedule)),
                        train_cfg(STUDENT_MIN, STUDENT_LR), OUT / "rd", desc="RD", require_done=not run("rd"))
 stop_after("rd")
+# RF takes exactly RD's step count (RD stops at its minute budget), so that both see the same pairs, same steps
+rd_steps = torch.load(OUT / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
 fm = get_schedule("fm")
 with timed("RF"):
     rf_student = train(flow_student(teacher).requires_grad_(True), fm, "flow", with_none(flow_batches(pairs, fm)),
-                       train_cfg(STUDENT_MIN, STUDENT_LR), OUT / "rf", desc="RF", require_done=not run("rf"))
+                       dataclasses.replace(train_cfg(0, STUDENT_LR), steps=rd_steps), OUT / "rf", desc="RF",
+                       require_done=not run("rf"))
 stop_after("rf")
 
 # %% 4. Evaluation: FID-10k (JPEG CIFAR-10 train stats) at 1, 2, 4 calls (teacher also 10, 25); sample grids
@@ -174,7 +191,7 @@ if INCEPTION and Path(INCEPTION).exists():
                                             cache_dir=OUT / "cache", device=DEVICE)
         # calibration: FID(test 10k vs train 50k) must be 3.11 on the JPEG copy (shared/data/README.md)
         test_images, _ = load_cifar10(CIFAR, "test", cache_dir=OUT / "cache", verbose=False)
-        with timed("features"):
+        with timed("features", stage=None):
             test_features = inception_features(test_images, inception, device=DEVICE, progress=False)
         calibration = fid_from_stats(*feature_stats(test_features), ref_mu, ref_sigma)
     print(f"calibration: FID(test {len(test_images)} vs train {len(images)}) = {calibration:.4f} (expected 3.11 ± 0.02)")
@@ -183,7 +200,7 @@ else:
 results, grids = {}, {}
 for name, (net, sch, pred) in models.items():
     for k in nfes[name]:
-        with timed(f"sample {name}@{k}"):
+        with timed(f"sample {name}@{k}", stage="eval"):
             samples = generate(net, sch, pred, k)
         grids[(name, k)] = samples[:64]
         with timed("eval"):
@@ -198,11 +215,8 @@ for name in models:
     lines.append(f"| {name} | " + " | ".join(fmt(results.get((name, k))) for k in (1, 2, 4, 10, 25)) + " |")
 if calibration is not None:
     lines += ["", f"Calibration: FID(CIFAR-10 test 10k vs train 50k, JPEG copy) = {calibration:.4f} (reference 3.114)"]
-sampling = sum(v for k, v in seconds.items() if k.startswith("sample"))
-stage_min = {"data": seconds["data"], "teacher": seconds["teacher"], "pairs": seconds["pairs"], "RD": seconds["RD"],
-             "RF": seconds["RF"], "eval (sampling + FID)": sampling + seconds.get("eval", 0.0)}
-lines += ["", "| stage (this invocation) | GPU-minutes |", "|---|---|"]
-lines += [f"| {k} | {v / 60:.2f} |" for k, v in stage_min.items()] + [f"| all | {sum(stage_min.values()) / 60:.2f} |"]
+lines += ["", "| stage (summed over invocations; eval = sampling + FID) | GPU-minutes |", "|---|---|"]
+lines += [f"| {k} | {v:.2f} |" for k, v in laps.minutes.items()] + [f"| all | {sum(laps.minutes.values()):.2f} |"]
 
 
 def logged_rate(name):
@@ -215,9 +229,9 @@ def logged_rate(name):
 lines += ["", "| throughput | rate |", "|---|---|",
           f"| teacher training, batch {BATCH}, bf16{', compiled' if COMPILE else ''} | {logged_rate('teacher'):,.0f} img/s |",
           f"| RD / RF training, batch {BATCH}, bf16 | {logged_rate('rd'):,.0f} / {logged_rate('rf'):,.0f} img/s |"]
-if STAGE == "all" and seconds["pairs"] > 0:
+if made > 0:
     lines.append(f"| pair generation ({PAIR_STEPS} steps DPM-Solver++(2M), batch 2500, bf16) | "
-                 f"{N_PAIRS / seconds['pairs']:,.0f} pairs/s |")
+                 f"{made / seconds['pairs']:,.0f} pairs/s |")
 for k in (1, 4):
     lines.append(f"| teacher sampling, {k} call{'s' * (k > 1)}, batch 2500, bf16 | {N_FID / seconds[f'sample teacher@{k}']:,.0f} img/s |")
 if "features" in seconds:
