@@ -67,9 +67,10 @@ class Laps:
         with laps("teacher"):
             teacher = train(...)
 
-    A block's time is added when it ends, also when it ends by an error or by SIGTERM (rd.train then saves its
-    checkpoint and exits), so a run split over several invocations reports its whole cost; a stage that is only
-    loaded from its checkpoint adds its loading time. `write=False` (processes other than 0) only counts."""
+    A block's time is added when it ends, also when it ends by an exception, e.g. the SystemExit with which rd.train
+    answers SIGTERM (after saving its checkpoint), so a run split over several invocations reports its whole cost; a
+    stage that is only loaded from its checkpoint adds its loading time. (SIGTERM outside a training loop kills the
+    process at once: that stage's minutes are lost.) `write=False` (processes other than 0) only counts."""
 
     def __init__(self, path, write: bool = True):
         self.path, self.write = Path(path), write
@@ -77,12 +78,12 @@ class Laps:
 
     @contextmanager
     def __call__(self, stage: str):
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
-            _synchronize()
+            synchronize()
             self.add(stage, (time.perf_counter() - start) / 60)
 
     def add(self, stage: str, minutes: float):
@@ -96,7 +97,7 @@ class Laps:
             + f"; total {sum(self.minutes.values()):.2f}"
 
 
-def _synchronize():
+def synchronize():
     """Wait for queued GPU work, so that it is timed where it was queued (a GPU in an error state is not waited for)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         try:

@@ -6,10 +6,13 @@
 `batches(n, generator)` returns (x0, ε, t, cond) on the training device: independent (x0, ε) for a teacher,
 the teacher's pairs for a Rectified-Diffusion student — the same loop, as in rd.toy for 2D. Checkpoints are plain
 dicts {model, ema, opt, step, minutes, config} written atomically every `ckpt_every` steps; a run restarted with the
-same config resumes from the last one and loses at most the steps since; one stopped by SIGTERM (`timeout`,
-SLURM, Kubernetes) loses nothing: it finishes its step, writes a checkpoint and exits non-zero. A run ends after `steps` steps or, with
-`max_minutes` > 0, once its training time summed over all restarts reaches the budget: calling `train` again on a
-finished run only loads its EMA model (`require_done=True` refuses to train at all — for a later stage that needs it).
+same config resumes from the last one and loses at most the steps since. A run sent SIGTERM (`timeout -s TERM`,
+SLURM, Kubernetes) loses nothing: it finishes its step (with several processes: steps up to the next log line, where
+they agree to stop), writes a checkpoint and exits with status 143; the same call resumes it. (A SIGTERM sent to the
+whole process group during the first torch.compile can kill the compiler's workers, and with them the compile.)
+A run ends after `steps` steps or, with `max_minutes` > 0, once its training time summed over all restarts reaches
+the budget: calling `train` again on a finished run only loads its EMA model (`require_done=True` refuses to train
+at all — for a later stage that needs it).
 
 Under torchrun (rd.dist) each of the W processes draws cfg.batch / W examples per step from its own stream and
 DistributedDataParallel averages the gradients: the global batch of one process (and its step count, unless a
@@ -20,6 +23,7 @@ torch.compile failure stops a multi-process run (falling back on some processes 
 import json
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -83,20 +87,23 @@ class _Objective(torch.nn.Module):
 
 class _Terminated:
     """While active, SIGTERM only sets `.flag`, which the loop reads after each step (main thread only: signal handlers
-    cannot be installed elsewhere, and there SIGTERM keeps its default, fatal, action)."""
+    cannot be installed elsewhere, and there SIGTERM keeps its default, fatal, action). A SIGTERM that came after the
+    loop's last look is delivered again, to the restored handler, on the way out."""
 
     def __enter__(self):
-        self.flag, self.previous = False, None
-        if threading.current_thread() is threading.main_thread():
+        self.flag, self.installed = False, threading.current_thread() is threading.main_thread()
+        if self.installed:
             self.previous = signal.signal(signal.SIGTERM, self._set)
         return self
 
     def _set(self, signum, frame):
         self.flag = True
 
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+    def __exit__(self, exc_type, *exc):
+        if self.installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+            if self.flag and exc_type is None:
+                signal.raise_signal(signal.SIGTERM)
 
 
 def _identity(config: dict) -> dict:
@@ -202,13 +209,13 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
             step += 1
             bar.update(1)
             window.append(value.detach())
-            out_of_time = False
+            out_of_time, sigterm = False, world == 1 and terminated.flag
             if step % cfg.log_every == 0 or step == cfg.steps:
-                # one device sync per log line; with several processes their mean loss and mean minutes, so that all
-                # of them stop (NaN, budget) at the same step
-                elapsed = torch.tensor([(time.perf_counter() - t_start) / 60], device=device)
-                mean, elapsed = dist.mean(torch.cat([torch.stack(window).mean().float()[None], elapsed])).tolist()
-                minutes = spent + elapsed
+                # one device sync per log line; with several processes their mean loss, minutes and SIGTERM flags,
+                # so that all of them stop (NaN, budget, SIGTERM) at the same step
+                state = torch.tensor([(time.perf_counter() - t_start) / 60, terminated.flag], device=device)
+                mean, elapsed, flags = dist.mean(torch.cat([torch.stack(window).mean().float()[None], state])).tolist()
+                minutes, sigterm = spent + elapsed, flags > 0
                 out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
                 if not math.isfinite(mean):
                     raise FloatingPointError(f"{desc}: loss is {mean} at step {step}; the last checkpoint is "
@@ -221,17 +228,19 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
                     print(line, file=log, flush=True)
                 bar.set_postfix_str(line.split(" | ", 1)[1])
                 window, t_last = [], time.perf_counter()
-            stop = out_of_time or terminated.flag
-            if (step % cfg.ckpt_every == 0 or step == cfg.steps or stop) and rank == 0:
+            if (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time or sigterm) and rank == 0:
                 if step % cfg.log_every:                                       # minutes are exact at log lines only
                     minutes = spent + (time.perf_counter() - t_start) / 60
                 atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                              "minutes": minutes, "config": config}, run / "ckpt.pt")
-            if terminated.flag:
+            if sigterm:
+                bar.close()
                 if log:
                     print(f"{desc}: stopped by SIGTERM at step {step}", file=log, flush=True)
-                raise SystemExit(f"{desc}: stopped by SIGTERM at step {step} ({minutes:.2f} min trained); "
-                                 f"{run / 'ckpt.pt'} holds it: run the same command again to resume")
+                    log.close()
+                    print(f"{desc}: stopped by SIGTERM at step {step} ({minutes:.2f} min trained); {run / 'ckpt.pt'} "
+                          f"holds it: run the same command again to resume", file=sys.stderr, flush=True)
+                raise SystemExit(128 + signal.SIGTERM)
             if out_of_time:
                 if log:
                     print(f"{desc}: stopped at step {step} after {minutes:.2f} min (max_minutes {cfg.max_minutes})",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rd.assignments import ASSIGNMENTS, Block, all_blocks, blank, find_blocks, main, student_copy
+from rd.assignments import ASSIGNMENTS, all_blocks, blank, find_blocks, main, student_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_A_COPY = os.environ.get("RD_STUDENT_COPY")         # set while this check runs the suite inside a student copy

@@ -1,6 +1,8 @@
 """Two processes (gloo on the CPU, as torchrun would start them): the pairs are the same as one process makes,
-and DistributedDataParallel training over two halves of each batch equals one process on the whole batch."""
+DistributedDataParallel training over two halves of each batch equals one process on the whole batch, and a SIGTERM
+that reaches one process stops both at the same step."""
 import os
+import signal
 import socket
 
 import pytest
@@ -71,6 +73,19 @@ def _everything(ctx, folder):
     except ValueError as err:
         if "divisible by the number of processes (2)" in str(err):
             (folder / f"refused{ctx.rank}").touch()
+    # SIGTERM reaches process 1 alone, during step 3: both processes stop at the next log line (step 4), together
+    batches, calls = fixed_batches(s), [0]
+
+    def terminated_on_process_1(n, g):
+        calls[0] += 1
+        if ctx.rank == 1 and calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batches(n, g)
+    try:
+        train(tiny_net(), s, "eps", terminated_on_process_1, TrainConfig(**CFG | {"steps": 6, "ckpt_every": 100}),
+              folder / "sigterm")
+    except SystemExit as stop:
+        (folder / f"sigterm{ctx.rank}").write_text(str(stop.code))
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +126,9 @@ def test_one_process_needs_no_process_group():
     assert (ctx.rank, ctx.world, ctx.main, dist.world(), dist.rank()) == (0, 1, True, 1, 0)
     x = torch.arange(3.0)
     assert dist.mean(x) is x
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_step_with_a_checkpoint(two):
+    assert [(two / f"sigterm{r}").read_text() for r in range(WORLD)] == ["143", "143"]
+    assert torch.load(two / "sigterm" / "ckpt.pt", weights_only=True)["step"] == 4
+    assert (two / "sigterm" / "log.txt").read_text().splitlines()[-1] == "train: stopped by SIGTERM at step 4"

@@ -1,6 +1,4 @@
 """DPM-Solver against closed forms: measured convergence orders, DDIM, first-order paths, sampling accuracy."""
-import math
-from functools import partial
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ from rd.orders import measure_order, solver_table
 from rd.predictions import PRED_TYPES, Predictor, target_from_pair
 from rd.sampling import get_grid, sample
 from rd.schedules import SCHEDULES, get_schedule
-from rd.solvers import SOLVERS, dpm_multistep, dpm_singlestep, euler
+from rd.solvers import SOLVERS, dpm_multistep, euler
 
 
 TABLE = solver_table()

@@ -28,8 +28,8 @@ def finished(tmp_path_factory):
 def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     out, stdout = finished
     table = (out / "results.md").read_text()
-    for row in ("| teacher |", "| RD |", "| RF |", "| stage (summed over invocations; eval = sampling + FID) | GPU-minutes |", "pair generation",
-                "teacher training", "teacher sampling, 4 calls"):
+    for row in ("| teacher |", "| RD |", "| RF |", "| stage (summed over invocations; eval = sampling + FID) |",
+                "pair generation", "teacher training", "teacher sampling, 4 calls"):
         assert row in table and row in stdout, row
     assert (out / "samples.png").stat().st_size > 10_000
     for stage in ("teacher", "rd", "rf"):
@@ -60,3 +60,5 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
     proc = run(tmp_path, RD_STAGE="students")
     assert proc.returncode != 0 and "RD_STAGE must be 'all' or one of teacher, pairs, rd, rf, eval" in proc.stderr
+    proc = run(tmp_path, RD_PRESET="huge")
+    assert proc.returncode != 0 and "RD_PRESET: unknown UNet preset 'huge'; allowed: cifar" in proc.stderr

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.data import GPULoader, load_cifar10, to_uint8
-from rd.io import Laps
+from rd.io import Laps, synchronize
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.sampling import sample
 from rd.schedules import get_schedule
@@ -48,7 +48,7 @@ INCEPTION = os.environ.get("RD_INCEPTION", "" if SMOKE else "data/inception-2015
 STAGE = os.environ.get("RD_STAGE", "all")  # all, or one of STAGES
 STAGES = ("teacher", "pairs", "rd", "rf", "eval")
 SCHEDULE, PRED = "vp-sd", "eps"            # the teacher's form (SD's scaled-linear VP, ε): RD keeps it
-PRESET = "tiny" if SMOKE else "cifar-small"
+PRESET = os.environ.get("RD_PRESET", "tiny" if SMOKE else "cifar-small")   # UNet: cifar-small, cifar (38 M), tiny
 DROPOUT = 0.0                              # minutes-long runs: dropout would only slow the start
 BATCH = 8 if SMOKE else 512
 LR, STUDENT_LR = 5e-4, 2e-4                # Adam after a 300-step warm-up (students start from the teacher)
@@ -62,6 +62,10 @@ SEED = 0
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if not SMOKE and N_FID not in (10_000, 50_000):
     raise SystemExit(f"RD_FID_N must be 10000 (FID-10k) or 50000 (FID-50k); got {N_FID}")
+try:
+    UNetConfig.preset(PRESET)
+except ValueError as err:
+    raise SystemExit(f"RD_PRESET: {err}")
 if STAGE not in STAGES + ("all",):
     raise SystemExit(f"RD_STAGE must be 'all' or one of {', '.join(STAGES)}; got {STAGE!r}")
 OUT.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,8 @@ def stop_after(name):
 
 class timed:
     """Wall-clock seconds of a block (GPU-seconds on one GPU), synchronised, recorded in `seconds` and added to the
-    pipeline stage `stage` in minutes.json (also when the block ends by an error or SIGTERM; None: not added)."""
+    pipeline stage `stage` in minutes.json (also when the block ends by an error, e.g. the exit of a training stage
+    stopped by SIGTERM; None: not added)."""
 
     def __init__(self, name, stage="same"):
         self.name, self.stage = name, name if stage == "same" else stage
@@ -93,8 +98,7 @@ class timed:
         self.t = time.perf_counter()
 
     def __exit__(self, *exc):
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
+        synchronize()
         dt = time.perf_counter() - self.t
         seconds[self.name] = seconds.get(self.name, 0.0) + dt
         if self.stage:
@@ -148,7 +152,8 @@ if run("pairs"):
         generate_pairs(teacher, schedule, PRED, OUT / "pairs", N_PAIRS, (3, 32, 32), shard_size=5000,
                        solver="dpm++2m", steps=PAIR_STEPS, seed=SEED, batch=2500, device=DEVICE)
 made += pairs_on_disk()
-pairs = load_pairs(OUT / "pairs", schedule, (3, 32, 32)).to(DEVICE)
+with timed("pairs (load)", stage="pairs"):
+    pairs = load_pairs(OUT / "pairs", schedule, (3, 32, 32)).to(DEVICE)
 stop_after("pairs")
 
 # %% 3. RD (the teacher's form) and RF (FM + velocity), same pairs, same steps, both from the teacher's weights
@@ -158,6 +163,10 @@ with timed("RD"):
 stop_after("rd")
 # RF takes exactly RD's step count (RD stops at its minute budget), so that both see the same pairs, same steps
 rd_steps = torch.load(OUT / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
+if (OUT / "rf" / "ckpt.pt").exists() and (rf_steps := torch.load(OUT / "rf" / "ckpt.pt", map_location="cpu",
+                                                                 weights_only=True)["step"]) > rd_steps:
+    raise SystemExit(f"{OUT / 'rf'} holds an RF student of {rf_steps} steps, RD took {rd_steps}: the comparison needs "
+                     f"equal steps; delete {OUT / 'rf'} and run the rf stage again")
 fm = get_schedule("fm")
 with timed("RF"):
     rf_student = train(flow_student(teacher).requires_grad_(True), fm, "flow", with_none(flow_batches(pairs, fm)),

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
-from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from rd.classifier import ClassifierConfig, accuracy, train_classifier
 from rd.data import to_uint8
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
