@@ -25,6 +25,7 @@ from rd import dist
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
+from rd.figures import image_table, save_grid
 from rd.io import Laps, atomic_save, atomic_write_text
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
@@ -181,8 +182,19 @@ def pipeline(args: Args, ctx: dist.Context):
         x_all = images.to(device).float() / 127.5 - 1
         scale = latent_scale(ae, x_all[:5000])
         latents = encode_latents(ae, x_all, scale)                                       # (N, 4, 8, 8)
+        if ctx.main and not (out / "ae" / "grid.png").exists():      # 32 images above their reconstructions
+            recon = decode_latents(ae, latents[:32], scale)
+            save_grid(to_uint8(torch.cat([x_all[:32], recon])), out / "ae" / "grid.png")
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
+    grid_tokens = tokenizer.encode(eval_prompts(args, 64)[1], length).to(device)
+    grid_noise = torch.randn(64, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
+
+    def grid(stage, net, sch, pred, calls, w=1.0):
+        """The stage's 8 × 8 samples (process 0, once): the first 64 evaluation prompts, the same noise for all."""
+        if ctx.main and not (out / stage / "grid.png").exists():
+            z = generate_latents(net, grid_noise, sch, pred, calls, grid_tokens, guidance=w)
+            save_grid(to_uint8(decode_latents(ae, z, scale)), out / stage / "grid.png")
 
     # -- teacher: SD's schedule and ε, text tower trained from scratch with it, 10 % of prompts dropped
     schedule = get_schedule("vp-sd")
@@ -204,6 +216,7 @@ def pipeline(args: Args, ctx: dist.Context):
                         require_done=not run("teacher"),
                         model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
                                       "vocab": tokenizer.vocab})
+        grid("teacher", teacher, schedule, "eps", 25, args.guidance)
     if args.stage == "teacher":
         return say("teacher done")
 
@@ -217,6 +230,8 @@ def pipeline(args: Args, ctx: dist.Context):
                            seed=args.seed, batch=2000, device=device, cond=tokens[prompt_idx.to(device)].cpu(),
                            null_cond=torch.zeros(length, dtype=torch.int64), guidance=args.guidance)
         pairs = load_pairs(out / "pairs", schedule, shape).to(device)
+        if ctx.main and not (out / "pairs" / "grid.png").exists():   # the teacher's x̂0 of the first 64 pairs
+            save_grid(to_uint8(decode_latents(ae, pairs.x_path[:64, -1], scale)), out / "pairs" / "grid.png")
     if args.stage == "pairs":
         return say(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
 
@@ -236,6 +251,7 @@ def pipeline(args: Args, ctx: dist.Context):
         with lap(stage):
             trained[name] = train(init().requires_grad_(True), sch, pred, batches, student_cfg, out / stage,
                                   desc=stage, require_done=not run(stage))
+            grid(stage, trained[name], sch, pred, args.phases if stage == "phased" else 1)
         if stage == "rd":
             steps = torch.load(out / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
         if args.stage == stage:
@@ -255,10 +271,6 @@ def pipeline(args: Args, ctx: dist.Context):
 
 def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models):
     """FID (decoded images vs the training images' statistics) and prompt fidelity per (model, calls); the figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     heads = tuple(len(v) for v in ATTRIBUTES.values()) if args.data == "shapes" else (len(CIFAR_CLASSES),)
     clf_path = out / "classifier" / "ckpt.pt"
     clf = AttributeClassifier(ClassifierConfig(heads=heads)).to(device)
@@ -317,19 +329,9 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
     atomic_write_text(table + "\n", out / "results.md")
     atomic_write_text(json.dumps({f"{n}@{k}": {"fid": f, "fidelity": a} for (n, k), (f, a) in results.items()}
                                  | {"real_fidelity": real_acc}, indent=1), out / "results.json")
-    cols = [key for key in figure]
-    fig, axes = plt.subplots(len(fig_tokens), len(cols), figsize=(1.3 * len(cols), 1.4 * len(fig_tokens) + 0.6),
-                             squeeze=False)
     prompts = list(PROMPTS) if args.data == "shapes" else eval_caps[:len(PROMPTS)]
-    for j, key in enumerate(cols):
-        axes[0, j].set_title(f"{key[0]}\n{key[1]} call{'s' * (key[1] > 1)}", fontsize=7)
-        for i in range(len(fig_tokens)):
-            axes[i, j].imshow(figure[key][i].permute(1, 2, 0).cpu().numpy())
-            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
-            if j == 0:
-                axes[i, j].set_ylabel(prompts[i], fontsize=6, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    fig.savefig(out / "prompts.png", dpi=100)
+    image_table({f"{name}\n{k} call{'s' * (k > 1)}": x for (name, k), x in figure.items()}, prompts,
+                out / "prompts.png")
     print(f"results in {out}/: results.md, results.json, prompts.png")
 
 

@@ -32,6 +32,8 @@ def test_every_stage_runs_and_leaves_a_table_and_a_figure(whole):
     out, stdout = whole
     for stage in ("ae", "teacher", "rd", "rf", "phased"):
         assert (out / stage / "ckpt.pt").is_file() and "img/s" in (out / stage / "log.txt").read_text(), stage
+    for stage in ("ae", "teacher", "pairs", "rd", "rf", "phased"):                   # a sample grid per stage
+        assert (out / stage / "grid.png").stat().st_size > 5_000, stage
     assert (out / "pairs" / "manifest.json").is_file() and (out / "prompts.png").stat().st_size > 10_000
     results = json.loads((out / "results.json").read_text())
     expected = {"teacher@25", "teacher@1", "teacher@2", "teacher@4", "RD@1", "RD@2", "RD@4", "RF@1", "RF@2", "RF@4",

@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.data import GPULoader, load_cifar10, to_uint8
+from rd.figures import tile
 from rd.io import Laps, synchronize
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.sampling import sample
@@ -255,9 +256,7 @@ for i, name in enumerate(models):
     for j, k in enumerate((1, 2, 4, 10, 25)):
         axes[i, j].axis("off")
         if (name, k) in grids:
-            g = grids[(name, k)]
-            g = torch.cat([g] * -(-64 // len(g)))[:64].view(8, 8, 3, 32, 32).permute(0, 3, 1, 4, 2).reshape(256, 256, 3)
-            axes[i, j].imshow(g.numpy())
+            axes[i, j].imshow(tile(grids[(name, k)]))                     # 8 × 8 samples
             axes[i, j].set_title(f"{name}, {k} call{'s' * (k > 1)}, FID {fmt(results[(name, k)])}")
 fig.tight_layout()
 fig.savefig(OUT / "samples.png", dpi=72)
