@@ -1,9 +1,11 @@
-"""The assignment tool, and the CI check of every student copy: it fails its own tests (-m a<n>), each with the
-NotImplementedError of one of its blanked blocks, passes every test that does not reach them, and fails no test
-for any other reason. The repo itself passing everything is the rest of this suite.
+"""The assignment tool, and the CI check of every student copy: it fails exactly its own tests (-m a<n>: marked in
+the test files, or listed in assignment_reach.json because they reach its blocks through the library), each with
+the NotImplementedError of one of its blanked blocks, and passes every other test. The repo itself passing
+everything is the rest of this suite. `RD_UPDATE_REACH=1` rewrites assignment_reach.json from the copies' results.
 
 In the copies the end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out: each
 reaches nearly every block, and their minutes would double the CI time; the repo's own run covers them."""
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from rd.assignments import ASSIGNMENTS, all_blocks, blank, find_blocks, main, student_copy
 
 ROOT = Path(__file__).resolve().parents[1]
+REACH = ROOT / "tests" / "assignment_reach.json"         # tests that reach an assignment's blocks through the library
 IN_A_COPY = os.environ.get("RD_STUDENT_COPY")         # set while this check runs the suite inside a student copy
 END_TO_END = ["test_tutorials.py", "test_tutorial_03.py", "test_train_sd.py", "test_bench.py", "test_dist.py",
               "test_assignments.py"]
@@ -90,10 +93,12 @@ def test_handouts_exist_and_name_their_tasks():
 
 # ---------------------------------------------------------------------------------------------------------------
 
-def marked_tests(marker: str) -> set[str]:
+def marked_tests(marker: str, reach: bool = True) -> set[str]:
+    """Node ids of the tests selected by -m marker (reach=False: by the markers in the test files alone)."""
+    env = dict(os.environ) | ({} if reach else {"RD_NO_REACH": "1"})
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m",
                           marker, *(f"--ignore=tests/{f}" for f in END_TO_END), "tests"], cwd=ROOT,
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, env=env).stdout
     return {line.strip() for line in out.splitlines() if "::" in line}
 
 
@@ -142,24 +147,29 @@ def student_suites(tmp_path_factory):
 @pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
 def test_student_copy_fails_exactly_its_own_tests_with_not_implemented(student_suites, assignment):
     results, marker = student_suites[assignment], f"a{assignment[1:]}"
+    blanked = f"NotImplementedError: {assignment}."
+    if os.environ.get("RD_UPDATE_REACH"):
+        reach = json.loads(REACH.read_text()) if REACH.exists() else {}
+        direct = marked_tests(marker, reach=False)
+        reach[marker] = sorted(node for node, (outcome, text) in results.items()
+                               if outcome == "failed" and blanked in text and node not in direct)
+        REACH.write_text(json.dumps(dict(sorted(reach.items())), indent=1) + "\n")
     own = marked_tests(marker)
     assert own, f"no tests carry the marker {marker}"
-    blanked = f"NotImplementedError: {assignment}."
     problems = []
     for node in sorted(own):
         outcome, text = results.get(node, ("missing", ""))
         if outcome != "failed" or blanked not in text:
             problems.append(f"{node}: marked {marker} but {outcome} in the student copy"
                             + ("" if outcome != "failed" else f" with another error: {text[:200]!r}"))
-    dependents = 0
     for node, (outcome, text) in sorted(results.items()):
         if node in own or outcome != "failed":
             continue
         if blanked in text:
-            dependents += 1                                  # reaches a blanked block through the library
+            problems.append(f"{node}: reaches a blanked block of {assignment} but is not marked {marker}: list it "
+                            f"in {REACH.name} (RD_UPDATE_REACH=1 rewrites the file)")
         else:
             problems.append(f"{node}: fails in the {assignment} copy for another reason: {text[:300]!r}")
     passed = sum(outcome == "passed" for outcome, _ in results.values())
     assert not problems, f"{assignment}: {len(problems)} problems\n" + "\n".join(problems[:20])
-    print(f"{assignment}: {len(own)} own tests fail with NotImplementedError, {dependents} other tests reach a "
-          f"blanked block, {passed} pass")
+    print(f"{assignment}: its {len(own)} tests fail with NotImplementedError, the other {passed} pass")
