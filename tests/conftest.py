@@ -25,6 +25,9 @@ def pytest_collection_modifyitems(config, items):
         return
     reach = {marker: set(nodes) for marker, nodes in json.loads(REACH.read_text()).items()}
     for item in items:
+        # the node id as seen from the repo root, wherever pytest was started
+        where = Path(item.path).resolve().relative_to(REACH.parent.parent).as_posix()
+        node = f"{where}::{item.nodeid.split('::', 1)[1]}"
         for marker, nodes in reach.items():
-            if item.nodeid in nodes:
+            if node in nodes:
                 item.add_marker(marker)
