@@ -39,6 +39,7 @@ import torch
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import ClassifierConfig, accuracy, train_classifier
 from rd.data import to_uint8
+from rd.figures import image_table
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -173,17 +174,9 @@ table = "\n".join(lines)
 print(table)
 (OUT / "05_results.md").write_text(table + "\n")
 
-fig, axes = plt.subplots(len(rows), len(PROMPTS), figsize=(1.45 * len(PROMPTS), 1.5 * len(rows) + 0.8), squeeze=False)
-for i, ((name, _, _, _, calls, _), grid) in enumerate(zip(rows, grids)):
-    axes[i, 0].set_ylabel(f"{name}\n{calls} call{'s' * (calls > 1)}", fontsize=7, rotation=0, ha="right", va="center")
-    for j in range(len(PROMPTS)):
-        axes[i, j].imshow(grid[j].permute(1, 2, 0).cpu().numpy())
-        axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
-        if i == 0:
-            axes[i, j].set_title(PROMPTS[j].replace(" on the ", "\non the ").replace(" at the ", "\nat the "),
-                                 fontsize=7)
-fig.tight_layout()
-fig.savefig(OUT / "05_samples.png", dpi=100)
+# prompts × (model, calls), as train_sd.py's prompts.png
+image_table({f"{name}\n{calls} call{'s' * (calls > 1)}": grid for (name, _, _, _, calls, _), grid in zip(rows, grids)},
+            list(PROMPTS), OUT / "05_samples.png")
 print(f"figures and table in {OUT}/ (05_data_autoencoder.png, 05_samples.png, 05_results.md); "
       f"{(time.perf_counter() - t_start) / 60:.1f} min")
 
