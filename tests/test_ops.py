@@ -1,7 +1,11 @@
 """rd.ops: the reference is GroupNorm→scale/shift→SiLU, the backward derivation matches autograd, the custom op is
 registered correctly (opcheck, torch.compile), the dispatcher falls back once; on a GPU the kernel matches the
 reference in every dtype, layout and odd size."""
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +320,130 @@ def test_cuda_unet_fused_matches_reference():
     # bf16 rounding in other places (the reference computes 1 + scale in bf16): ≈ 1.5e-2 measured on a CPU emulation
     assert (out - out_ref).norm() / out_ref.norm() < 5e-2
     assert F.cosine_similarity(g, g_ref, dim=0) > 0.99
+
+# ---- GPU: the single-pass path (thread-block clusters, sm_90+) and the multi-pass path it replaces ------------------
+
+MULTIPASS_FORCED = os.environ.get("RD_OPS_MULTIPASS", "") not in ("", "0")
+sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9
+                          or MULTIPASS_FORCED, reason="needs an sm_90+ GPU (clusters) and RD_OPS_MULTIPASS unset")
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+# (N, C, H, W, G) → per dtype (S forward, S backward) by the rule in group_norm_silu.cu (0: multi-pass): H·W ≤ 64,
+# then the smallest S whose block needs ≤ 64 KB of shared memory, else the largest within the opt-in limit (227 KB
+# on an H100)
+CLUSTER_SHAPES = {
+    (3, 512, 4, 4, 32): {BF16: (1, 1), FP16: (1, 1), FP32: (1, 2)},        # one block per sample
+    (2, 512, 7, 7, 32): {BF16: (1, 4), FP16: (1, 4), FP32: (2, 4)},        # H·W = 49: the last chunk is partial
+    (2, 4096, 3, 3, 64): {BF16: (2, 16), FP16: (2, 16), FP32: (8, 16)},    # S = 16 (non-portable), empty high ranks,
+                                                                           # C/V > 256 vectors
+    (1, 16384, 8, 8, 32): {BF16: (16, 0), FP16: (16, 0), FP32: (0, 0)},    # too big for any S: multi-pass
+    (4, 128, 16, 16, 32): {BF16: (0, 0), FP16: (0, 0), FP32: (0, 0)},      # H·W > 64: multi-pass (faster there)
+    (2, 36, 8, 8, 4): {BF16: (0, 0), FP16: (0, 0), FP32: (1, 1)},          # C = 36: no 16-byte vectors for 16 bits
+}
+
+
+def cluster_sizes(x, groups):
+    """(S forward, S backward) that the kernels take for x; 0 for the multi-pass path."""
+    ext = ops.load_extension(strict=True)
+    return ext.cluster_size(x, groups, False), ext.cluster_size(x, groups, True)
+
+
+@sm90
+@pytest.mark.parametrize("dtype", [FP32, FP16, BF16], ids=str)
+@pytest.mark.parametrize("shape", list(CLUSTER_SHAPES), ids=lambda s: "x".join(map(str, s)))
+def test_cuda_cluster_path_matches_reference(dtype, shape):
+    *size, groups = shape
+    x, weight, bias, scale, shift = inputs(*size, groups, dtype, "cuda", channels_last=True)
+    assert cluster_sizes(x, groups) == CLUSTER_SHAPES[shape][dtype]
+    check_against_reference(x, weight, bias, scale, shift, groups)
+    check_against_reference(*inputs(*size, groups, dtype, "cuda", channels_last=True, affine=False, seed=1), groups)
+
+
+@sm90
+@pytest.mark.parametrize("shape", [(2, 4096, 3, 3, 64), (2, 512, 7, 7, 32), (3, 512, 4, 4, 32)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_cuda_cluster_path_is_deterministic_and_graph_capturable(shape):
+    """Fixed reduction orders: two calls give the same bits; the launches replay in a CUDA graph with those bits."""
+    *size, groups = shape
+    x, weight, bias, scale, shift = inputs(*size, groups, torch.bfloat16, "cuda", channels_last=True)
+    assert all(s > 0 for s in cluster_sizes(x, groups))
+    dy = torch.randn(x.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3)).to(x.dtype)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        y, mean, rstd = torch.ops.rd.group_norm_silu(x, weight, bias, scale, shift, groups, 1e-5)
+        return (y, mean, rstd, *torch.ops.rd.group_norm_silu_backward(dy, x, mean, rstd, weight, bias, scale, shift,
+                                                                      groups))
+    first, second = step(), step()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b), "no atomics: repeatable"
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(first, captured):
+        assert torch.equal(a, b), "the graph replay gives the eager bits"
+
+
+MULTIPASS_SCRIPT = """
+import sys
+import torch
+from rd import ops
+ext = ops.load_extension(strict=True)
+results = []
+for x, weight, bias, scale, shift, dy, groups in torch.load(sys.argv[1]):
+    x, weight, bias, scale, shift, dy = (t.cuda() for t in (x, weight, bias, scale, shift, dy))
+    x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+    assert ext.cluster_size(x, groups, False) == 0 and ext.cluster_size(x, groups, True) == 0, "RD_OPS_MULTIPASS=1"
+    y, mean, rstd = torch.ops.rd.group_norm_silu(x, weight, bias, scale, shift, groups, 1e-5)
+    grads = torch.ops.rd.group_norm_silu_backward(dy, x, mean, rstd, weight, bias, scale, shift, groups)
+    results.append([t.cpu() for t in (y, mean, rstd, *grads)])
+torch.save(results, sys.argv[2])
+"""
+
+
+@cuda
+def test_cuda_multipass_env_gives_the_same_results(tmp_path):
+    """RD_OPS_MULTIPASS=1 (read once per process) forces the multi-pass kernels: a subprocess runs a few shapes with
+    it; this process (the single-pass path on an sm_90+ GPU) gets the same outputs within the dtype's tolerance."""
+    cases, here = [], []
+    for (*size, groups), dtype in [((2, 512, 7, 7, 32), BF16), ((2, 512, 7, 7, 32), FP32),
+                                   ((3, 512, 4, 4, 32), FP16), ((2, 4096, 3, 3, 64), BF16)]:
+        x, weight, bias, scale, shift = inputs(*size, groups, dtype, "cuda", channels_last=True)
+        dy = torch.randn(x.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(4)).to(dtype)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        if torch.cuda.get_device_capability()[0] >= 9 and not MULTIPASS_FORCED:
+            assert all(s > 0 for s in cluster_sizes(x, groups))
+        y, mean, rstd = torch.ops.rd.group_norm_silu(x, weight, bias, scale, shift, groups, 1e-5)
+        grads = torch.ops.rd.group_norm_silu_backward(dy, x, mean, rstd, weight, bias, scale, shift, groups)
+        here.append([t.cpu() for t in (y, mean, rstd, *grads)])
+        cases.append([t.cpu() for t in (x, weight, bias, scale, shift, dy)] + [groups])
+    torch.save(cases, tmp_path / "cases.pt")
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "multipass.py").write_text(MULTIPASS_SCRIPT)
+    env = dict(os.environ, RD_OPS_MULTIPASS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, str(tmp_path / "multipass.py"), str(tmp_path / "cases.pt"),
+                          str(tmp_path / "out.pt")], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    names = ["y", "mean", "rstd", "dx", "dweight", "dbias", "dscale", "dshift"]
+    for case, ours, theirs in zip(cases, here, torch.load(tmp_path / "out.pt")):
+        tol = TOL[case[0].dtype]
+        for name, a, b in zip(names, ours, theirs):
+            assert a.dtype == b.dtype and a.stride() == b.stride(), name
+            b = b.double()
+            torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * b.abs().max().item(),
+                                       msg=lambda m: f"{name} ({case[0].dtype}, {tuple(case[0].shape)}): {m}")
+
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU message")
+def test_compare_needs_a_gpu_and_says_so():
+    run = subprocess.run([sys.executable, "-m", "rd.ops.compare"], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "needs a CUDA GPU" in run.stderr

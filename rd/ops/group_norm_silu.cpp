@@ -128,6 +128,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {dx, dgamma_part.sum(0), dbeta_part.sum(0), dscale, dshift};
 }
 
+// The path the kernels take for x: S of the single-pass cluster path, 0 for the multi-pass one (tests, benchmarks)
+int64_t cluster_size(const at::Tensor& x, int64_t groups, bool backward) {
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const auto f32 = x.options().dtype(at::kFloat);
+  const auto w = at::empty({x.size(1)}, f32);
+  GnsParams p = make_params(x, w, w, std::nullopt, std::nullopt, groups);
+  const auto xc = x.contiguous(layout(p.nhwc));
+  void* ptr = xc.data_ptr();                                 // (the outputs the binding allocates are aligned)
+  p.x = ptr;
+  p.y = ptr;
+  p.dy = ptr;
+  p.dx = ptr;
+  return gns_cluster_size(p, backward);
+}
+
 // The CUDA kernels of the ops rd/ops/fused.py defines (torch.library.custom_op, whose Python implementation stays
 // the CPU / no-build path): registered here, the dispatcher calls them without a Python layer — in eager mode
 // under the custom op's autograd, and from torch.compile'd graphs. Loading this library registers them.
@@ -156,4 +171,6 @@ TORCH_LIBRARY_IMPL(rd, CUDA, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fused GroupNorm + scale/shift + SiLU: (y, mean, rstd)");
   m.def("backward", &backward, "its backward: (dx, dweight, dbias, dscale, dshift)");
+  m.def("cluster_size", &cluster_size, "S of the single-pass path for x (0: multi-pass)", pybind11::arg("x"),
+        pybind11::arg("groups"), pybind11::arg("backward") = false);
 }

@@ -43,3 +43,6 @@ inline int64_t gns_workspace_floats(const GnsParams& p) {
 
 void gns_forward(const GnsParams& p, cudaStream_t stream);
 void gns_backward(const GnsParams& p, cudaStream_t stream);
+// The cluster size S of the single-pass path that gns_forward/gns_backward (backward = true) take for p; 0 when they
+// run the multi-pass kernels. Decided once per device and shape (queries the device the first time).
+int gns_cluster_size(const GnsParams& p, bool backward);
