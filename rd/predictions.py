@@ -83,6 +83,33 @@ def convert(pred: Tensor, x_t: Tensor, c: Coeffs, src: str, dst: str) -> Tensor:
     return target_from_pair(*pair_from_prediction(pred, x_t, c, src), c, dst)
 
 
+def x0_gain(c: Coeffs, pred_type: str) -> Tensor:
+    """|∂target/∂x0| at a fixed x_t: how far a prediction of `pred_type` moves per unit of x̂0 error.
+
+        eps: α/σ     x0: 1     v: (α² + σ²)/σ     flow: |α'σ − σ'α|/σ
+    """
+    a, s = c.alpha, c.sigma
+    if pred_type == "eps":
+        return a / s
+    if pred_type == "x0":
+        return torch.ones_like(a)
+    if pred_type == "v":
+        return (a * a + s * s) / s
+    if pred_type == "flow":
+        return (c.d_alpha * s - c.d_sigma * a).abs() / s
+    raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
+
+
+def loss_weight(c: Coeffs, pred_type: str, like: str) -> Tensor:
+    """Per-sample weights under which the squared error of a `pred_type` network equals that of a `like` network
+    with the same x̂0: (gain_like / gain_pred)², e.g. ((α² + σ²)/α)² for an ε-network weighted like v.
+
+    The network, its schedule and its prediction type stay as they are: only how much each t counts changes. On
+    SD's schedule the plain ε-loss weighs an x̂0 error at t = 1 by (α/σ)² = 0.0047, v's loss by 1.
+    """
+    return (x0_gain(c, like) / x0_gain(c, pred_type)) ** 2
+
+
 class Predictor:
     """net(x_t, t) of one prediction type, seen by the solvers as (x_t, t) ↦ (x̂0, ε̂).
 
@@ -103,13 +130,18 @@ class Predictor:
 
 
 def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, pred_type: str,
-                   weight: Tensor | None = None) -> Tensor:
+                   weight: Tensor | None = None, weight_like: str | None = None) -> Tensor:
     """‖net(α_t x0 + σ_t ε, t) − target(x0, ε)‖², averaged.  [RD Alg. 4; DDPM]
 
     The pair (x0, ε) is explicit: standard training draws them independently, rectified training passes the
-    teacher's (ε, x̂0) pairs — the same call. `weight` (B,) multiplies each sample's mean squared error.
+    teacher's (ε, x̂0) pairs — the same call. `weight` (B,) multiplies each sample's mean squared error;
+    `weight_like` (a prediction type) multiplies it by loss_weight(c, pred_type, weight_like), normalised to mean 1
+    over the batch (the loss keeps the scale of the plain one).
     """
     c = schedule(t)
+    if weight_like is not None:
+        w = loss_weight(c, pred_type, check_pred_type(weight_like)).to(x0.device, torch.float32)
+        weight = w / w.mean() if weight is None else weight * w / w.mean()
     cb = _bcast(c, x0)
     x_t = cb.alpha * x0 + cb.sigma * eps
     pred = net(x_t, t.to(net_time_dtype(x0)))

@@ -53,6 +53,7 @@ class ToyTrainConfig:
     lr: float = 1e-3         # Adam learning rate, cosine-decayed to 0
     ema_decay: float = 0.995  # EMA of the weights; the EMA copy is returned
     seed: int = 0            # seeds the batches (the net's init is the caller's)
+    weight_like: str | None = None   # a prediction type: weigh the loss as its loss (rd.predictions.loss_weight)
 
 
 def independent_batches(mixture, schedule: Schedule):
@@ -73,7 +74,7 @@ def train_toy(net: TimeMLP, schedule: Schedule, pred_type: str, batches, cfg: To
     ema, losses = EMA(net, cfg.ema_decay), []
     for _ in tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=1.0):
         x0, eps, t = batches(cfg.batch, generator)
-        loss = denoising_loss(net, schedule, x0, eps, t, pred_type)
+        loss = denoising_loss(net, schedule, x0, eps, t, pred_type, weight_like=cfg.weight_like)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {len(losses)}; lower the "
                                      f"learning rate (now {cfg.lr}) or check the data")

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .ema import EMA
 from .io import atomic_save, atomic_write_text
-from .predictions import denoising_loss
+from .predictions import check_pred_type, denoising_loss
 from .schedules import Schedule
 
 
@@ -56,6 +56,7 @@ class TrainConfig:
     ckpt_every: int = 1000       # checkpoint interval (steps)
     seed: int = 0                # seeds the batches
     max_minutes: float = 0.0     # > 0: training-time budget summed over restarts (checked every log_every steps)
+    weight_like: str | None = None   # a prediction type: weigh the loss as its loss (rd.predictions.loss_weight)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -71,7 +72,7 @@ def _denoising(model, schedule, pred_type, batch, cfg: TrainConfig):
     if cfg.channels_last:
         x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
     fn = model if cond is None else (lambda x, tt: model(x, tt, cond))
-    return denoising_loss(fn, schedule, x0, eps, t, pred_type)
+    return denoising_loss(fn, schedule, x0, eps, t, pred_type, weight_like=cfg.weight_like)
 
 
 class _Objective(torch.nn.Module):
@@ -136,6 +137,8 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     `batch` is then whatever batches(n, generator) returns, and schedule/pred_type may be None."""
     if cfg.amp not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
+    if cfg.weight_like is not None:
+        check_pred_type(cfg.weight_like)
     run = Path(run_dir)
     device = next(net.parameters()).device
     rank, world = dist.rank(), dist.world()

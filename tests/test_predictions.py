@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from rd.predictions import PRED_TYPES, Predictor, convert, denoising_loss, pair_from_prediction, target_from_pair
+from rd.predictions import (PRED_TYPES, Predictor, convert, denoising_loss, loss_weight, pair_from_prediction,
+                            target_from_pair)
 from rd.schedules import SCHEDULES, get_schedule
 
 pytestmark = pytest.mark.a1          # the checks of assignment A1 (tutorials/assignments/A1.md)
@@ -80,6 +81,33 @@ def test_loss_is_zero_for_the_exact_target_and_positive_otherwise(pred_type):
     assert denoising_loss(perfect, s, x0, eps, t, pred_type).item() < 1e-20
     wrong = lambda x_t, tt: perfect(x_t, tt) + 0.1
     assert denoising_loss(wrong, s, x0, eps, t, pred_type).item() == pytest.approx(0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("pred_type", PRED_TYPES)
+@pytest.mark.parametrize("like", PRED_TYPES)
+def test_loss_weight_turns_one_types_error_into_anothers(name, pred_type, like):
+    """For a wrong x̂0 at a fixed x_t, loss_weight × the squared error of pred_type = the squared error of `like`."""
+    x0, eps, c, x_t = batch(get_schedule(name), seed=2)
+    x0_bad = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=x0.dtype)
+    eps_bad = (x_t - c.alpha[:, None] * x0_bad) / c.sigma[:, None]            # the same x_t
+    err = {p: ((target_from_pair(x0_bad, eps_bad, c, p) - target_from_pair(x0, eps, c, p)) ** 2).sum(1)
+           for p in (pred_type, like)}
+    torch.testing.assert_close(loss_weight(c, pred_type, like) * err[pred_type], err[like], rtol=1e-8, atol=1e-12)
+
+
+def test_weight_like_is_normalised_within_the_batch():
+    s = get_schedule("vp-sd")
+    x0, eps, _, _ = batch(s)
+    t = s.sample_t(x0.shape[0], generator=torch.Generator().manual_seed(5))
+    wrong = lambda x_t, tt: target_from_pair(x0, eps, s(tt), "eps") + 0.1 * x_t
+    w = loss_weight(s(t), "eps", "v")
+    got = denoising_loss(wrong, s, x0, eps, t, "eps", weight_like="v")
+    explicit = denoising_loss(wrong, s, x0, eps, t, "eps", weight=w / w.mean())
+    assert got.item() == pytest.approx(explicit.item(), rel=1e-6)
+    assert got.item() != pytest.approx(denoising_loss(wrong, s, x0, eps, t, "eps").item(), rel=1e-3)
+    with pytest.raises(ValueError, match="allowed: eps, x0, v, flow"):
+        denoising_loss(wrong, s, x0, eps, t, "eps", weight_like="velocity")
 
 
 def test_predictor_gives_pair_for_any_type():

@@ -28,26 +28,29 @@ def finished(tmp_path_factory):
 def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     out, stdout = finished
     table = (out / "results.md").read_text()
-    for row in ("| teacher |", "| RD |", "| RF |", "| stage (summed over invocations; eval = sampling + FID) |",
+    for row in ("| teacher |", "| RD |", "| RF |", "| RD-v |", "| stage (summed over invocations; eval = sampling + FID) |",
                 "pair generation", "teacher training", "teacher sampling, 4 calls"):
         assert row in table and row in stdout, row
     assert (out / "samples.png").stat().st_size > 10_000
-    for stage in ("teacher", "rd", "rf"):
+    for stage in ("teacher", "rd", "rf", "rdv"):
         assert "img/s" in (out / stage / "log.txt").read_text()
     assert (out / "pairs" / "manifest.json").is_file()
-    steps = {s: torch.load(out / s / "ckpt.pt", weights_only=True)["step"] for s in ("rd", "rf")}
-    assert steps["rd"] == steps["rf"] > 0, f"RF must take RD's step count: {steps}"
+    steps = {s: torch.load(out / s / "ckpt.pt", weights_only=True)["step"] for s in ("rd", "rf", "rdv")}
+    assert steps["rd"] == steps["rf"] == steps["rdv"] > 0, f"RF and RD-v must take RD's step count: {steps}"
+    weights = {s: torch.load(out / s / "ckpt.pt", weights_only=True)["config"]["train"]["weight_like"]
+               for s in ("rd", "rdv")}
+    assert weights == {"rd": None, "rdv": "v"}, weights
     minutes = json.loads((out / "minutes.json").read_text())
-    assert list(minutes) == ["data", "teacher", "pairs", "RD", "RF", "eval"] and all(v > 0 for v in minutes.values())
+    assert list(minutes) == ["data", "teacher", "pairs", "RD", "RF", "RD-v", "eval"] and all(v > 0 for v in minutes.values())
 
 
 def test_rerun_loads_finished_stages_without_training(finished):
     out, _ = finished
-    logs = {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf")}
+    logs = {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf", "rdv")}
     proc = run(out, RD_STAGE="eval")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("is finished") == 3
-    assert logs == {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf")}, "nothing was retrained"
+    assert proc.stdout.count("is finished") == 4
+    assert logs == {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf", "rdv")}, "nothing was retrained"
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
@@ -59,6 +62,6 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     proc = run(tmp_path, RD_STAGE="rd")
     assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
     proc = run(tmp_path, RD_STAGE="students")
-    assert proc.returncode != 0 and "RD_STAGE must be 'all' or one of teacher, pairs, rd, rf, eval" in proc.stderr
+    assert proc.returncode != 0 and "RD_STAGE must be 'all' or one of teacher, pairs, rd, rf, rdv, eval" in proc.stderr
     proc = run(tmp_path, RD_PRESET="huge")
     assert proc.returncode != 0 and "RD_PRESET: unknown UNet preset 'huge'; allowed: cifar" in proc.stderr

@@ -2,15 +2,17 @@
 # # 03 — CIFAR-10: a UNet teacher, its pairs, Rectified Diffusion vs Rectified Flow, FID
 #
 # teacher (SD's VP schedule, ε-prediction) → 25-step DPM-Solver++(2M) pairs from its EMA → RD student (the teacher's
-# own form) and RF student (flow matching + velocity; same pairs, same steps) → FID-10k of every model at 1, 2, 4
-# calls (the teacher also at 10 and 25) against CIFAR-10 train statistics, sample grids, throughput, GPU-minutes.
+# own form), RF student (flow matching + velocity) and RD-v student (the teacher's form, its ε-loss weighted like
+# v's; rd.predictions.loss_weight), same pairs, same steps → FID-10k of every model at 1, 2, 4 calls (the teacher
+# also at 10 and 25) against CIFAR-10 train statistics, sample grids, throughput, GPU-minutes.
 #
 #     RD_CIFAR=data/cifar10-jpg.tar.gz RD_INCEPTION=data/inception-2015-12-05-fp16.pt python tutorials/03_cifar10.py
-#     RD_STAGE=teacher python tutorials/03_cifar10.py        # one stage: teacher, pairs, rd, rf or eval
+#     RD_STAGE=teacher python tutorials/03_cifar10.py        # one stage: teacher, pairs, rd, rf, rdv or eval
 #
 # Every stage resumes from its checkpoint and skips what is done; a stage whose input is missing stops with an error
 # that names the stage to run first. Training stages are sized by wall-clock budgets (summed over restarts); the
-# defaults (teacher 15 min, RD 3 min, RF as many steps as RD) make the whole pipeline ≈ 25 minutes on one H100.
+# defaults (teacher 13 min, RD 3 min, RF and RD-v as many steps as RD) make the whole pipeline ≈ 25 minutes on one
+# H100.
 # A run stopped by SIGTERM (`timeout -s TERM …`, a cluster's time limit) saves its checkpoint: rerun to go on.
 # FIDs use the JPEG copy of CIFAR-10 (quality 75, 4:2:0) for the reference statistics: they are close to, not equal
 # to, numbers on the original PNGs. `RD_SMOKE=1` runs a CPU miniature on random images (no FID without the Inception
@@ -47,14 +49,14 @@ OUT = Path(os.environ.get("RD_OUT", "runs/cifar-smoke" if SMOKE else "runs/cifar
 CIFAR = os.environ.get("RD_CIFAR", "data/cifar10-jpg.tar.gz")            # pickles, image folder or its .tar.gz
 INCEPTION = os.environ.get("RD_INCEPTION", "" if SMOKE else "data/inception-2015-12-05-fp16.pt")
 STAGE = os.environ.get("RD_STAGE", "all")  # all, or one of STAGES
-STAGES = ("teacher", "pairs", "rd", "rf", "eval")
+STAGES = ("teacher", "pairs", "rd", "rf", "rdv", "eval")
 SCHEDULE, PRED = "vp-sd", "eps"            # the teacher's form (SD's scaled-linear VP, ε): RD keeps it
-PRESET = os.environ.get("RD_PRESET", "tiny" if SMOKE else "cifar-small")   # UNet: cifar-small, cifar (38 M), tiny
+PRESET = os.environ.get("RD_PRESET", "tiny" if SMOKE else "cifar")   # UNet: cifar (38.3 M), cifar-small (9.6 M), tiny
 DROPOUT = 0.0                              # minutes-long runs: dropout would only slow the start
 BATCH = 8 if SMOKE else 512
 LR, STUDENT_LR = 5e-4, 2e-4                # Adam after a 300-step warm-up (students start from the teacher)
-TEACHER_MIN = float(os.environ.get("RD_TEACHER_MIN", 0.05 if SMOKE else 15))   # training budgets (minutes)
-STUDENT_MIN = float(os.environ.get("RD_STUDENT_MIN", 0.02 if SMOKE else 3))      # RD's; RF takes RD's steps
+TEACHER_MIN = float(os.environ.get("RD_TEACHER_MIN", 0.05 if SMOKE else 13))   # training budgets (minutes)
+STUDENT_MIN = float(os.environ.get("RD_STUDENT_MIN", 0.02 if SMOKE else 3))      # RD's; RF, RD-v take RD's steps
 COMPILE = not SMOKE and torch.cuda.is_available()   # torch.compile the teacher (≈ 1 min once, then ≈ 2× faster)
 N_PAIRS = 16 if SMOKE else 25_000
 PAIR_STEPS = 4 if SMOKE else 25            # DPM-Solver++(2M) steps of the teacher per pair
@@ -157,27 +159,37 @@ with timed("pairs (load)", stage="pairs"):
     pairs = load_pairs(OUT / "pairs", schedule, (3, 32, 32)).to(DEVICE)
 stop_after("pairs")
 
-# %% 3. RD (the teacher's form) and RF (FM + velocity), same pairs, same steps, both from the teacher's weights
+# %% 3. RD (the teacher's form), RF (FM + velocity) and RD-v (RD weighted like v): same pairs, same steps, all three
+#    from the teacher's weights
 with timed("RD"):
     rd_student = train(copy.deepcopy(teacher), schedule, PRED, with_none(pair_batches(pairs, schedule)),
                        train_cfg(STUDENT_MIN, STUDENT_LR), OUT / "rd", desc="RD", require_done=not run("rd"))
 stop_after("rd")
-# RF takes exactly RD's step count (RD stops at its minute budget), so that both see the same pairs, same steps
+# RF and RD-v take exactly RD's step count (RD stops at its minute budget): all see the same pairs, same steps
 rd_steps = torch.load(OUT / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
-if (OUT / "rf" / "ckpt.pt").exists() and (rf_steps := torch.load(OUT / "rf" / "ckpt.pt", map_location="cpu",
-                                                                 weights_only=True)["step"]) > rd_steps:
-    raise SystemExit(f"{OUT / 'rf'} holds an RF student of {rf_steps} steps, RD took {rd_steps}: the comparison needs "
-                     f"equal steps; delete {OUT / 'rf'} and run the rf stage again")
+for stage in ("rf", "rdv"):
+    if (OUT / stage / "ckpt.pt").exists() and (steps := torch.load(OUT / stage / "ckpt.pt", map_location="cpu",
+                                                                   weights_only=True)["step"]) > rd_steps:
+        raise SystemExit(f"{OUT / stage} holds a student of {steps} steps, RD took {rd_steps}: the comparison needs "
+                         f"equal steps; delete {OUT / stage} and run the {stage} stage again")
 fm = get_schedule("fm")
 with timed("RF"):
     rf_student = train(flow_student(teacher).requires_grad_(True), fm, "flow", with_none(flow_batches(pairs, fm)),
                        dataclasses.replace(train_cfg(0, STUDENT_LR), steps=rd_steps), OUT / "rf", desc="RF",
                        require_done=not run("rf"))
 stop_after("rf")
+# RD-v: the plain ε-loss weighs an x̂0 error at t by (α_t/σ_t)² (0.0047 at t = 1 on SD's schedule); weighted like
+# v's loss, the student is asked to be right where a 1-call sampler evaluates it — same network, schedule, ε
+with timed("RD-v"):
+    rdv_student = train(copy.deepcopy(teacher), schedule, PRED, with_none(pair_batches(pairs, schedule)),
+                        dataclasses.replace(train_cfg(0, STUDENT_LR), steps=rd_steps, weight_like="v"), OUT / "rdv",
+                        desc="RD-v", require_done=not run("rdv"))
+stop_after("rdv")
 
 # %% 4. Evaluation: FID-10k (JPEG CIFAR-10 train stats) at 1, 2, 4 calls (teacher also 10, 25); sample grids
-models = {"teacher": (teacher, schedule, PRED), "RD": (rd_student, schedule, PRED), "RF": (rf_student, fm, "flow")}
-nfes = {"teacher": (1, 2, 4) if SMOKE else (1, 2, 4, 10, 25), "RD": (1, 2, 4), "RF": (1, 2, 4)}
+models = {"teacher": (teacher, schedule, PRED), "RD": (rd_student, schedule, PRED), "RF": (rf_student, fm, "flow"),
+          "RD-v": (rdv_student, schedule, PRED)}
+nfes = {"teacher": (1, 2, 4) if SMOKE else (1, 2, 4, 10, 25), "RD": (1, 2, 4), "RF": (1, 2, 4), "RD-v": (1, 2, 4)}
 noise = torch.randn(N_FID, 3, 32, 32, generator=torch.Generator().manual_seed(SEED + 1))
 
 
@@ -238,7 +250,8 @@ def logged_rate(name):
 
 lines += ["", "| throughput | rate |", "|---|---|",
           f"| teacher training, batch {BATCH}, bf16{', compiled' if COMPILE else ''} | {logged_rate('teacher'):,.0f} img/s |",
-          f"| RD / RF training, batch {BATCH}, bf16 | {logged_rate('rd'):,.0f} / {logged_rate('rf'):,.0f} img/s |"]
+          f"| RD / RF / RD-v training, batch {BATCH}, bf16 | {logged_rate('rd'):,.0f} / {logged_rate('rf'):,.0f} / "
+          f"{logged_rate('rdv'):,.0f} img/s |"]
 if made > 0:
     lines.append(f"| pair generation ({PAIR_STEPS} steps DPM-Solver++(2M), batch 2500, bf16) | "
                  f"{made / seconds['pairs']:,.0f} pairs/s |")
@@ -251,7 +264,7 @@ print(table)
 (OUT / "results.md").write_text(table + "\n")
 (OUT / "results.json").write_text(json.dumps({f"{n}@{k}": v for (n, k), v in results.items()}
                                              | {"calibration": calibration, "seconds": seconds}, indent=1))
-fig, axes = plt.subplots(3, 5, figsize=(20, 12.5))
+fig, axes = plt.subplots(len(models), 5, figsize=(20, 4.2 * len(models)))
 for i, name in enumerate(models):
     for j, k in enumerate((1, 2, 4, 10, 25)):
         axes[i, j].axis("off")
