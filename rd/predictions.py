@@ -84,9 +84,9 @@ def convert(pred: Tensor, x_t: Tensor, c: Coeffs, src: str, dst: str) -> Tensor:
 
 
 def x0_gain(c: Coeffs, pred_type: str) -> Tensor:
-    """|∂target/∂x0| at a fixed x_t: how far a prediction of `pred_type` moves per unit of x̂0 error.
+    """|∂target/∂x0| at a fixed x_t — ε: α/σ, x0: 1, v: (α² + σ²)/σ, flow: |α'σ − σ'α|/σ.
 
-        eps: α/σ     x0: 1     v: (α² + σ²)/σ     flow: |α'σ − σ'α|/σ
+    How far a prediction of `pred_type` moves per unit of x̂0 error (the same x_t, a different x̂0).
     """
     a, s = c.alpha, c.sigma
     if pred_type == "eps":
@@ -101,11 +101,11 @@ def x0_gain(c: Coeffs, pred_type: str) -> Tensor:
 
 
 def loss_weight(c: Coeffs, pred_type: str, like: str) -> Tensor:
-    """Per-sample weights under which the squared error of a `pred_type` network equals that of a `like` network
-    with the same x̂0: (gain_like / gain_pred)², e.g. ((α² + σ²)/α)² for an ε-network weighted like v.
+    """(gain_like / gain_pred)²: the per-sample weight that turns a `pred_type` network's squared error into that
+    of a `like` network with the same x̂0, e.g. ((α² + σ²)/α)² for an ε-network weighted like v.
 
     The network, its schedule and its prediction type stay as they are: only how much each t counts changes. On
-    SD's schedule the plain ε-loss weighs an x̂0 error at t = 1 by (α/σ)² = 0.0047, v's loss by 1.
+    SD's schedule the plain ε-loss weighs an x̂0 error at t = 1 by (α/σ)² = 0.0047, v's loss by 1/σ² ≈ 1.
     """
     return (x0_gain(c, like) / x0_gain(c, pred_type)) ** 2
 

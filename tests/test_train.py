@@ -87,6 +87,18 @@ def test_bad_amp(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing is written for a refused config"
 
 
+def test_bad_weight_like_and_a_weighted_run_differs(tmp_path):
+    s = get_schedule("vp-sd")
+    with pytest.raises(ValueError, match="unknown prediction type 'velocity'; allowed: eps, x0, v, flow"):
+        train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"weight_like": "velocity"}), tmp_path)
+    assert not any(tmp_path.iterdir()), "nothing is written for a refused config"
+    torch.manual_seed(0)
+    plain = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "plain")
+    torch.manual_seed(0)
+    weighted = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"weight_like": "v"}), tmp_path / "v")
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), weighted.state_dict().values()))
+
+
 def test_time_budget_counts_over_restarts_and_a_finished_run_only_loads(tmp_path):
     s = get_schedule("vp-ddpm")
     cfg = TrainConfig(**CFG | {"steps": 1000, "max_minutes": 1e-9})    # out of time at the first log line
