@@ -50,6 +50,7 @@ def test_rerun_loads_finished_stages_without_training(finished):
     proc = run(out, RD_STAGE="eval")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("is finished") == 4
+    assert "pairs/s" in proc.stdout, "the pair rate of the invocation that made them is kept (pairs_rate.json)"
     assert logs == {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf", "rdv")}, "nothing was retrained"
 
 

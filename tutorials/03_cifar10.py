@@ -36,7 +36,7 @@ import torch
 
 from rd.data import GPULoader, load_cifar10, to_uint8
 from rd.figures import tile
-from rd.io import Laps, synchronize
+from rd.io import Laps, atomic_write_text, synchronize
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.sampling import sample
 from rd.schedules import get_schedule
@@ -149,12 +149,17 @@ def pairs_on_disk():
     return sum(s["n"] for s in json.loads(manifest.read_text())["shards"].values()) if manifest.exists() else 0
 
 
-made = -pairs_on_disk()                    # pairs made by this invocation (throughput)
+rate_file = OUT / "pairs_rate.json"        # pairs made and their seconds, summed over the invocations that made any
+made = -pairs_on_disk()
 if run("pairs"):
     with timed("pairs"), torch.autocast(DEVICE, dtype=torch.bfloat16):
         generate_pairs(teacher, schedule, PRED, OUT / "pairs", N_PAIRS, (3, 32, 32), shard_size=5000,
                        solver="dpm++2m", steps=PAIR_STEPS, seed=SEED, batch=2500, device=DEVICE)
 made += pairs_on_disk()
+if made > 0:
+    pair_rate = json.loads(rate_file.read_text()) if rate_file.exists() else {"pairs": 0, "seconds": 0.0}
+    pair_rate = {"pairs": pair_rate["pairs"] + made, "seconds": pair_rate["seconds"] + seconds["pairs"]}
+    atomic_write_text(json.dumps(pair_rate), rate_file)
 with timed("pairs (load)", stage="pairs"):
     pairs = load_pairs(OUT / "pairs", schedule, (3, 32, 32)).to(DEVICE)
 stop_after("pairs")
@@ -252,9 +257,10 @@ lines += ["", "| throughput | rate |", "|---|---|",
           f"| teacher training, batch {BATCH}, bf16{', compiled' if COMPILE else ''} | {logged_rate('teacher'):,.0f} img/s |",
           f"| RD / RF / RD-v training, batch {BATCH}, bf16 | {logged_rate('rd'):,.0f} / {logged_rate('rf'):,.0f} / "
           f"{logged_rate('rdv'):,.0f} img/s |"]
-if made > 0:
+if rate_file.exists():
+    pair_rate = json.loads(rate_file.read_text())
     lines.append(f"| pair generation ({PAIR_STEPS} steps DPM-Solver++(2M), batch 2500, bf16) | "
-                 f"{made / seconds['pairs']:,.0f} pairs/s |")
+                 f"{pair_rate['pairs'] / pair_rate['seconds']:,.0f} pairs/s |")
 for k in (1, 4):
     lines.append(f"| teacher sampling, {k} call{'s' * (k > 1)}, batch 2500, bf16 | {N_FID / seconds[f'sample teacher@{k}']:,.0f} img/s |")
 if "features" in seconds:
