@@ -105,7 +105,9 @@ def loss_weight(c: Coeffs, pred_type: str, like: str) -> Tensor:
     of a `like` network with the same x̂0, e.g. ((α² + σ²)/α)² for an ε-network weighted like v.
 
     The network, its schedule and its prediction type stay as they are: only how much each t counts changes. On
-    SD's schedule the plain ε-loss weighs an x̂0 error at t = 1 by (α/σ)² = 0.0047, v's loss by 1/σ² ≈ 1.
+    SD's schedule the plain ε-loss weighs an x̂0 error at t = 1 by (α/σ)² = 0.0047, v's loss by 1/σ² ≈ 1. Where α
+    reaches 0 (flow matching, cosine) ε → v weights grow without bound near t = 1 (≈ 1e11 at FM's t_max), and a few
+    samples then carry a batch: it suits schedules with α_1 > 0 such as VP's discrete ones.
     """
     return (x0_gain(c, like) / x0_gain(c, pred_type)) ** 2
 
@@ -136,7 +138,7 @@ def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, 
     The pair (x0, ε) is explicit: standard training draws them independently, rectified training passes the
     teacher's (ε, x̂0) pairs — the same call. `weight` (B,) multiplies each sample's mean squared error;
     `weight_like` (a prediction type) multiplies it by loss_weight(c, pred_type, weight_like), normalised to mean 1
-    over the batch (the loss keeps the scale of the plain one).
+    over the batch (the loss keeps the scale of the plain one; under torchrun, over each process's batch).
     """
     c = schedule(t)
     if weight_like is not None:

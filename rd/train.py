@@ -108,8 +108,10 @@ class _Terminated:
 
 
 def _identity(config: dict) -> dict:
-    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes)."""
-    train = {k: v for k, v in config.get("train", {}).items() if k not in ("steps", "max_minutes")}
+    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes), and
+    weight_like when None (checkpoints written before that field existed hold no such key)."""
+    train = {k: v for k, v in config.get("train", {}).items()
+             if k not in ("steps", "max_minutes") and not (k == "weight_like" and v is None)}
     return config | {"train": train}
 
 
@@ -139,6 +141,8 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
     if cfg.weight_like is not None:
         check_pred_type(cfg.weight_like)
+        if loss_fn is not None:
+            raise ValueError("weight_like weighs the denoising loss; it has no meaning with a loss_fn of your own")
     run = Path(run_dir)
     device = next(net.parameters()).device
     rank, world = dist.rank(), dist.world()

@@ -329,7 +329,7 @@ sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 # (N, C, H, W, G) → per dtype (S forward, S backward) by the rule in group_norm_silu.cu (0: multi-pass): H·W ≤ 64,
 # then the smallest S whose block needs ≤ 64 KB of shared memory, else the largest within the opt-in limit (227 KB
-# on an H100)
+# on an H100 or H200: other GPUs may choose otherwise, and the S check is then skipped)
 CLUSTER_SHAPES = {
     (3, 512, 4, 4, 32): {BF16: (1, 1), FP16: (1, 1), FP32: (1, 2)},        # one block per sample
     (2, 512, 7, 7, 32): {BF16: (1, 4), FP16: (1, 4), FP32: (2, 4)},        # H·W = 49: the last chunk is partial
@@ -353,7 +353,8 @@ def cluster_sizes(x, groups):
 def test_cuda_cluster_path_matches_reference(dtype, shape):
     *size, groups = shape
     x, weight, bias, scale, shift = inputs(*size, groups, dtype, "cuda", channels_last=True)
-    assert cluster_sizes(x, groups) == CLUSTER_SHAPES[shape][dtype]
+    if any(name in torch.cuda.get_device_name() for name in ("H100", "H200")):     # 227 KB of opt-in shared memory
+        assert cluster_sizes(x, groups) == CLUSTER_SHAPES[shape][dtype]
     check_against_reference(x, weight, bias, scale, shift, groups)
     check_against_reference(*inputs(*size, groups, dtype, "cuda", channels_last=True, affine=False, seed=1), groups)
 
@@ -407,7 +408,7 @@ torch.save(results, sys.argv[2])
 """
 
 
-@cuda
+@sm90
 def test_cuda_multipass_env_gives_the_same_results(tmp_path):
     """RD_OPS_MULTIPASS=1 (read once per process) forces the multi-pass kernels: a subprocess runs a few shapes with
     it; this process (the single-pass path on an sm_90+ GPU) gets the same outputs within the dtype's tolerance."""
@@ -417,8 +418,7 @@ def test_cuda_multipass_env_gives_the_same_results(tmp_path):
         x, weight, bias, scale, shift = inputs(*size, groups, dtype, "cuda", channels_last=True)
         dy = torch.randn(x.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(4)).to(dtype)
         dy = dy.contiguous(memory_format=torch.channels_last)
-        if torch.cuda.get_device_capability()[0] >= 9 and not MULTIPASS_FORCED:
-            assert all(s > 0 for s in cluster_sizes(x, groups))
+        assert all(s > 0 for s in cluster_sizes(x, groups)), "this process takes the single-pass path"
         y, mean, rstd = torch.ops.rd.group_norm_silu(x, weight, bias, scale, shift, groups, 1e-5)
         grads = torch.ops.rd.group_norm_silu_backward(dy, x, mean, rstd, weight, bias, scale, shift, groups)
         here.append([t.cpu() for t in (y, mean, rstd, *grads)])

@@ -87,16 +87,34 @@ def test_bad_amp(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing is written for a refused config"
 
 
-def test_bad_weight_like_and_a_weighted_run_differs(tmp_path):
+def test_weight_like_own_type_is_the_plain_loss_and_v_is_not(tmp_path):
+    """Weighting an ε-loss like ε's is the identity (the same bits as no weighting); like v's, it changes training."""
     s = get_schedule("vp-sd")
     with pytest.raises(ValueError, match="unknown prediction type 'velocity'; allowed: eps, x0, v, flow"):
         train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"weight_like": "velocity"}), tmp_path)
+    with pytest.raises(ValueError, match="no meaning with a loss_fn"):
+        train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"weight_like": "v"}), tmp_path,
+              loss_fn=lambda model, batch: model(batch[0], batch[2]).mean())
     assert not any(tmp_path.iterdir()), "nothing is written for a refused config"
-    torch.manual_seed(0)
-    plain = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path / "plain")
-    torch.manual_seed(0)
-    weighted = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"weight_like": "v"}), tmp_path / "v")
-    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), weighted.state_dict().values()))
+    nets = {}
+    for like in (None, "eps", "v"):
+        torch.manual_seed(0)
+        nets[like] = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"weight_like": like}),
+                           tmp_path / str(like)).state_dict()
+    assert all(torch.equal(nets[None][k], nets["eps"][k]) for k in nets[None])
+    assert not all(torch.equal(nets[None][k], nets["v"][k]) for k in nets[None])
+
+
+def test_checkpoint_from_before_weight_like_resumes(tmp_path):
+    """A checkpoint whose config has no weight_like key (written before the field existed) still resumes."""
+    s = get_schedule("vp-ddpm")
+    cfg = TrainConfig(**CFG | {"steps": 3})
+    train(tiny_net(), s, "eps", toy_batches(s), cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ckpt["config"]["train"]["weight_like"]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"steps": 6}), tmp_path)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 6
 
 
 def test_time_budget_counts_over_restarts_and_a_finished_run_only_loads(tmp_path):

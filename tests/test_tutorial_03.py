@@ -28,7 +28,8 @@ def finished(tmp_path_factory):
 def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     out, stdout = finished
     table = (out / "results.md").read_text()
-    for row in ("| teacher |", "| RD |", "| RF |", "| RD-v |", "| stage (summed over invocations; eval = sampling + FID) |",
+    for row in ("| teacher |", "| RD |", "| RF |", "| RD-v |",
+                "| stage (summed over invocations; eval = sampling + FID) |",
                 "pair generation", "teacher training", "teacher sampling, 4 calls"):
         assert row in table and row in stdout, row
     assert (out / "samples.png").stat().st_size > 10_000
@@ -41,7 +42,8 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
                for s in ("rd", "rdv")}
     assert weights == {"rd": None, "rdv": "v"}, weights
     minutes = json.loads((out / "minutes.json").read_text())
-    assert list(minutes) == ["data", "teacher", "pairs", "RD", "RF", "RD-v", "eval"] and all(v > 0 for v in minutes.values())
+    assert list(minutes) == ["data", "teacher", "pairs", "RD", "RF", "RD-v", "eval"]
+    assert all(v > 0 for v in minutes.values())
 
 
 def test_rerun_loads_finished_stages_without_training(finished):
@@ -51,7 +53,8 @@ def test_rerun_loads_finished_stages_without_training(finished):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("is finished") == 4
     assert "pairs/s" in proc.stdout, "the pair rate of the invocation that made them is kept (pairs_rate.json)"
-    assert logs == {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf", "rdv")}, "nothing was retrained"
+    stages = ("teacher", "rd", "rf", "rdv")
+    assert logs == {s: (out / s / "log.txt").read_text() for s in stages}, "nothing was retrained"
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):

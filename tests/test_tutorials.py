@@ -33,8 +33,8 @@ def test_02_rectification_2d(out):
     stdout = run_tutorial("02_rectification_2d.py", out)
     assert (out / "02_samples.png").stat().st_size > 10_000
     table = (out / "02_results.md").read_text()
-    for row in ("VP/eps RD", "VP/eps RF (FM, velocity)", "VP/eps RD, loss weighted like v", "phased RD K=4",
-                "2-RD (second round)"):
+    for row in ("| VP/eps RD |", "| VP/eps RF (FM, velocity) |", "| VP/eps RD, loss weighted like v |",
+                "| VP/eps phased RD K=4 |", "| VP/eps 2-RD (second round) |"):
         assert row in table and row in stdout
 
 

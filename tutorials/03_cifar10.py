@@ -150,14 +150,15 @@ def pairs_on_disk():
 
 
 rate_file = OUT / "pairs_rate.json"        # pairs made and their seconds, summed over the invocations that made any
-made = -pairs_on_disk()
+before = pairs_on_disk()
 if run("pairs"):
     with timed("pairs"), torch.autocast(DEVICE, dtype=torch.bfloat16):
         generate_pairs(teacher, schedule, PRED, OUT / "pairs", N_PAIRS, (3, 32, 32), shard_size=5000,
                        solver="dpm++2m", steps=PAIR_STEPS, seed=SEED, batch=2500, device=DEVICE)
-made += pairs_on_disk()
+made = pairs_on_disk() - before              # pairs made by this invocation
 if made > 0:
-    pair_rate = json.loads(rate_file.read_text()) if rate_file.exists() else {"pairs": 0, "seconds": 0.0}
+    fresh = before == 0 or not rate_file.exists()            # pairs made anew: forget an older directory's rate
+    pair_rate = {"pairs": 0, "seconds": 0.0} if fresh else json.loads(rate_file.read_text())
     pair_rate = {"pairs": pair_rate["pairs"] + made, "seconds": pair_rate["seconds"] + seconds["pairs"]}
     atomic_write_text(json.dumps(pair_rate), rate_file)
 with timed("pairs (load)", stage="pairs"):

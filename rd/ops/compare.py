@@ -95,8 +95,11 @@ def main():
     base = {}
     if not args.no_baseline:
         env = dict(os.environ, RD_OPS_MULTIPASS="1")
-        child = subprocess.run([sys.executable, "-m", "rd.ops.compare", "--child", f"--iters={args.iters}"], env=env,
-                               capture_output=True, text=True, timeout=600)
+        try:
+            child = subprocess.run([sys.executable, "-m", "rd.ops.compare", "--child", f"--iters={args.iters}"],
+                                   env=env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            child = subprocess.CompletedProcess(e.cmd, -1, str(e.stdout or ""), f"timed out after {e.timeout} s")
         lines = [l for l in child.stdout.splitlines() if l.startswith("JSON ")]
         if child.returncode != 0 or not lines:
             print(f"multi-pass child failed (rc {child.returncode}):\n{child.stdout[-2000:]}\n{child.stderr[-2000:]}")
@@ -110,7 +113,7 @@ def main():
             f"{'dshift':>8} {'rel':>8} | {'us':>8} {'TB/s':>5} {'multi us':>8} {'speedup':>7}")
     print(head)
     print("-" * len(head))
-    total, total_base = 0.0, 0.0
+    total, total_base, failed = 0.0, 0.0, False
     for c, h in SHAPES:
         key = f"{c},{h}"
         r = ours["rows"][key]
@@ -122,11 +125,14 @@ def main():
             total_base += b["us"]
         errs = " ".join(f"{e:8.1e}" for e in r["err"])
         ok = "" if r["rel"] < 2e-2 else "  FAIL"
+        failed |= bool(ok)
         print(f"{c:>4} {f'{h}x{h}':>6} {'%d/%d' % tuple(r['path']):>6} | {errs} {r['rel']:8.1e} | {us:8.1f} {tbs:5.2f} "
               f"{(b['us'] if b else float('nan')):8.1f} {(b['us'] / us if b else float('nan')):7.2f}{ok}")
     if base:
         print(f"{'sum':>18} {'':>64} | {total:8.1f} {'':>5} {total_base:8.1f} {total_base / total:7.2f}")
     print(f"wall {time.time() - t0:.1f} s")
+    if failed:
+        raise SystemExit("rd.ops.compare: the kernels disagree with the reference beyond 2e-2 (FAIL rows above)")
 
 
 if __name__ == "__main__":
