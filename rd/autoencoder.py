@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .unet import Upsample2x
+
 LOGVAR_RANGE = (-30.0, 20.0)         # clamp of log σ², as SD's DiagonalGaussianDistribution
 
 
@@ -90,7 +92,7 @@ class Autoencoder(nn.Module):
                 dec.append(ResBlock(c, w))
                 c = w
             if level > 0:
-                dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+                dec += [Upsample2x(), nn.Conv2d(c, c, 3, padding=1)]
         dec += [_norm(c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 

@@ -37,6 +37,26 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
     return torch.cat([angle.cos(), angle.sin()], dim=1)
 
 
+def _dense_format(t):
+    """channels_last for a channels_last tensor (that is not also NCHW-contiguous), else NCHW."""
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+class Upsample2x(nn.Module):
+    """Nearest-neighbour ×2, as nn.Upsample(scale_factor=2, mode="nearest"): each pixel becomes a 2×2 block. Written
+    as expand + reshape, whose gradient is a sum over each 2×2 block; under torch.compile interpolate's is a
+    scatter-add (index_put), which took 2.1 ms of a 73.5 ms training step (cifar UNet, b = 512, H100). This way the
+    compiled + fused step went from 6,978 to 7,219 img/s (README). The output keeps x's memory format."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        if _dense_format(x) == torch.channels_last:          # expand in (B, H, W, C) order: the result is NHWC-dense
+            y = x.permute(0, 2, 3, 1)[:, :, None, :, None].expand(b, h, 2, w, 2, c).reshape(b, 2 * h, 2 * w, c)
+            return y.permute(0, 3, 1, 2)
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class ResBlock(nn.Module):
     """h = conv(SiLU(GN(x))); h = conv(dropout(SiLU(GN(h)·(1 + s) + b))); out = skip(x) + h, (s, b) from the embedding."""
 
@@ -135,7 +155,7 @@ class UNet(nn.Module):
                 self.up.append(self._block(c + skips.pop(), ch * mult, emb_dim, res, ctx))
                 c = ch * mult
             if level > 0:
-                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                self.up.append(Upsample2x())
                 self.up.append(nn.Conv2d(c, c, 3, padding=1))
                 res *= 2
         self.out_norm, self.out = nn.GroupNorm(32 if c % 32 == 0 else 8, c), nn.Conv2d(c, cfg.in_channels, 3, padding=1)

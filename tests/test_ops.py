@@ -391,6 +391,31 @@ def test_cuda_cluster_path_is_deterministic_and_graph_capturable(shape):
         assert torch.equal(a, b), "the graph replay gives the eager bits"
 
 
+@sm90
+def test_cuda_cluster_decision_made_inside_a_graph_capture():
+    """A shape's first call inside a CUDA-graph capture: the per-shape decision queries and configures the device
+    (RelaxedCapture lets it), the capture succeeds, and the replay gives the eager bits of the same path."""
+    # a shape (C = 384, H·W = 36, G = 32) that no other test uses: its decision is not cached yet in this process
+    x, weight, bias, scale, shift = inputs(2, 384, 6, 6, 32, torch.bfloat16, "cuda", channels_last=True)
+    dy = torch.randn(x.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(5)).to(x.dtype)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        y, mean, rstd = torch.ops.rd.group_norm_silu(x, weight, bias, scale, shift, 32, 1e-5)
+        return (y, mean, rstd, *torch.ops.rd.group_norm_silu_backward(dy, x, mean, rstd, weight, bias, scale, shift,
+                                                                      32))
+    ops.load_extension(strict=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()                         # the first call of this shape in this process
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(s > 0 for s in cluster_sizes(x, 32)), "decided inside the capture: the single-pass path"
+    for a, b in zip(step(), captured):
+        assert torch.equal(a, b)
+    check_against_reference(x, weight, bias, scale, shift, 32)
+
+
 MULTIPASS_SCRIPT = """
 import sys
 import torch

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rd.unet import UNet, UNetConfig, describe, group_norm_silu, timestep_embedding
+from rd.unet import UNet, UNetConfig, Upsample2x, describe, group_norm_silu, timestep_embedding
 
 
 def tiny(**kw):
@@ -93,3 +93,36 @@ def test_presets_and_flop_count():
     assert d["gflops"] * 1e9 > 2 * 9 * 3 * 32 * 1024
     with pytest.raises(ValueError, match="allowed: cifar"):
         UNetConfig.preset("imagenet")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample2x_is_nearest_interpolation(channels_last):
+    """Same values and gradient as nn.Upsample(scale_factor=2, mode="nearest"), in x's memory format."""
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    dy = torch.randn(2, 5, 6, 8, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, want = Upsample2x()(a), torch.nn.Upsample(scale_factor=2, mode="nearest")(b)
+    assert torch.equal(y, want)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    (y * dy).sum().backward()
+    (want * dy).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(a.grad, dy.unflatten(2, (3, 2)).unflatten(4, (4, 2)).sum((3, 5)))  # 2×2 block sums
+
+
+def test_unet_compiles_and_matches_eager():
+    """Upsample2x traces into the graph; output and gradients match eager."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig.preset("tiny")).double()
+    for p in net.parameters():                                    # the zero-initialised convs: make them matter
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    out, want = compiled(x, t), net(x, t)
+    torch.testing.assert_close(out, want)
+    g = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    g_want = torch.autograd.grad(want.square().sum(), list(net.parameters()))
+    for a, b in zip(g, g_want):
+        torch.testing.assert_close(a, b)

@@ -11,8 +11,8 @@
 #
 # Every stage resumes from its checkpoint and skips what is done; a stage whose input is missing stops with an error
 # that names the stage to run first. Training stages are sized by wall-clock budgets (summed over restarts); the
-# defaults (teacher 13 min, RD 3 min, RF and RD-v as many steps as RD) make the whole pipeline ≈ 25 minutes on one
-# H100.
+# defaults (teacher 11 min, RD 3 min, RF and RD-v as many steps as RD) make the whole pipeline 23.2 minutes on one
+# H100 (measured; README).
 # A run stopped by SIGTERM (`timeout -s TERM …`, a cluster's time limit) saves its checkpoint: rerun to go on.
 # FIDs use the JPEG copy of CIFAR-10 (quality 75, 4:2:0) for the reference statistics: they are close to, not equal
 # to, numbers on the original PNGs. `RD_SMOKE=1` runs a CPU miniature on random images (no FID without the Inception
@@ -55,7 +55,7 @@ PRESET = os.environ.get("RD_PRESET", "tiny" if SMOKE else "cifar")   # UNet: cif
 DROPOUT = 0.0                              # minutes-long runs: dropout would only slow the start
 BATCH = 8 if SMOKE else 512
 LR, STUDENT_LR = 5e-4, 2e-4                # Adam after a 300-step warm-up (students start from the teacher)
-TEACHER_MIN = float(os.environ.get("RD_TEACHER_MIN", 0.05 if SMOKE else 13))   # training budgets (minutes)
+TEACHER_MIN = float(os.environ.get("RD_TEACHER_MIN", 0.05 if SMOKE else 11))   # training budgets (minutes)
 STUDENT_MIN = float(os.environ.get("RD_STUDENT_MIN", 0.02 if SMOKE else 3))      # RD's; RF, RD-v take RD's steps
 COMPILE = not SMOKE and torch.cuda.is_available()   # torch.compile the teacher (≈ 1 min once, then ≈ 2× faster)
 N_PAIRS = 16 if SMOKE else 25_000
