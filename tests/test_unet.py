@@ -95,29 +95,36 @@ def test_presets_and_flop_count():
         UNetConfig.preset("imagenet")
 
 
+@pytest.mark.parametrize("size", [(3, 4), (1, 1)], ids=["3x4", "1x1"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample2x_is_nearest_interpolation(channels_last):
-    """Same values and gradient as nn.Upsample(scale_factor=2, mode="nearest"), in x's memory format."""
-    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+def test_upsample2x_is_nearest_interpolation(channels_last, size):
+    """Same values and gradient as nn.Upsample(scale_factor=2, mode="nearest"), dense in x's memory format."""
+    h, w = size
+    x = torch.randn(2, 5, h, w, dtype=torch.float64)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    dy = torch.randn(2, 5, 6, 8, dtype=torch.float64)
+    dy = torch.randn(2, 5, 2 * h, 2 * w, dtype=torch.float64)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     y, want = Upsample2x()(a), torch.nn.Upsample(scale_factor=2, mode="nearest")(b)
     assert torch.equal(y, want)
-    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    cl = channels_last and h * w > 1                                # a 1×1 map is NCHW-contiguous too: NCHW out
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    y.add_(0)                                                     # dense: no element is stored twice
     (y * dy).sum().backward()
     (want * dy).sum().backward()
     torch.testing.assert_close(a.grad, b.grad)
-    torch.testing.assert_close(a.grad, dy.unflatten(2, (3, 2)).unflatten(4, (4, 2)).sum((3, 5)))  # 2×2 block sums
+    torch.testing.assert_close(a.grad, dy.unflatten(2, (h, 2)).unflatten(4, (w, 2)).sum((3, 5)))  # 2×2 block sums
 
 
-def test_unet_compiles_and_matches_eager():
-    """Upsample2x traces into the graph; output and gradients match eager."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unet_compiles_and_matches_eager(channels_last):
+    """Upsample2x traces into the graph (both of its branches); output and gradients match eager."""
     torch.manual_seed(0)
-    net = UNet(UNetConfig.preset("tiny")).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = UNet(UNetConfig.preset("tiny")).double().to(memory_format=fmt)
     for p in net.parameters():                                    # the zero-initialised convs: make them matter
         torch.nn.init.normal_(p, std=0.05)
-    x, t = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=fmt)
+    t = torch.rand(2, dtype=torch.float64)
     torch._dynamo.reset()
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
     out, want = compiled(x, t), net(x, t)

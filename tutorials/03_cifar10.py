@@ -11,8 +11,8 @@
 #
 # Every stage resumes from its checkpoint and skips what is done; a stage whose input is missing stops with an error
 # that names the stage to run first. Training stages are sized by wall-clock budgets (summed over restarts); the
-# defaults (teacher 11 min, RD 3 min, RF and RD-v as many steps as RD) make the whole pipeline 23.2 minutes on one
-# H100 (measured; README).
+# defaults (teacher 11 min, RD 3 min, RF and RD-v as many steps as RD) make the whole pipeline 23.2 GPU-minutes on one
+# H100 (the stages' sum, measured; README).
 # A run stopped by SIGTERM (`timeout -s TERM …`, a cluster's time limit) saves its checkpoint: rerun to go on.
 # FIDs use the JPEG copy of CIFAR-10 (quality 75, 4:2:0) for the reference statistics: they are close to, not equal
 # to, numbers on the original PNGs. `RD_SMOKE=1` runs a CPU miniature on random images (no FID without the Inception
