@@ -45,11 +45,10 @@ def _dense_format(t):
 
 class Upsample2x(nn.Module):
     """Nearest-neighbour ×2 of (B, C, H, W), as nn.Upsample(scale_factor=2, mode="nearest"): each pixel becomes a 2×2
-    block. Written
-    as expand + reshape, whose gradient is a sum over each 2×2 block; under torch.compile interpolate's is a
-    scatter-add (index_put), which took 2.1 ms of a 73.5 ms training step (cifar UNet, b = 512, H100). This way the
-    compiled + fused step went from 6,978 to 7,219 img/s (README). The output is dense, in x's memory format.
-    (.contiguous() is a no-op except for 1×1 maps, where reshape may return an overlapping view.)"""
+    block. Written as expand + reshape, whose gradient is a sum over each 2×2 block; under torch.compile
+    interpolate's is a scatter-add (index_put), which took 2.1 ms of a 73.5 ms training step (cifar UNet, b = 512,
+    H100). This way the compiled + fused step went from 6,978 to 7,219 img/s (README). The output is dense, in x's
+    memory format (.contiguous() is a no-op except on 1×1 maps, where reshape may return an overlapping view)."""
 
     def forward(self, x):
         b, c, h, w = x.shape
