@@ -143,7 +143,8 @@ def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, 
     c = schedule(t)
     if weight_like is not None:
         w = loss_weight(c, pred_type, check_pred_type(weight_like)).to(x0.device, torch.float32)
-        weight = w / w.mean() if weight is None else weight * w / w.mean()
+        w = w / w.mean()
+        weight = w if weight is None else weight * w
     cb = _bcast(c, x0)
     x_t = cb.alpha * x0 + cb.sigma * eps
     pred = net(x_t, t.to(net_time_dtype(x0)))
