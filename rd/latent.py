@@ -7,7 +7,7 @@ classifier-free guidance, and few-step sampling with or without guidance. train_
 import torch
 from torch import Tensor, nn
 
-from .sampling import classifier_free_guidance, sample
+from .sampling import classifier_free_guidance, sample, solver_for
 from .schedules import Schedule
 
 
@@ -29,11 +29,6 @@ def drop_prompts(tokens: Tensor, p: float, generator: torch.Generator) -> Tensor
     """Each row replaced by the null prompt (all padding, token 0) with probability p: CFG training.  [CFG]"""
     keep = torch.rand(len(tokens), generator=generator, device=generator.device).to(tokens.device) >= p   # (B,)
     return tokens * keep[:, None]
-
-
-def solver_for(calls: int) -> str:
-    """DPM-Solver++(1) for one network call, DPM-Solver++(2M) for more (one call per step either way)."""
-    return "dpm++1" if calls == 1 else "dpm++2m"
 
 
 @torch.no_grad()

@@ -5,6 +5,12 @@ of the pair (x0, ε), so every conversion goes through that pair:
 
     eps:  ε                      x0:    x0
     v:    α·ε − σ·x0             flow:  u = α'·x0 + σ'·ε     (RF: α = 1 − t, σ = t ⇒ u = ε − x0)
+    edm:  F = (σ·x0 − α·σ_d²·ε)/(σ_d·N),  N = sqrt(σ² + α²σ_d²)   (EDM's preconditioned output, below)
+
+The edm type is EDM's preconditioning [EDM Table 1, Eq. 7] written for any (α, σ) through z = x_t/α = x0 + r·ε,
+r = σ/α: x̂0 = c_skip·z + c_out·F(c_in·x_t) with c_skip = σ_d²/(r² + σ_d²), c_out = r·σ_d/sqrt(r² + σ_d²) and
+c_in = 1/N; the plain squared error of F is EDM's loss weighted by λ(σ) = 1/c_out². σ_d = SIGMA_DATA, the data's
+standard deviation (0.5 for images in [−1, 1]). The network sees c_in·x_t (net_input), unit variance at every t.
 
 Conversions are exact for any (α, σ): nothing assumes α² + σ² = 1. Each inverse divides by one quantity that can
 vanish at an endpoint — α for ε-prediction (α_1 = 0 for FM/cosine), σ for x0-prediction (σ_0 = 0 for VP/FM) —
@@ -15,7 +21,8 @@ from torch import Tensor
 
 from .schedules import Coeffs, Schedule
 
-PRED_TYPES = ("eps", "x0", "v", "flow")
+PRED_TYPES = ("eps", "x0", "v", "flow", "edm")
+SIGMA_DATA = 0.5        # σ_d of the edm type
 
 
 def check_pred_type(pred_type: str) -> str:
@@ -37,9 +44,21 @@ def _bcast(c: Coeffs, like: Tensor) -> Coeffs:
     return Coeffs(f(c.alpha), f(c.sigma), f(c.d_alpha), f(c.d_sigma))
 
 
+def _edm_norm(c: Coeffs) -> Tensor:
+    """N = sqrt(σ² + α²σ_d²): 1/c_in of the edm type."""
+    return (c.sigma ** 2 + (c.alpha * SIGMA_DATA) ** 2).sqrt()
+
+
+def net_input(x_t: Tensor, c: Coeffs, pred_type: str) -> Tensor:
+    """What the network sees: c_in·x_t = x_t/N for the edm type, x_t itself for the others.  [EDM Table 1]"""
+    return x_t / _edm_norm(_bcast(c, x_t)) if pred_type == "edm" else x_t
+
+
 def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tensor:
-    """The regression target of `pred_type` for the pair (x0, ε) at coefficients c.  [VDM, RF]"""
+    """The regression target of `pred_type` for the pair (x0, ε) at coefficients c.  [VDM, RF, EDM]"""
     c = _bcast(c, x0)
+    if pred_type == "edm":
+        return (c.sigma * x0 - (c.alpha * SIGMA_DATA ** 2) * eps) / (SIGMA_DATA * _edm_norm(c))
     # BEGIN ASSIGNMENT A1.1: the regression target of each prediction type for a pair (x0, ε) — see [VDM], [RF] and PAPER.md §2
     if pred_type == "eps":
         return eps
@@ -59,8 +78,13 @@ def pair_from_prediction(pred: Tensor, x_t: Tensor, c: Coeffs, pred_type: str) -
     eps:  x̂0 = (x_t − σ ε̂)/α                     x0:   ε̂ = (x_t − α x̂0)/σ
     v:    x̂0 = (α x_t − σ v̂)/(α² + σ²),   ε̂ = (σ x_t + α v̂)/(α² + σ²)
     flow: det = α σ' − σ α',  x̂0 = (σ' x_t − σ û)/det,  ε̂ = (α û − α' x_t)/det
+    edm:  x̂0 = (σ_d² α x_t)/N² + (σ σ_d/N)·F,  ε̂ = (σ x_t)/N² − (α σ_d/N)·F     (N² = σ² + α²σ_d²)
     """
     c = _bcast(c, x_t)
+    if pred_type == "edm":
+        norm = _edm_norm(c)
+        return ((SIGMA_DATA ** 2 * c.alpha / norm ** 2) * x_t + (c.sigma * SIGMA_DATA / norm) * pred,
+                (c.sigma / norm ** 2) * x_t - (c.alpha * SIGMA_DATA / norm) * pred)
     # BEGIN ASSIGNMENT A1.2: (x̂0, ε̂) from a prediction of each type, exact for any (α, σ) — see the docstring, [VDM], [RF]
     a, s = c.alpha, c.sigma
     if pred_type == "eps":
@@ -84,7 +108,7 @@ def convert(pred: Tensor, x_t: Tensor, c: Coeffs, src: str, dst: str) -> Tensor:
 
 
 def x0_gain(c: Coeffs, pred_type: str) -> Tensor:
-    """|∂target/∂x0| at a fixed x_t — ε: α/σ, x0: 1, v: (α² + σ²)/σ, flow: |α'σ − σ'α|/σ.
+    """|∂target/∂x0| at a fixed x_t — ε: α/σ, x0: 1, v: (α² + σ²)/σ, flow: |α'σ − σ'α|/σ, edm: 1/c_out = N/(σ σ_d).
 
     How far a prediction of `pred_type` moves per unit of x̂0 error (the same x_t, a different x̂0).
     """
@@ -97,6 +121,8 @@ def x0_gain(c: Coeffs, pred_type: str) -> Tensor:
         return (a * a + s * s) / s
     if pred_type == "flow":
         return (c.d_alpha * s - c.d_sigma * a).abs() / s
+    if pred_type == "edm":
+        return _edm_norm(c) / (s * SIGMA_DATA)
     raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
 
 
@@ -126,9 +152,9 @@ class Predictor:
     def __call__(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
         t_batch = t.expand(x.shape[0]) if t.dim() == 0 else t
-        work = net_time_dtype(x)
-        pred = self.net(x, t_batch.to(work)).to(work)
-        return pair_from_prediction(pred, x.to(work), self.schedule(t_batch), self.pred_type)
+        work, c = net_time_dtype(x), self.schedule(t_batch)
+        pred = self.net(net_input(x, c, self.pred_type), t_batch.to(work)).to(work)
+        return pair_from_prediction(pred, x.to(work), c, self.pred_type)
 
 
 def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, pred_type: str,
@@ -147,7 +173,7 @@ def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, 
         weight = w if weight is None else weight * w
     cb = _bcast(c, x0)
     x_t = cb.alpha * x0 + cb.sigma * eps
-    pred = net(x_t, t.to(net_time_dtype(x0)))
+    pred = net(net_input(x_t, c, pred_type), t.to(net_time_dtype(x0)))
     err = (pred.float() - target_from_pair(x0, eps, c, pred_type).float()) ** 2
     err = err.reshape(err.shape[0], -1).mean(1)
     return (err if weight is None else err * weight).mean()

@@ -1,7 +1,8 @@
 """Rectified Diffusion: pairs from the teacher's ODE, then the teacher's own training on them.  [RD Alg. 4, §2.3]
 
 1. `generate_pairs`: draw ε once, solve the teacher's PF-ODE deterministically (DPM-Solver) from x_{t_max} = σ·ε,
-   record the states at K + 1 phase boundaries t_max = b_0 > … > b_K = t_min. Written as shards plus a manifest:
+   record the states at K + 1 phase boundaries t_max = b_0 > … > b_K = t_min; with clean=True (the default) the
+   last state is the clean sample x̂0 (σ = 0), where rd.sampling.sample ends too. Written as shards plus a manifest:
    seeded per shard (same seed ⇒ same pairs, however often it is interrupted), each shard written atomically,
    finished shards skipped on resume.
 2. `load_pairs` checks the directory against what the caller expects (schedule, data shape, completeness,
@@ -60,19 +61,22 @@ def schedule_params(schedule: Schedule) -> dict:
 
 
 @torch.no_grad()
-def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries: Tensor, solver: str, steps: int):
+def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries: Tensor, solver: str, steps: int,
+               clean: bool = False):
     """x_{b_0} = σ_{b_0}·ε, then x_{b_{k+1}} = DPM-Solver(x_{b_k}) phase by phase: the teacher's states (B, K+1, ...).
 
     `steps` solver steps in all, ⌈steps/K⌉ per phase (each phase on its own λ-uniform sub-grid; a multistep solver
-    restarts in every phase, and never gets fewer steps than its order needs)."""
+    restarts in every phase, and never gets fewer steps than its order needs). clean=True: the last phase's last
+    step lands on σ = 0 (rd.solvers, denoise_last), so the last state is the clean sample x̂0."""
     # BEGIN ASSIGNMENT A3.1: the teacher's ODE from σ_T·ε, phase by phase, keeping its state at every boundary — see [RD] Alg. 4 and §2.3
     k = len(boundaries) - 1
     per_phase = max(-(-steps // k), MIN_STEPS.get(solver, 1))
     model, solve = Predictor(net, pred_type, schedule), get_solver(solver)
     x = schedule.sigma(boundaries[0]).item() * eps
     path = [x]
-    for b_s, b_e in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
-        x = solve(model, x, get_grid(schedule, per_phase, "logsnr", t_max=b_s, t_min=b_e), schedule)
+    for i, (b_s, b_e) in enumerate(zip(boundaries[:-1].tolist(), boundaries[1:].tolist())):
+        x = solve(model, x, get_grid(schedule, per_phase, "logsnr", t_max=b_s, t_min=b_e), schedule,
+                  denoise_last=clean and i == k - 1)
         path.append(x)
     return torch.stack(path, 1)
     # END ASSIGNMENT
@@ -81,7 +85,7 @@ def solve_path(net, schedule: Schedule, pred_type: str, eps: Tensor, boundaries:
 def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, shape: tuple, *, shard_size: int = 4096,
                    solver: str = "dpm++2m", steps: int = 25, phases: int = 1, seed: int = 0, batch: int = 4096,
                    device="cpu", dtype=torch.float32, progress: bool = True, cond: Tensor | None = None,
-                   null_cond: Tensor | None = None, guidance: float = 1.0) -> Path:
+                   null_cond: Tensor | None = None, guidance: float = 1.0, clean: bool = True) -> Path:
     """ε ~ N(0, I) once, x̂0 = the teacher's ODE solution from σ_{t_max}·ε: n pairs as shards + manifest.  [RD Alg. 4]
 
     net(x, t) → prediction of `pred_type`; shape: one sample's shape, e.g. (2,) or (3, 32, 32). Shard i's noise
@@ -94,6 +98,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     Conditional teachers: net(x, t, c) with `cond` (n, ...) — pair i solves the ODE for prompt cond[i], guided by
     classifier-free guidance of scale `guidance` against `null_cond` (one unbatched null condition) when
     guidance ≠ 1, as [RD] made SD's pairs; the shards keep cond, so the student learns the guided ODE.
+    clean=True ends every path on the clean sample (σ = 0) instead of x_{t_min}.
     """
     if n < 1 or shard_size < 1 or phases < 1 or steps < phases:
         raise ValueError(f"need n ≥ 1, shard_size ≥ 1, phases ≥ 1 and steps ≥ phases; got n={n}, "
@@ -110,7 +115,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     config = {"schedule": schedule.name, "schedule_params": schedule_params(schedule), "teacher": fingerprint(net),
               "pred_type": pred_type, "shape": list(shape), "n": n,
               "shard_size": shard_size, "solver": solver, "steps": steps, "phases": phases, "seed": seed,
-              "boundaries": boundaries.tolist(), "guidance": guidance,
+              "boundaries": boundaries.tolist(), "guidance": guidance, "clean": clean,
               "cond": None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest()}
     manifest = {"format": FORMAT, "config": config, "shards": {}}
     if (out / "manifest.json").exists():
@@ -133,7 +138,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         for j in range(0, m, batch):
             e = eps[j:j + batch].to(device=device, dtype=dtype)
             paths.append(solve_path(_conditioned(net, c, j, batch, null_cond, guidance, device), schedule, pred_type,
-                                    e, boundaries, solver, steps).cpu())
+                                    e, boundaries, solver, steps, clean).cpu())
         atomic_save({"eps": eps, "x_path": torch.cat(paths).float()} | ({} if c is None else {"cond": c.cpu()}),
                     out / name)
         if world == 1:
@@ -168,7 +173,7 @@ class Pairs:
     """A loaded pair directory: the noises, the teacher's states at the phase boundaries, and the settings."""
     eps: Tensor          # (N, *shape): the noise that started each teacher trajectory
     x_path: Tensor       # (N, K+1, *shape): teacher states at the phase boundaries; x_path[:, -1] is x̂0
-    boundaries: Tensor   # (K+1,) float64, t_max … t_min
+    boundaries: Tensor   # (K+1,) float64, t_max … t_min (the last state is at σ = 0 instead when config["clean"])
     config: dict         # the manifest's settings
     cond: Tensor | None = None   # (N, ...): each pair's condition (prompt tokens), None for unconditional pairs
 
@@ -177,25 +182,37 @@ class Pairs:
         return Pairs(self.eps.to(device), self.x_path.to(device), self.boundaries.to(device), self.config,
                      None if self.cond is None else self.cond.to(device))
 
+    def coarsen(self, k: int) -> "Pairs":
+        """The K = k view of pairs made with K phases (k divides K): every (K/k)-th boundary — one generation serves
+        RD (k = 1), RF and phased RD of every k that divides K (the λ-uniform boundaries of k phases are these)."""
+        K = len(self.boundaries) - 1
+        if k < 1 or K % k:
+            raise ValueError(f"these pairs have {K} phases; a view of k phases needs k ≥ 1 dividing {K}, got k={k}")
+        keep = torch.arange(0, K + 1, K // k)
+        return Pairs(self.eps, self.x_path[:, keep.to(self.x_path.device)], self.boundaries[keep], self.config,
+                     self.cond)
+
     def endpoints(self) -> "Pairs":
-        """The K = 1 view of phased pairs: (ε, the teacher's first and last states) — one generation serves RD,
-        RF and phased RD."""
-        return Pairs(self.eps, self.x_path[:, [0, -1]], self.boundaries[[0, -1]], self.config, self.cond)
+        """The K = 1 view of phased pairs: (ε, the teacher's first and last states)."""
+        return self.coarsen(1)
 
     def phase_pairs(self, schedule: Schedule) -> tuple[Tensor, Tensor]:
         """(x0_ph, ε_ph), each (N, K, *shape): the pair whose forward path α_t·x0 + σ_t·ε passes through the
         teacher's states at both ends of each phase (z is linear in r along such a path).
 
         K = 1 is [RD Alg. 4]'s (x̂0, ε), made exact at the ends: x_{t_max} = σ_T·ε is where sampling starts,
-        but α_T·x̂0 + σ_T·ε is not, so ε_ph = ε − (α_T/σ_T)·x̂0 + O(σ_min) and x0_ph = x̂0 + O(σ_min) (x̂0 = the
-        teacher's x_{t_min}). The shift is small (α_T/σ_T = 0.07 for SD's schedule), and it is where an
-        ε-prediction model is least forgiving.
+        but α_T·x̂0 + σ_T·ε is not, so ε_ph = ε − (α_T/σ_T)·x̂0 and x0_ph = x̂0 (clean pairs; pairs that end at
+        t_min add O(σ_min)). The shift is small (α_T/σ_T = 0.07 for SD's schedule), and it is where an ε-prediction
+        model is least forgiving. Clean pairs end at σ = 0: there r = 0 and z = x̂0 (α = 1 at the data end).
         """
         # BEGIN ASSIGNMENT A3.2: the pair (x0_ph, ε_ph) whose forward path passes through the teacher's states at both ends of each phase — see the docstring, [RD] §2.3
         c = schedule(self.boundaries)
+        alpha, r = c.alpha.clone(), c.sigma / c.alpha
+        if self.config.get("clean"):
+            alpha[-1], r[-1] = 1.0, 0.0                                                    # the clean end, σ = 0
         view = (1, -1) + (1,) * (self.eps.dim() - 1)
-        z = self.x_path.double() / c.alpha.view(view)                                       # (N, K+1, ...)
-        r = (c.sigma / c.alpha).view(view)
+        z = self.x_path.double() / alpha.view(view)                                         # (N, K+1, ...)
+        r = r.view(view)
         eps_ph = (z[:, :-1] - z[:, 1:]) / (r[:, :-1] - r[:, 1:])
         return (z[:, 1:] - r[:, 1:] * eps_ph).float(), eps_ph.float()
         # END ASSIGNMENT

@@ -3,14 +3,16 @@
     x = sample(net, noise, schedule, pred_type="eps", solver="dpm++2m", steps=20, grid="logsnr")
 
 starts at x_{t_max} = σ_{t_max}·noise (the prior; it drops the α_{t_max}·x0 term, tiny for every schedule's
-t_max) and returns x_{t_min}.
+t_max) and returns the clean sample: its last step goes to σ = 0 (final="x0", as DPM-Solver's denoise_to_zero,
+EDM's last step and diffusers' final_sigmas_type="zero", but without an extra call). final="t_min" returns x_{t_min},
+which keeps σ_{t_min}·noise in the sample (σ = 0.029 on SD's schedule: 3.7 grey levels of an 8-bit image).
 """
 import torch
 from torch import Tensor
 
 from .predictions import Predictor
 from .schedules import Schedule
-from .solvers import MIN_STEPS, get_solver
+from .solvers import MIN_STEPS, get_solver, singlestep_order, singlestep_orders
 
 GRIDS = ("logsnr", "time_uniform", "time_quadratic", "edm")
 
@@ -60,17 +62,50 @@ def classifier_free_guidance(net, cond, null_cond, scale: float):
     return guided
 
 
-@torch.no_grad()
-def sample(net, noise: Tensor, schedule: Schedule, pred_type: str = "eps", solver: str = "dpm++2m",
-           steps: int = 20, grid: str = "logsnr", callback=None, t_max: float | None = None,
-           t_min: float | None = None) -> Tensor:
-    """Solve the PF-ODE of net from x_{t_max} = σ_{t_max}·noise down to t_min with `steps` solver steps."""
-    solve = get_solver(solver)
+FINALS = ("x0", "t_min")
+
+
+def solver_for(calls: int) -> str:
+    """The few-step sampler: DPM-Solver++(1) for one network call, DPM-Solver++(2M) for more (one call a step)."""
+    return "dpm++1" if calls == 1 else "dpm++2m"
+
+
+def solver_grid(schedule: Schedule, solver: str, steps: int, grid: str = "logsnr", final: str = "x0",
+                split: bool = False, t_max: float | None = None, t_min: float | None = None) -> tuple[Tensor, dict]:
+    """The time grid of `sample` and the solver's keywords.
+
+    split=True (singlestep DPM-Solvers only) reads `steps` as the number of model calls and spends them as the
+    DPM-Solver reference does (rd.solvers.singlestep_orders): K outer steps of orders 3, …, 3, 2, 1, uniform in λ
+    over the K steps, or for other grids the K + 1 points of the `steps`-step grid where the orders' running sum lands.
+    """
+    if final not in FINALS:
+        raise ValueError(f"unknown final {final!r}; allowed: {', '.join(FINALS)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1; got {steps!r}")
     if steps < MIN_STEPS.get(solver, 1):
         raise ValueError(f"solver {solver!r} needs at least {MIN_STEPS[solver]} steps to reach its order; "
                          f"got steps={steps} (use a singlestep solver, e.g. 'dpm++2s', for fewer steps)")
-    ts = get_grid(schedule, steps, grid, t_max=t_max, t_min=t_min)
+    kw = {"denoise_last": final == "x0"}
+    order = singlestep_order(solver)
+    if not split:
+        return get_grid(schedule, steps, grid, t_max=t_max, t_min=t_min), kw
+    if order is None:
+        raise ValueError(f"split=True spends calls over a singlestep DPM-Solver's orders; {solver!r} is not one")
+    orders = singlestep_orders(steps, order, denoise_last=final == "x0")
+    if grid == "logsnr":
+        ts = get_grid(schedule, len(orders), grid, t_max=t_max, t_min=t_min)
+    else:
+        ts = get_grid(schedule, steps, grid, t_max=t_max, t_min=t_min)[torch.tensor([0] + orders).cumsum(0)]
+    return ts, kw | {"orders": orders}
+
+
+@torch.no_grad()
+def sample(net, noise: Tensor, schedule: Schedule, pred_type: str = "eps", solver: str = "dpm++2m",
+           steps: int = 20, grid: str = "logsnr", callback=None, t_max: float | None = None,
+           t_min: float | None = None, final: str = "x0", split: bool = False) -> Tensor:
+    """Solve the PF-ODE of net from x_{t_max} = σ_{t_max}·noise with `steps` solver steps (see solver_grid);
+    final="x0": the clean sample (the last step lands on σ = 0), final="t_min": x_{t_min}."""
+    solve = get_solver(solver)
+    ts, kw = solver_grid(schedule, solver, steps, grid, final, split, t_max=t_max, t_min=t_min)
     x = schedule.sigma(ts[0]).item() * noise.to(torch.promote_types(noise.dtype, torch.float32))   # state ≥ fp32
-    return solve(Predictor(net, pred_type, schedule), x, ts, schedule, callback=callback)
+    return solve(Predictor(net, pred_type, schedule), x, ts, schedule, callback=callback, **kw)

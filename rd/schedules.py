@@ -102,18 +102,26 @@ class VPDiscrete(Schedule):
 
     beta="linear": β = linspace(1e-4, 0.02, N) (DDPM); beta="scaled_linear": β = linspace(√0.00085, √0.012, N)²
     (Stable Diffusion). A knot ᾱ_0 = 1 at t = 0 closes the interpolation; t(λ) inverts it exactly.
+    zero_snr=True rescales √ᾱ to end at 0, √ᾱ ↦ (√ᾱ − √ᾱ_N)·√ᾱ_1/(√ᾱ_1 − √ᾱ_N), so that training sees pure
+    noise at t = 1 and sampling starts from what it trained on [Lin et al. 2024, "Common Diffusion Noise Schedules
+    and Sample Steps are Flawed", Alg. 1]; ᾱ_N is then set to 2⁻²⁴ (λ_1 = −8.3, as diffusers samples it) to keep λ
+    finite.
     """
 
-    def __init__(self, beta: str = "linear", n: int = 1000):
+    def __init__(self, beta: str = "linear", n: int = 1000, zero_snr: bool = False):
         if beta == "linear":
             betas = torch.linspace(1e-4, 0.02, n, dtype=torch.float64)
         elif beta == "scaled_linear":
             betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, n, dtype=torch.float64) ** 2
         else:
             raise ValueError(f"unknown beta schedule {beta!r}; allowed: 'linear', 'scaled_linear'")
-        self.name = {"linear": "vp-ddpm", "scaled_linear": "vp-sd"}[beta]
-        self.n, self.betas = n, betas
+        self.name = {"linear": "vp-ddpm", "scaled_linear": "vp-sd"}[beta] + ("-zsnr" if zero_snr else "")
+        self.n, self.betas, self.zero_snr = n, betas, zero_snr
         self.alphas_cumprod = torch.cumprod(1.0 - betas, 0)                                      # ᾱ_1..ᾱ_N
+        if zero_snr:
+            a = self.alphas_cumprod.sqrt()
+            a = (a - a[-1]) * a[0] / (a[0] - a[-1])
+            self.alphas_cumprod = torch.cat([a[:-1] ** 2, torch.full((1,), 2.0 ** -24, dtype=torch.float64)])
         self.log_alpha_knots = torch.cat([torch.zeros(1, dtype=torch.float64),
                                           0.5 * self.alphas_cumprod.log()])                       # (N+1,)
         self.t_min, self.t_max = 1.0 / n, 1.0
@@ -286,6 +294,7 @@ class FlowMatching(Schedule):
 SCHEDULES = {
     "vp-ddpm": lambda: VPDiscrete("linear"),
     "vp-sd": lambda: VPDiscrete("scaled_linear"),
+    "vp-sd-zsnr": lambda: VPDiscrete("scaled_linear", zero_snr=True),
     "vp-linear": VPLinear,
     "vp-cosine": VPCosine,
     "subvp": SubVP,

@@ -9,7 +9,7 @@ every update below reads  x_t = (A_t/A_s)·x_s − B_t·[φ1·P_s + (correction 
     φ1 = expm1(ĥ),  φ2 = φ1/ĥ − 1,  φ3 = φ2/ĥ − ½      (h·φ_k are the exponential integrals of the Taylor terms).
 Nothing assumes α² + σ² = 1: every schedule of rd.schedules works.
 
-A solver is a plain function  solver(model, x, ts, schedule, callback=None) → x  where
+A solver is a plain function  solver(model, x, ts, schedule, callback=None, *, denoise_last=False) → x  where
     model(x, t) → (x̂0, ε̂)   (an rd.predictions.Predictor), t a Python float;
     ts: decreasing times t_max = ts[0] > … > ts[-1] = t_min (rd.sampling.get_grid);
     callback(dict(i, t, x, x0_pred, eps_pred)) runs at every step start (trajectories, first-order metrics).
@@ -134,7 +134,12 @@ def multistep_3_update(schedule, x, t_prev2: float, t_prev: float, s: float, t: 
     # END ASSIGNMENT
 
 # ----------------------------------------------------------------------------
-# Samplers: solver(model, x, ts, schedule, callback=None) → x at ts[-1].
+# Samplers: solver(model, x, ts, schedule, callback=None, *, denoise_last=False) → x at ts[-1], or x̂0.
+#
+# denoise_last=True ends on the clean sample: the last step goes from ts[-2] to σ = 0 instead of to ts[-1]. With
+# σ_t = 0 the data-form first-order step x_t = (σ_t/σ_s)·x_s − α_t·expm1(−h)·x̂0_s (h = +∞) is x_t = α_t·x̂0_s, and
+# α = 1 at the data end of every schedule in rd.schedules, so the step returns x̂0(x_{ts[-2]}, ts[-2]): one model
+# call, as many as the step it replaces (a higher-order step cannot reach λ = +∞).  [DPM++ Eq. 9; EDM's last step]
 
 
 def _call(callback, i, t, x, pred):
@@ -142,21 +147,54 @@ def _call(callback, i, t, x, pred):
         callback({"i": i, "t": t, "x": x, "x0_pred": pred[0], "eps_pred": pred[1]})
 
 
+def _denoised(model, x, s: float, i: int, callback):
+    """The last step to σ = 0: x̂0(x_s, s)."""
+    pred_s = model(x, s)
+    _call(callback, i, s, x, pred_s)
+    return pred_s[0]
+
+
 def _check(order: int, form: str):
     if order not in (1, 2, 3) or form not in FORMS:
         raise ValueError(f"DPM-Solver needs order in (1, 2, 3) and form in {FORMS}; got order={order!r}, form={form!r}")
 
 
-def dpm_singlestep(model, x, ts, schedule, callback=None, *, order: int = 2, form: str = "data"):
-    """DPM-Solver-k / DPM-Solver++(kS): `order` model calls per step.  [DPM Alg. 1–2, DPM++ Alg. 1]"""
+def singlestep_orders(nfe: int, order: int, denoise_last: bool = False) -> list[int]:
+    """Per-step orders of a singlestep solver that spend exactly `nfe` calls.  [DPM §3.4, "DPM-Solver-fast"]
+
+    order 3: [3, …, 3, 2, 1] (nfe ≡ 0 mod 3), [3, …, 3, 1] (≡ 1), [3, …, 3, 2] (≡ 2); order 2: [2, …, 2] or
+    [2, …, 2, 1]; order 1: [1] * nfe. With denoise_last the last step must be first order, so a last order o > 1
+    becomes o − 1 followed by 1 (the same calls).
+    """
+    _check(order, "data")
+    if not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be an integer ≥ 1; got {nfe!r}")
+    q, rem = divmod(nfe, order)
+    if order == 3 and rem == 0 and q > 0:
+        orders = [3] * (q - 1) + [2, 1]
+    else:
+        orders = [order] * q + ([rem] if rem else [])
+    while denoise_last and orders[-1] > 1:
+        orders[-1:] = [orders[-1] - 1, 1]
+    return orders
+
+
+def dpm_singlestep(model, x, ts, schedule, callback=None, *, order: int = 2, form: str = "data",
+                   orders=None, denoise_last: bool = False):
+    """DPM-Solver-k / DPM-Solver++(kS): `order` model calls per step (or orders[i] in step i).  [DPM Alg. 1–2, DPM++ Alg. 1]"""
     _check(order, form)
     ts = [float(t) for t in ts]
+    orders = [order] * (len(ts) - 1) if orders is None else list(orders)
+    if len(orders) != len(ts) - 1 or any(k not in (1, 2, 3) for k in orders):
+        raise ValueError(f"orders needs one order in (1, 2, 3) per step: {len(ts) - 1} steps, got {orders!r}")
     for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
+        if denoise_last and i == len(ts) - 2:
+            return _denoised(model, x, s, i, callback)
         pred_s = model(x, s)
         _call(callback, i, s, x, pred_s)
-        if order == 1:
+        if orders[i] == 1:
             x = first_order_update(schedule, x, s, t, pred_s, form)
-        elif order == 2:
+        elif orders[i] == 2:
             x = singlestep_2_update(model, schedule, x, s, t, pred_s, form)
         else:
             x = singlestep_3_update(model, schedule, x, s, t, pred_s, form)
@@ -164,29 +202,35 @@ def dpm_singlestep(model, x, ts, schedule, callback=None, *, order: int = 2, for
 
 
 def dpm_multistep(model, x, ts, schedule, callback=None, *, order: int = 2, form: str = "data",
-                  warmup: str = "lower_order"):
+                  warmup: str = "lower_order", lower_order_final: bool = True, denoise_last: bool = False):
     """DPM-Solver-kM / DPM-Solver++(kM): one model call per step, reusing the last k predictions.  [DPM++ Alg. 2]
 
     warmup="lower_order" (the reference's choice, NFE = steps): steps 1..k−1 use orders 1..k−1. The first
     step's O(h²) local error then caps the global order at 2 — the 3M tests measure exactly that.
     warmup="singlestep": the first step is the singlestep order-k update (k − 1 extra calls), which keeps
     the full order k.
+    lower_order_final (the reference's rule, for fewer than 10 steps): step i of n uses order ≤ n − i, so the last
+    step is first order and the one before at most second; large last steps then take no extrapolated differences.
     """
     _check(order, form)
     if warmup not in ("lower_order", "singlestep"):
         raise ValueError(f"unknown warmup {warmup!r}; allowed: 'lower_order', 'singlestep'")
     ts = [float(t) for t in ts]
+    n = len(ts) - 1
     preds = []
     for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
+        if denoise_last and i == n - 1:
+            return _denoised(model, x, s, i, callback)
         preds = (preds + [model(x, s)])[-order:]
         _call(callback, i, s, x, preds[-1])
-        if i == 0 and warmup == "singlestep" and order > 1:
-            update = singlestep_2_update if order == 2 else singlestep_3_update
+        k = min(order, n - i) if lower_order_final and n < 10 else order
+        if i == 0 and warmup == "singlestep" and k > 1:
+            update = singlestep_2_update if k == 2 else singlestep_3_update
             x = update(model, schedule, x, s, t, preds[-1], form)
-        elif len(preds) == 1:
+        elif k == 1 or len(preds) == 1:
             x = first_order_update(schedule, x, s, t, preds[-1], form)
-        elif len(preds) == 2:
-            x = multistep_2_update(schedule, x, ts[i - 1], s, t, preds[0], preds[1], form)
+        elif k == 2 or len(preds) == 2:
+            x = multistep_2_update(schedule, x, ts[i - 1], s, t, preds[-2], preds[-1], form)
         else:
             x = multistep_3_update(schedule, x, ts[i - 2], ts[i - 1], s, t, *preds, form)
     return x
@@ -198,20 +242,24 @@ def velocity(schedule, pred, t: float):
     return c.d_alpha.item() * pred[0] + c.d_sigma.item() * pred[1]
 
 
-def euler(model, x, ts, schedule, callback=None):
+def euler(model, x, ts, schedule, callback=None, *, denoise_last: bool = False):
     """x_t = x_s + (t − s)·v(x_s, s): first order in t, the baseline every few-step method beats."""
     ts = [float(t) for t in ts]
     for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
+        if denoise_last and i == len(ts) - 2:
+            return _denoised(model, x, s, i, callback)
         pred_s = model(x, s)
         _call(callback, i, s, x, pred_s)
         x = x + (t - s) * velocity(schedule, pred_s, s)
     return x
 
 
-def heun(model, x, ts, schedule, callback=None):
+def heun(model, x, ts, schedule, callback=None, *, denoise_last: bool = False):
     """Euler predictor, trapezoidal corrector: x_t = x_s + (t − s)/2·(v_s + v(x̃_t, t)); 2 calls a step.  [EDM Alg. 1]"""
     ts = [float(t) for t in ts]
     for i, (s, t) in enumerate(zip(ts[:-1], ts[1:])):
+        if denoise_last and i == len(ts) - 2:
+            return _denoised(model, x, s, i, callback)
         pred_s = model(x, s)
         _call(callback, i, s, x, pred_s)
         v_s = velocity(schedule, pred_s, s)
@@ -251,7 +299,14 @@ def get_solver(name: str):
     return SOLVERS[name]
 
 
-def nfe(name: str, steps: int) -> int:
-    """Number of model evaluations of `steps` steps of solver `name`."""
+def singlestep_order(name: str) -> int | None:
+    """The order of a singlestep DPM-Solver name (e.g. 3 for 'dpm++3s'), None for any other solver."""
+    solve = get_solver(name)
+    return solve.keywords["order"] if getattr(solve, "func", None) is dpm_singlestep else None
+
+
+def nfe(name: str, steps: int, denoise_last: bool = False) -> int:
+    """Number of model evaluations of `steps` steps of solver `name` (the last step one call with denoise_last)."""
     get_solver(name)
-    return CALLS_PER_STEP.get(name, 1) * steps
+    calls = CALLS_PER_STEP.get(name, 1)
+    return calls * (steps - 1) + 1 if denoise_last else calls * steps

@@ -57,6 +57,22 @@ class TrainConfig:
     seed: int = 0                # seeds the batches
     max_minutes: float = 0.0     # > 0: training-time budget summed over restarts (checked every log_every steps)
     weight_like: str | None = None   # a prediction type: weigh the loss as its loss (rd.predictions.loss_weight)
+    lr_decay: str = "none"       # after warm-up: "none", "linear" or "cosine" to 0 over the run (steps or minutes)
+
+
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+def lr_factor(cfg: TrainConfig, step: int, minutes: float) -> float:
+    """lr/cfg.lr at `step` after `minutes` of training: linear warm-up, then the decay over the run's progress
+    p = max(step/steps, minutes/max_minutes) — linear: 1 − p, cosine: ½(1 + cos πp)."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    p = min(1.0, max(step / cfg.steps, minutes / cfg.max_minutes if cfg.max_minutes > 0 else 0.0))
+    if cfg.lr_decay == "linear":
+        return warm * (1.0 - p)
+    if cfg.lr_decay == "cosine":
+        return warm * 0.5 * (1.0 + math.cos(math.pi * p))
+    return warm
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -107,11 +123,14 @@ class _Terminated:
                 signal.raise_signal(signal.SIGTERM)
 
 
+_NEUTRAL = {"weight_like": None, "lr_decay": "none"}   # settings equal to no setting at all (absent keys match them)
+
+
 def _identity(config: dict) -> dict:
-    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes), and
-    weight_like when None (checkpoints written before that field existed hold no such key)."""
+    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes), with
+    the settings of _NEUTRAL left out where they have their neutral value."""
     train = {k: v for k, v in config.get("train", {}).items()
-             if k not in ("steps", "max_minutes") and not (k == "weight_like" and v is None)}
+             if k not in ("steps", "max_minutes") and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     return config | {"train": train}
 
 
@@ -139,6 +158,8 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     `batch` is then whatever batches(n, generator) returns, and schedule/pred_type may be None."""
     if cfg.amp not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}; got {cfg.lr_decay!r}")
     if cfg.weight_like is not None:
         check_pred_type(cfg.weight_like)
         if loss_fn is not None:
@@ -155,13 +176,11 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     net.train().requires_grad_(True)
     ema = EMA(net, cfg.ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda")   # one kernel on a GPU
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(cfg.warmup, 1)))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
     step, spent = 0, 0.0                                    # steps done, training minutes spent (over all restarts)
     if (run / "ckpt.pt").exists():
         ckpt = load_checkpoint(run / "ckpt.pt", net, ema, opt, config)
         step, spent = ckpt["step"], ckpt.get("minutes", 0.0)
-        sched.last_epoch = step - 1
     finished = step >= cfg.steps or 0 < cfg.max_minutes <= spent
     if require_done and not finished:
         raise FileNotFoundError(f"{desc}: {run / 'ckpt.pt'} is {'missing' if step == 0 else f'unfinished (step {step})'}; "
@@ -194,6 +213,8 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
             generator.manual_seed(seed)
             torch.manual_seed(seed)
             batch = batches(cfg.batch // world, generator)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, step, spent + (time.perf_counter() - t_start) / 60)
             opt.zero_grad(set_to_none=True)
             try:
                 with _autocast(cfg, device):
@@ -211,7 +232,6 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
-            sched.step()
             ema.update(net)
             step += 1
             bar.update(1)

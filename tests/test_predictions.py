@@ -25,7 +25,8 @@ def test_pair_round_trip(name, pred_type):
     x0_hat, eps_hat = pair_from_prediction(target_from_pair(x0, eps, c, pred_type), x_t, c, pred_type)
     hint = {"eps": "x̂0 = (x_t − σ·ε̂)/α", "x0": "ε̂ = (x_t − α·x̂0)/σ",
             "v": "divide by α² + σ² (it is 1 only on VP: ve and fm need it); v = α·ε − σ·x0",
-            "flow": "the determinant is α·σ' − σ·α'; u = α'·x0 + σ'·ε"}[pred_type]
+            "flow": "the determinant is α·σ' − σ·α'; u = α'·x0 + σ'·ε",
+            "edm": "the edm type is given (not an assignment block): see the module docstring"}[pred_type]
     for got, want, what in [(x0_hat, x0, "x̂0"), (eps_hat, eps, "ε̂")]:
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8, msg=lambda m: (
             f"A1: the exact {pred_type} target on {name}, converted back, must give the pair's {what}. Check "
@@ -130,3 +131,39 @@ def test_bad_prediction_type():
         target_from_pair(x0, eps, c, "velocity")
     with pytest.raises(ValueError, match="allowed"):
         Predictor(lambda x, t: x, "score", s)
+
+
+# ----------------------------------------------------------------------------
+# EDM's preconditioning as the edm prediction type.  [EDM Table 1, Eq. 2, 8]
+
+from rd.predictions import SIGMA_DATA, net_input
+
+
+def test_edm_type_is_edms_preconditioning_on_ve():
+    """On VE (α = 1): x̂0 = c_skip·x + c_out·F with EDM's c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/sqrt(σ² + σ_d²),
+    the input is c_in·x = x/sqrt(σ² + σ_d²), and the plain squared error of F is EDM's λ(σ)·‖D − x0‖²,
+    λ = (σ² + σ_d²)/(σ·σ_d)²."""
+    s = get_schedule("ve")
+    x0, eps, c, x_t = batch(s)
+    sig, sd = c.sigma[:, None], SIGMA_DATA
+    F = torch.randn_like(x0)
+    c_skip, c_out = sd ** 2 / (sig ** 2 + sd ** 2), sig * sd / (sig ** 2 + sd ** 2).sqrt()
+    torch.testing.assert_close(pair_from_prediction(F, x_t, c, "edm")[0], c_skip * x_t + c_out * F)
+    torch.testing.assert_close(net_input(x_t, c, "edm"), x_t / (sig ** 2 + sd ** 2).sqrt())
+    err_F = (F - target_from_pair(x0, eps, c, "edm")) ** 2
+    err_D = (c_skip * x_t + c_out * F - x0) ** 2
+    torch.testing.assert_close(err_F, (sig ** 2 + sd ** 2) / (sig * sd) ** 2 * err_D)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp-sd", "vp-cosine", "fm"])
+def test_edm_input_and_target_have_unit_variance(name):
+    """Data of std σ_d: c_in·x_t and the target F both have unit variance at every t (EDM's design goals)."""
+    s = get_schedule(name)
+    g = torch.Generator().manual_seed(0)
+    for t in (s.t_min, 0.3, 0.7, s.t_max):
+        c = s(torch.full((200_000,), t, dtype=torch.float64))
+        x0 = SIGMA_DATA * torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+        eps = torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+        x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+        for what, v in (("c_in·x_t", net_input(x_t, c, "edm")), ("F", target_from_pair(x0, eps, c, "edm"))):
+            assert abs(v.var().item() - 1) < 0.02, f"{name}, t={t}: var({what}) = {v.var().item():.3f}"

@@ -8,7 +8,7 @@ import rd.rectify as rectify_mod  # generate_pairs looks atomic_save up here: th
 from rd.metrics import sliced_wasserstein
 from rd.mixture import ring_mixture
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, rectify
-from rd.sampling import sample
+from rd.sampling import get_grid, sample
 from rd.schedules import get_schedule
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 
@@ -230,18 +230,19 @@ def point_mass_net(schedule):
 
 
 @pytest.mark.a3
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_conditional_pairs_follow_their_guided_prompt(tmp_path, guidance):
+@pytest.mark.parametrize("guidance,clean", [(1.0, True), (3.0, True), (3.0, False)])
+def test_conditional_pairs_follow_their_guided_prompt(tmp_path, guidance, clean):
     s = get_schedule("vp-sd")
     cond = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     d = generate_pairs(point_mass_net(s), s, "eps", tmp_path, n=50, shape=(2,), shard_size=16, steps=3, batch=7,
-                       progress=False, cond=cond, null_cond=torch.zeros(2), guidance=guidance)
+                       progress=False, cond=cond, null_cond=torch.zeros(2), guidance=guidance, clean=clean)
     pairs = load_pairs(d, s, (2,))
     assert torch.equal(pairs.cond, cond), "each pair keeps its own prompt, in order, across shards and batches"
     start, end = s(pairs.boundaries[:1]), s(pairs.boundaries[-1:])   # from x_T = σ_T·ε the path's noise is
-    eps_path = pairs.eps - start.alpha / start.sigma * guidance * cond       # ε − (α_T/σ_T)·w·c; x̂0 = x_{t_min}
-    torch.testing.assert_close(pairs.x_path[:, -1], (end.alpha * guidance * cond + end.sigma * eps_path).float(),
-                               atol=2e-5, rtol=0)
+    eps_path = pairs.eps - start.alpha / start.sigma * guidance * cond       # ε − (α_T/σ_T)·w·c
+    expected = guidance * cond if clean else (end.alpha * guidance * cond + end.sigma * eps_path).float()
+    torch.testing.assert_close(pairs.x_path[:, -1], expected, atol=2e-5, rtol=0, msg=lambda m: (
+        f"A3.1: clean pairs end on x̂0 = w·c exactly (the last step lands on σ = 0), others on x_{{t_min}}.\n{m}"))
     x0, eps, t, c = pair_batches(pairs, s)(64, torch.Generator().manual_seed(1))
     idx = [int((cond == ci).all(1).nonzero()) for ci in c]                   # which pair each batch row came from
     torch.testing.assert_close(eps, pairs.phase_pairs(s)[1][idx, 0])
@@ -261,6 +262,12 @@ def test_endpoints_view_of_phased_pairs(tmp_path):
     assert one.x_path.shape == (40, 2, 2) and len(one.boundaries) == 2
     torch.testing.assert_close(one.x_path[:, -1], pairs.x_path[:, -1], rtol=0, atol=0)
     x0, eps = one.phase_pairs(s)                      # the K = 1 pair passes through the first and last states
-    for k in (0, -1):
-        co = s(one.boundaries[k:k + 1 or None])
-        torch.testing.assert_close((co.alpha * x0[:, 0] + co.sigma * eps[:, 0]).float(), one.x_path[:, k], atol=1e-5, rtol=0)
+    co = s(one.boundaries[:1])
+    torch.testing.assert_close((co.alpha * x0[:, 0] + co.sigma * eps[:, 0]).float(), one.x_path[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(x0[:, 0], one.x_path[:, -1], atol=1e-5, rtol=0)       # clean pairs end at σ = 0
+    two = pairs.coarsen(2)                            # K = 2 from K = 4: boundaries 0, 2, 4 and their states
+    torch.testing.assert_close(two.boundaries, pairs.boundaries[[0, 2, 4]], rtol=0, atol=0)
+    torch.testing.assert_close(two.x_path, pairs.x_path[:, [0, 2, 4]], rtol=0, atol=0)
+    torch.testing.assert_close(two.boundaries, get_grid(s, 2, "logsnr"), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="dividing 4"):
+        pairs.coarsen(3)

@@ -139,3 +139,14 @@ def test_bad_input():
         get_schedule("vp-linear")(torch.tensor([-0.1, 0.5]))
     with pytest.raises(ValueError, match="scaled_linear"):
         VPDiscrete("cosine")
+
+
+def test_zero_terminal_snr_rescaling():
+    """SD's schedule rescaled [Lin et al. 2024, Alg. 1]: √ᾱ_1 unchanged, √ᾱ_N → 0 (stored as 2⁻¹²), linear map."""
+    base, z = get_schedule("vp-sd"), get_schedule("vp-sd-zsnr")
+    a, az = base.alphas_cumprod.sqrt(), z.alphas_cumprod.sqrt()
+    torch.testing.assert_close(az[:-1], ((a - a[-1]) * a[0] / (a[0] - a[-1]))[:-1], rtol=1e-12, atol=0)
+    assert az[0].item() == pytest.approx(a[0].item(), rel=1e-12) and az[-1].item() == 2.0 ** -12
+    assert z.sigma(1.0).item() == pytest.approx(1.0, abs=1e-7) and z.lam(1.0).item() == pytest.approx(-12 * math.log(2), rel=1e-6)
+    lam = z.lam(torch.linspace(z.t_min, 1.0, 5001, dtype=torch.float64))
+    assert bool((lam.diff() < 0).all()), "λ must decrease strictly"

@@ -1,4 +1,5 @@
 """The image training loop: a run interrupted and resumed equals an uninterrupted one; bad input is refused."""
+import math
 import os
 import signal
 
@@ -152,3 +153,18 @@ def test_failed_compile_warns_and_trains_eagerly(tmp_path, monkeypatch):
         fallback = train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"compile": True}), tmp_path / "c")
     for a, b in zip(eager.state_dict().values(), fallback.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_lr_factor_warmup_then_decay():
+    """lr/cfg.lr: linear warm-up over `warmup` steps, then 1 − p (linear) or ½(1 + cos πp) (cosine), p the progress
+    in steps or in minutes, whichever is further."""
+    from rd.train import lr_factor
+    cfg = TrainConfig(steps=1000, warmup=100, lr_decay="linear")
+    assert lr_factor(cfg, 0, 0.0) == pytest.approx(0.01) and lr_factor(cfg, 49, 0.0) == pytest.approx(0.5 * (1 - 0.049))
+    assert lr_factor(cfg, 500, 0.0) == pytest.approx(0.5) and lr_factor(cfg, 1000, 0.0) == 0.0
+    cos = TrainConfig(steps=10**7, warmup=10, lr_decay="cosine", max_minutes=4.0)
+    assert lr_factor(cos, 50, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(cos, 50, 9.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(TrainConfig(warmup=10), 5000, 3.0) == 1.0
+    with pytest.raises(ValueError, match="lr_decay"):
+        train(torch.nn.Linear(2, 2), None, None, None, TrainConfig(lr_decay="step"), "unused")

@@ -54,3 +54,10 @@ def test_05_latent_sd(out):
     for row in ("| teacher, no guidance | 25 |", "| teacher, CFG w=3 | 25 |", "| RD | 1 |", "| RF | 1 |", "| RD | 2 |"):
         assert row in table and row in stdout, row
     assert "<unk>" in stdout                                    # the unknown-word demonstration ran
+
+
+def test_03_cifar10(out):
+    stdout = run_tutorial("03_cifar10.py", out / "cifar")
+    assert (out / "cifar" / "03_form_weights.png").stat().st_size > 10_000
+    for row in ("| vp-sd-eps |", "| edm |", "| rd |", "| RD ÷ RF at 1 call |"):
+        assert row in stdout, row

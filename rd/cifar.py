@@ -1,0 +1,302 @@
+"""The CIFAR-10 pipeline: a teacher, its pairs, Rectified Diffusion (plain and phased) beside Rectified Flow, FID.
+
+    python -m rd.cifar                                          # every stage, resumable, into runs/cifar
+    python -m rd.cifar --stages=teacher                         # one stage (teacher, pairs, students, eval)
+    python -m rd.cifar --form=vp-sd-eps --out=runs/cifar-eps    # another teacher form (FORMS)
+    python -m rd.cifar --preset=smoke                           # a CPU miniature on random images, seconds
+    python -m rd.cifar --help                                   # every flag with its default
+
+Stages (each resumes from its checkpoint and skips what is done; a stage whose input is missing says which to run):
+  teacher   the UNet in the form `form` (schedule + prediction type) on CIFAR-10 train, a minute budget (bf16
+            autocast on a GPU, float32 on a CPU; the same for pairs, students and sampling)
+  pairs     ε once; the teacher's EMA solves its ODE (DPM-Solver++(2M), `pair_steps` steps through `phases`
+            λ-uniform phases) down to the clean sample: one set of pairs for every student  [RD Alg. 4, §2.3]
+  students  rd: the teacher's own form and loss on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching
+            form with velocity prediction [RF, InstaFlow]; rdK: phased RD with K phases [RD §2.3]. All start from
+            the teacher's weights and share batch, learning rate, EMA, precision and step count (RD's budget).
+  eval      FID of every model at 1, 2, 4 calls (teacher also at `teacher_calls`, rdK at K calls with one first-order
+            step per phase) against the train statistics, calibration, sample grids, throughputs, minutes per stage.
+With the offline JPEG copy of CIFAR-10 (data/README.md) FIDs are close to, not equal to, numbers on the PNG originals.
+"""
+import copy
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import dist
+from .cli import arg, parse
+from .data import GPULoader, load_cifar10, to_uint8
+from .io import Laps, atomic_write_text, synchronize
+from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
+from .sampling import sample, solver_for
+from .schedules import get_schedule
+from .train import LR_DECAYS, TrainConfig, train
+from .unet import UNet, UNetConfig
+
+FORMS = {                                   # teacher form: (schedule, prediction type)
+    "vp-cosine-v": ("vp-cosine", "v"),      # iDDPM's cosine VP schedule, v-prediction
+    "vp-sd-eps": ("vp-sd", "eps"),          # Stable Diffusion 1.x: scaled-linear VP, ε-prediction
+    "vp-sd-v": ("vp-sd", "v"),              # the same schedule, v-prediction
+    "vp-sd-zsnr-v": ("vp-sd-zsnr", "v"),    # Stable Diffusion 2 style: v on the schedule rescaled to zero terminal SNR
+    "edm": ("ve", "edm"),                   # EDM: VE, preconditioned network, log-normal noise levels
+}
+STAGES = ("teacher", "pairs", "students", "eval")
+
+
+@dataclass
+class CifarConfig:
+    out: str = arg("runs/cifar", "run folder: checkpoints, pairs, tables and grids")
+    data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
+                    ".tar.gz (data/README.md); 'random' for 256 random images (smoke runs)")
+    inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
+    form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS))
+    unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
+    stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
+    teacher_min: float = arg(8.5, "teacher budget in training minutes, summed over restarts (0: none)")
+    teacher_steps: int = arg(0, "teacher budget in steps (0: none); training stops at the first budget reached")
+    batch: int = arg(512, "images per step, teacher and students")
+    lr: float = arg(1e-3, "teacher's peak Adam learning rate")
+    lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
+    warmup: int = arg(200, "linear warm-up steps, teacher and students")
+    ema_decay: float = arg(0.999, "teacher's EMA decay per step")
+    compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
+    pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
+    pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
+    phases: int = arg(4, "phases of the pair paths; a student rdK needs K to divide it")
+    students: str = arg("rd,rf,rd2,rd4", "comma list of students: rd, rf, rd<K> (phased RD, K phases)")
+    student_min: float = arg(1.3, "the first student's budget in training minutes (0: none); the others take its "
+                             "step count")
+    student_steps: int = arg(0, "the first student's budget in steps (0: none)")
+    student_lr: float = arg(2e-4, "students' peak Adam learning rate")
+    student_ema: float = arg(0.995, "students' EMA decay per step (they start from the teacher's weights)")
+    student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
+    teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
+    fid_n: int = arg(10_000, "samples per FID: 10000 (FID-10k) or 50000 (FID-50k)")
+    cache: str = arg("", "folder for the decoded data set and the reference statistics ('': <out>/cache)")
+    seed: int = arg(0, "seed of the teacher's batches and of the pairs' noise")
+
+
+PRESETS = {
+    "default": {},
+    "smoke": dict(out="runs/cifar-smoke", data="random", inception="", unet="tiny", teacher_min=0.0, teacher_steps=20,
+                  batch=8, warmup=5, compile=False, pairs=32, pair_steps=4, student_min=0.0, student_steps=10,
+                  teacher_calls="1,2,4", fid_n=16),
+}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def student_phases(name: str) -> int:
+    """K of a student name: rd → 1, rdK → K; rf → 1."""
+    return int(name[2:]) if name.startswith("rd") and name[2:].isdigit() else 1
+
+
+def check(cfg: CifarConfig) -> list[str]:
+    """The stages to run; a SystemExit that names the flag and what to do for any bad setting, before any work."""
+    def bad(flag, what):
+        raise SystemExit(f"rd.cifar: --{flag}={getattr(cfg, flag)!r}: {what}")
+    if cfg.form not in FORMS:
+        bad("form", f"unknown teacher form; allowed: {', '.join(FORMS)}")
+    try:
+        UNetConfig.preset(cfg.unet)
+    except ValueError as err:
+        bad("unet", str(err))
+    stages = list(STAGES) if cfg.stages == "all" else [s.strip() for s in cfg.stages.split(",")]
+    if not stages or any(s not in STAGES for s in stages):
+        bad("stages", f"use 'all' or a comma list of {', '.join(STAGES)}")
+    for flag in ("teacher_min", "student_min", "lr", "student_lr"):
+        if not getattr(cfg, flag) >= 0:
+            bad(flag, "must be a number ≥ 0")
+    for flag in ("teacher_steps", "student_steps", "warmup"):
+        if getattr(cfg, flag) < 0:
+            bad(flag, "must be ≥ 0")
+    if cfg.teacher_min == 0 and cfg.teacher_steps == 0:
+        bad("teacher_min", "the teacher needs a budget: teacher_min > 0 or teacher_steps > 0")
+    if cfg.student_min == 0 and cfg.student_steps == 0 and cfg.students:
+        bad("student_min", "the students need a budget: student_min > 0 or student_steps > 0")
+    for flag in ("batch", "pairs", "pair_steps", "phases", "fid_n"):
+        if getattr(cfg, flag) < 1:
+            bad(flag, "must be ≥ 1")
+    if cfg.lr_decay not in LR_DECAYS:
+        bad("lr_decay", f"allowed: {', '.join(LR_DECAYS)}")
+    if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
+        bad("ema_decay" if not 0 <= cfg.ema_decay < 1 else "student_ema", "an EMA decay lies in [0, 1)")
+    for name in filter(None, (s.strip() for s in cfg.students.split(","))):
+        if name not in ("rd", "rf") and not (name.startswith("rd") and name[2:].isdigit() and int(name[2:]) > 0):
+            bad("students", f"unknown student {name!r}: use rd, rf or rd<K>")
+        if cfg.phases % student_phases(name):
+            bad("students", f"{name} needs phases divisible by {student_phases(name)} (--phases={cfg.phases})")
+    if cfg.pair_steps < cfg.phases:
+        bad("pair_steps", f"needs at least one step per phase (--phases={cfg.phases})")
+    if not _ints(cfg.teacher_calls) or min(_ints(cfg.teacher_calls)) < 1:
+        bad("teacher_calls", "a comma list of call counts ≥ 1")
+    if cfg.data != "random" and not Path(cfg.data).exists():
+        bad("data", "no such file or folder; data/README.md says how to get CIFAR-10 (or use --data=random)")
+    if "eval" in stages and cfg.inception:
+        if not Path(cfg.inception).is_file():
+            bad("inception", "no such file; data/README.md says how to get it, or pass --inception='' to skip FID")
+        if cfg.data != "random" and cfg.fid_n not in (10_000, 50_000):
+            bad("fid_n", "FID-10k or FID-50k: 10000 or 50000")
+    if "eval" in stages and dist.env_world() > 1:
+        bad("stages", "evaluate with one process (python -m rd.cifar --stages=eval), not under torchrun")
+    return stages
+
+
+def load_data(cfg: CifarConfig, cache: Path):
+    """uint8 CIFAR-10 train (N, 3, 32, 32) and labels, decoded once and cached; or 256 random images."""
+    if cfg.data == "random":
+        g = torch.Generator().manual_seed(cfg.seed)
+        return (torch.rand(256, 3, 32, 32, generator=g) * 255).to(torch.uint8), torch.zeros(256, dtype=torch.int64)
+    return load_cifar10(cfg.data, "train", cache_dir=cache)
+
+
+def logged_rate(run_dir: Path) -> float:
+    """Median img/s of a training log's lines, the first (compilation, warm-up) left out."""
+    log = run_dir / "log.txt"
+    rates = [float(line.split(" | ")[3].split()[0]) for line in log.read_text().splitlines()
+             if line.startswith("step ")] if log.exists() else []
+    return torch.tensor(rates[1:] or rates).median().item() if rates else float("nan")
+
+
+def run(cfg: CifarConfig):
+    """Every stage of `cfg.stages`, in order; returns {(model, calls): FID} when the eval stage ran."""
+    stages = check(cfg)
+    ctx = dist.init()
+    try:
+        return _pipeline(cfg, stages, ctx)
+    finally:
+        dist.finish()
+
+
+def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
+    device, out = ctx.device, Path(cfg.out)
+    cache = Path(cfg.cache) if cfg.cache else out / "cache"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    sfx = f"-s{cfg.student_seed}" if cfg.student_seed else ""
+    laps = Laps(out / f"minutes{sfx}.json", write=ctx.main)       # minutes per stage, summed over invocations
+    if ctx.main:
+        atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), out / f"config{sfx}.json")
+    schedule_name, pred = FORMS[cfg.form]
+    schedule = get_schedule(schedule_name)
+    students = [s.strip() for s in cfg.students.split(",") if s.strip()]
+
+    def stop_if_last(stage):
+        if stage == stages[-1]:
+            if ctx.main:
+                print(f"stage {stage} done; its outputs are in {out}/")
+            sys.exit(0)
+
+    # %% data and teacher
+    with laps("data"):
+        images, labels = load_data(cfg, cache)
+        loader = GPULoader(images, labels, cfg.batch, device, flip=True, seed=cfg.seed)
+
+    def teacher_batches(n, g):
+        x0, _ = loader.sample(n, g)
+        return x0, torch.randn(x0.shape, generator=g, device=device), schedule.sample_t(n, g, device=device), None
+
+    def train_cfg(**kw):
+        return TrainConfig(batch=cfg.batch, warmup=cfg.warmup, amp="bf16" if device != "cpu" else "fp32",
+                           lr_decay=cfg.lr_decay,
+                           log_every=5 if cfg.data == "random" else 100, ckpt_every=1000,
+                           channels_last=device != "cpu", **kw)
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = UNetConfig.preset(cfg.unet)
+    model_cfg.dropout = 0.0                                       # minutes-long runs: dropout only slows the start
+    with laps("teacher"):
+        teacher = train(UNet(model_cfg).to(device), schedule, pred, teacher_batches,
+                        train_cfg(steps=cfg.teacher_steps or 10**9, max_minutes=cfg.teacher_min, lr=cfg.lr,
+                                  ema_decay=cfg.ema_decay, compile=cfg.compile and device != "cpu", seed=cfg.seed),
+                        out / "teacher", model_config=vars(model_cfg), desc="teacher",
+                        require_done="teacher" not in stages)
+    stop_if_last("teacher")
+
+    # %% pairs: ε once, the teacher's ODE to the clean sample through `phases` phases (bf16 network, fp32 state)
+    rate_file = out / "pairs_rate.json"
+    if "pairs" in stages:
+        before = _pairs_on_disk(out)
+        start = time.perf_counter()
+        with laps("pairs"), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device != "cpu"):
+            generate_pairs(teacher, schedule, pred, out / "pairs", cfg.pairs, (3, 32, 32), shard_size=5000,
+                           solver="dpm++2m", steps=cfg.pair_steps, phases=cfg.phases, seed=cfg.seed, batch=2500,
+                           device=device, progress=ctx.main)
+        synchronize()
+        made = _pairs_on_disk(out) - before
+        if made > 0 and ctx.main:
+            atomic_write_text(json.dumps({"pairs": made, "seconds": time.perf_counter() - start,
+                                          "processes": ctx.world}), rate_file)
+    stop_if_last("pairs")
+
+    # %% students: same pairs, same recipe, RD's step count for all
+    pairs = None                           # a finished student loads its checkpoint without them
+    if students and "students" in stages:
+        with laps("pairs (load)"):
+            pairs = load_pairs(out / "pairs", schedule, (3, 32, 32)).to(device)
+
+    def student_cfg(**kw):
+        return train_cfg(lr=cfg.student_lr, ema_decay=cfg.student_ema, seed=cfg.student_seed, **kw)
+
+    nets, ref_steps = {}, None             # the first student takes the budget, the others its step count
+    for name in students:
+        path = out / f"{name}{sfx}"
+        budget = (dict(steps=cfg.student_steps or 10**9, max_minutes=cfg.student_min) if ref_steps is None
+                  else dict(steps=ref_steps, max_minutes=0.0))
+        if name == "rf":
+            sch, p, net = get_schedule("fm"), "flow", flow_student(teacher).requires_grad_(True)
+            batches = pairs and flow_batches(pairs, sch)
+        else:
+            sch, p, net = schedule, pred, copy.deepcopy(teacher)
+            batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule)
+        with laps(f"{name}{sfx}"):
+            nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**budget), path,
+                                desc=name, require_done=pairs is None), sch, p)
+        if ref_steps is None:
+            ref_steps = torch.load(path / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
+            for other in students[1:]:
+                ckpt = out / f"{other}{sfx}" / "ckpt.pt"
+                if ckpt.exists() and (n := torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) > ref_steps:
+                    raise SystemExit(f"{ckpt.parent} holds a student of {n} steps, {name} took {ref_steps}: the "
+                                     f"comparison needs equal steps; delete {ckpt.parent} and run the students again")
+    del pairs
+    stop_if_last("students")
+
+    # %% evaluation
+    from .evaluate import evaluate
+    models = {"teacher": (teacher, schedule, pred, _ints(cfg.teacher_calls), solver_for)}
+    for name, (net, sch, p) in nets.items():
+        k = student_phases(name)
+        if name.startswith("rd") and name != "rd":
+            models[name] = (net, sch, p, [k], lambda calls: "dpm++1")       # one first-order step per phase
+        else:
+            models[name] = (net, sch, p, [1, 2, 4], solver_for)
+    return evaluate(cfg, out, sfx, images, models, laps, device, cache)
+
+
+def _pairs_on_disk(out: Path) -> int:
+    manifest = out / "pairs" / "manifest.json"
+    return sum(s["n"] for s in json.loads(manifest.read_text())["shards"].values()) if manifest.exists() else 0
+
+
+def _cond_none(batches):
+    """(x0, ε, t) batches as rd.train's (x0, ε, t, cond) with no condition."""
+    return lambda n, g: (*batches(n, g), None)
+
+
+def main(argv=None):
+    cfg = parse(CifarConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n\n")[0], presets=PRESETS)
+    if dist.env_world() > 1 and not torch.cuda.is_available():
+        raise SystemExit("rd.cifar: torchrun with WORLD_SIZE > 1 needs CUDA GPUs; on a CPU run one process")
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

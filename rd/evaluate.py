@@ -1,0 +1,134 @@
+"""The evaluation stage of rd.cifar: FID of every model at its call counts, the calibration of FID itself, sample
+grids, and the tables (FID, ratios, minutes per stage, throughputs) written to results<sfx>.md / .json.  [FID]"""
+import json
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from .data import load_cifar10, to_uint8
+from .figures import tile
+from .io import atomic_write, atomic_write_text, synchronize
+from .sampling import sample
+
+
+@torch.no_grad()
+def generate(net, schedule, pred_type, solver, calls, noise, device, batch=2500):
+    """uint8 samples (N, 3, H, W) of net after `calls` steps of `solver` from `noise`, bf16 network."""
+    out = []
+    for z in noise.split(batch):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device != "cpu"):
+            x = sample(net, z.to(device), schedule, pred_type, solver, calls)
+        out.append(to_uint8(x).cpu())
+    return torch.cat(out)
+
+
+def sampling_rate(net, schedule, pred_type, solver, calls, noise, device, batch=2500, repeats=3) -> float:
+    """Steady-state img/s: one untimed batch first (allocations, kernel selection), then `repeats` timed ones."""
+    z = noise[:batch]
+    generate(net, schedule, pred_type, solver, calls, z, device, batch)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        generate(net, schedule, pred_type, solver, calls, z, device, batch)
+    synchronize()
+    return repeats * len(z) / (time.perf_counter() - start)
+
+
+def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path) -> dict:
+    """models: {name: (net, schedule, pred_type, [calls], solver_of_calls)}. Returns {(name, calls): FID or None}."""
+    noise = torch.randn(cfg.fid_n, 3, 32, 32, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    inception, calibration, stats = None, None, None
+    if cfg.inception:
+        from .fid import feature_stats, fid, fid_from_stats, inception_features, load_inception, reference_stats
+        inception = load_inception(cfg.inception, device=device)
+        with laps("eval"):
+            stats = reference_stats(f"cifar10-train-{len(images)}", lambda: images, inception, cache_dir=cache,
+                                    device=device)
+            test_images, _ = load_cifar10(cfg.data, "test", cache_dir=cache, verbose=False)
+            synchronize()
+            start = time.perf_counter()
+            test_features = inception_features(test_images, inception, device=device, progress=False)
+            synchronize()
+            feature_rate = len(test_images) / (time.perf_counter() - start)
+            calibration = fid_from_stats(*feature_stats(test_features), *stats)
+        print(f"calibration: FID(test {len(test_images)} vs train {len(images)}) = {calibration:.4f}")
+    else:
+        print("--inception='': FID skipped, samples and grids only")
+    results, grids = {}, {}
+    with laps("eval"):
+        for name, (net, sch, pred, calls, solver_of) in models.items():
+            for k in calls:
+                samples = generate(net, sch, pred, solver_of(k), k, noise, device)
+                grids[(name, k)] = samples[:64]
+                results[(name, k)] = fid(samples, *stats, inception, device=device, progress=False) if inception else None
+                print(f"{name} at {k} call{'s' * (k > 1)}: FID {_fmt(results[(name, k)])}", flush=True)
+        teacher, sch, pred, _, solver_of = models["teacher"]
+        rates = {k: sampling_rate(teacher, sch, pred, solver_of(k), k, noise, device) for k in (1, 4)}
+    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, sfx)
+    if inception:
+        lines.append(f"| FID Inception features, batch 500, fp32 | {feature_rate:,.0f} img/s |")
+    table = "\n".join(lines)
+    print(table)
+    atomic_write_text(table + "\n", out / f"results{sfx}.md")
+    atomic_write_text(json.dumps({f"{n}@{k}": v for (n, k), v in results.items()} | {"calibration": calibration},
+                                 indent=1), out / f"results{sfx}.json")
+    _figure(models, grids, results, out / f"samples{sfx}.png")
+    print(f"tables and grids in {out}/: results{sfx}.md, samples{sfx}.png")
+    return results
+
+
+def _fmt(v):
+    return "—" if v is None else f"{v:.2f}"
+
+
+def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) -> list[str]:
+    from .cifar import logged_rate
+    cols = sorted({k for (_, k) in results})
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"
+    lines = [f"FID-{cfg.fid_n / 1000:g}k against {data}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}", "",
+             "| model | " + " | ".join(f"{k} call{'s' * (k > 1)}" for k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(_fmt(results.get((n, k))) for k in cols) + " |" for n in models]
+    ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.2f}"                    # noqa: E731
+    ref = results.get(("teacher", max(k for (n, k) in results if n == "teacher")))
+    lines += ["", "| ratio | value |", "|---|---|"]
+    for k in (1, 2, 4):
+        if ("rd", k) in results and ("rf", k) in results:
+            lines.append(f"| RD ÷ RF at {k} call{'s' * (k > 1)} | {ratio(results[('rd', k)], results[('rf', k)])} |")
+    for (n, k), v in results.items():
+        if n != "teacher" and (n == "rd" and k in (1, 2) or n.startswith("rd") and n != "rd"):
+            lines.append(f"| {n} at {k} ÷ teacher at its most calls | {ratio(v, ref)} |")
+    if calibration is not None:
+        lines += ["", f"Calibration: FID(CIFAR-10 test vs train) = {calibration:.4f} (3.11 on the JPEG copy)"]
+    lines += ["", "| stage (summed over invocations) | minutes |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in laps.minutes.items()] + [f"| all | {sum(laps.minutes.values()):.2f} |"]
+    lines += ["", "| throughput | rate |", "|---|---|",
+              f"| teacher training, batch {cfg.batch}, bf16{', compiled' if cfg.compile else ''} | "
+              f"{logged_rate(out / 'teacher'):,.0f} img/s |"]
+    lines += [f"| {n} training, batch {cfg.batch}, bf16 | {logged_rate(out / f'{n}{sfx}'):,.0f} img/s |"
+              for n in models if n != "teacher"]
+    rate_file = out / "pairs_rate.json"
+    if rate_file.exists():
+        r = json.loads(rate_file.read_text())
+        lines.append(f"| pair generation ({cfg.pair_steps} steps, bf16, {r.get('processes', 1)} process(es)) | "
+                     f"{r['pairs'] / r['seconds']:,.0f} pairs/s |")
+    lines += [f"| teacher sampling, {k} call{'s' * (k > 1)}, batch 2500, bf16, steady state | {v:,.0f} img/s |"
+              for k, v in rates.items()]
+    return lines
+
+
+def _figure(models, grids, results, path):
+    """One 8 × 8 grid per (model, calls): rows are models, columns call counts."""
+    cols = sorted({k for (_, k) in grids})
+    fig = Figure(figsize=(2.6 * len(cols), 2.8 * len(models)))
+    axes = fig.subplots(len(models), len(cols), squeeze=False)
+    for i, name in enumerate(models):
+        for j, k in enumerate(cols):
+            axes[i, j].axis("off")
+            if (name, k) in grids:
+                axes[i, j].imshow(tile(grids[(name, k)]))
+                axes[i, j].set_title(f"{name}, {k} call{'s' * (k > 1)}, FID {_fmt(results[(name, k)])}", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))

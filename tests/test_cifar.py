@@ -1,0 +1,101 @@
+"""rd.cifar, the CIFAR-10 pipeline, at smoke size (random images, tiny UNet): every stage, one stage at a time,
+resume, another students' seed, and the refusals that come before any work."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rd.cli import parse
+from rd.cifar import PRESETS, CifarConfig, main
+
+ROOT = Path(__file__).resolve().parents[1]
+LAST = "out.weight"   # the UNet's last layer
+
+
+def run(out, *flags):
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "rd.cifar", "--preset=smoke", f"--out={out}", *flags], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cifar")
+    proc = run(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
+    out, stdout = finished
+    table = (out / "results.md").read_text()
+    for row in ("| teacher |", "| rd |", "| rf |", "| rd2 |", "| rd4 |", "| RD ÷ RF at 1 call |",
+                "| stage (summed over invocations) |", "pair generation", "teacher training",
+                "teacher sampling, 4 calls, batch 2500, bf16, steady state"):
+        assert row in table and row in stdout, row
+    assert (out / "samples.png").stat().st_size > 10_000
+    students = ("rd", "rf", "rd2", "rd4")
+    for stage in ("teacher",) + students:
+        assert "img/s" in (out / stage / "log.txt").read_text()
+    steps = {s: torch.load(out / s / "ckpt.pt", weights_only=True)["step"] for s in students}
+    assert set(steps.values()) == {10}, f"every student takes the first one's step count: {steps}"
+    manifest = json.loads((out / "pairs" / "manifest.json").read_text())
+    assert manifest["config"]["clean"] and manifest["config"]["phases"] == 4
+    minutes = json.loads((out / "minutes.json").read_text())
+    assert list(minutes) == ["data", "teacher", "pairs", "pairs (load)", *students, "eval"]
+    assert json.loads((out / "config.json").read_text())["form"] == "vp-cosine-v"
+
+
+def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finished):
+    out, _ = finished
+    logs = {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf", "rd2", "rd4")}
+    proc = run(out, "--stages=eval")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("is finished") == 5 and "pairs/s" in proc.stdout
+    assert logs == {s: (out / s / "log.txt").read_text() for s in logs}, "nothing was retrained"
+    proc = run(out, "--stages=students,eval", "--student_seed=1", "--students=rd,rf")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "rd-s1" / "ckpt.pt").exists() and (out / "results-s1.md").exists()
+    assert not torch.equal(torch.load(out / "rd-s1" / "ckpt.pt", weights_only=True)["model"][LAST],
+                           torch.load(out / "rd" / "ckpt.pt", weights_only=True)["model"][LAST])
+    assert logs["rd"] == (out / "rd" / "log.txt").read_text()
+
+
+def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
+    proc = run(tmp_path, "--stages=students")
+    assert proc.returncode != 0 and "run the 'teacher' stage first" in proc.stderr
+    proc = run(tmp_path, "--stages=teacher")
+    assert proc.returncode == 0 and "stage teacher done" in proc.stdout and not (tmp_path / "pairs").exists()
+    proc = run(tmp_path, "--stages=students")
+    assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--stages=bogus"], "--stages='bogus': use 'all' or a comma list of teacher, pairs, students, eval"),
+    (["--form=vp-foo"], "unknown teacher form; allowed: vp-cosine-v"),
+    (["--unet=huge"], "unknown UNet preset 'huge'"),
+    (["--teacher_min=nan"], "expected a finite number"),
+    (["--teacher_min=-1"], "--teacher_min=-1.0: must be a number ≥ 0"),
+    (["--teacher_steps=0", "--teacher_min=0"], "the teacher needs a budget"),
+    (["--students=rd,rd3"], "rd3 needs phases divisible by 3"),
+    (["--data=/nonexistent/cifar"], "data/README.md says how to get CIFAR-10"),
+    (["--inception=/nonexistent.pt"], "pass --inception='' to skip FID"),
+    (["--bogus=1"], "unrecognized arguments: --bogus=1"),
+    (["--compile=maybe"], "expected true or false"),
+])
+def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset=smoke", f"--out={tmp_path / 'out'}", *flags])
+    said = f"{exit_.value.code}\n{capsys.readouterr().err}"
+    assert exit_.value.code not in (0, None) and message in said, said
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_presets_and_overrides():
+    cfg = parse(CifarConfig, ["--preset=smoke", "--batch=4", "--compile=true"], "", presets=PRESETS)
+    assert cfg.batch == 4 and cfg.compile and cfg.unet == "tiny" and cfg.data == "random"
+    assert parse(CifarConfig, [], "", presets=PRESETS) == CifarConfig()
