@@ -104,17 +104,18 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
         lines += ["", f"Calibration: FID(CIFAR-10 test vs train) = {calibration:.4f} (3.11 on the JPEG copy)"]
     lines += ["", "| stage (summed over invocations) | minutes |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in laps.minutes.items()] + [f"| all | {sum(laps.minutes.values()):.2f} |"]
+    amp = "bf16" if gpu != "cpu" else "fp32"
     lines += ["", "| throughput | rate |", "|---|---|",
-              f"| teacher training, batch {cfg.batch}, bf16{', compiled' if cfg.compile else ''} | "
+              f"| teacher training, batch {cfg.batch}, {amp}{', compiled' if cfg.compile and gpu != 'cpu' else ''} | "
               f"{logged_rate(out / 'teacher'):,.0f} img/s |"]
-    lines += [f"| {n} training, batch {cfg.batch}, bf16 | {logged_rate(out / f'{n}{sfx}'):,.0f} img/s |"
+    lines += [f"| {n} training, batch {cfg.batch}, {amp} | {logged_rate(out / f'{n}{sfx}'):,.0f} img/s |"
               for n in models if n != "teacher"]
     rate_file = out / "pairs_rate.json"
     if rate_file.exists():
         r = json.loads(rate_file.read_text())
-        lines.append(f"| pair generation ({cfg.pair_steps} steps, bf16, {r.get('processes', 1)} process(es)) | "
+        lines.append(f"| pair generation ({cfg.pair_steps} steps, {amp}, {r.get('processes', 1)} process(es)) | "
                      f"{r['pairs'] / r['seconds']:,.0f} pairs/s |")
-    lines += [f"| teacher sampling, {k} call{'s' * (k > 1)}, batch 2500, bf16, steady state | {v:,.0f} img/s |"
+    lines += [f"| teacher sampling, {k} call{'s' * (k > 1)}, batch 2500, {amp}, steady state | {v:,.0f} img/s |"
               for k, v in rates.items()]
     return lines
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .predictions import check_pred_type, target_from_pair
+from .predictions import check_pred_type, net_input, target_from_pair
 from .schedules import Coeffs, Schedule
 
 
@@ -57,11 +57,13 @@ class GaussianMixture:
         return torch.logsumexp(self._components(x_t, c)[0], dim=1)
 
     def net(self, schedule: Schedule, pred_type: str = "eps"):
-        """The exact denoiser as a network (x_t, t) ↦ prediction of `pred_type`."""
+        """The exact denoiser as a network (net_input(x_t), t) ↦ prediction of `pred_type` (for the edm type the
+        network sees c_in·x_t, as every edm network does)."""
         check_pred_type(pred_type)
 
-        def net(x_t, t):
+        def net(x_in, t):
             c = schedule(t)
+            x_t = x_in / net_input(torch.ones_like(x_in), c, pred_type)      # undo c_in (1 for the other types)
             return target_from_pair(*self.posterior(x_t, c), c, pred_type)
         return net
 

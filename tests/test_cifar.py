@@ -35,7 +35,7 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     table = (out / "results.md").read_text()
     for row in ("| teacher |", "| rd |", "| rf |", "| rd2 |", "| rd4 |", "| RD ÷ RF at 1 call |",
                 "| stage (summed over invocations) |", "pair generation", "teacher training",
-                "teacher sampling, 4 calls, batch 2500, bf16, steady state"):
+                "teacher sampling, 4 calls, batch 2500, fp32, steady state"):
         assert row in table and row in stdout, row
     assert (out / "samples.png").stat().st_size > 10_000
     students = ("rd", "rf", "rd2", "rd4")

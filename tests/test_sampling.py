@@ -158,3 +158,15 @@ def test_lower_order_final_helps_few_steps():
         err = [(dpm_multistep(model, x_T, ts, s, order=order, lower_order_final=lof) - ref).norm(dim=1).mean().item()
                for lof in (False, True)]
         assert err[0] > gain * err[1], f"DPM-Solver++({order}M), 6 steps: error {err[0]:.4f} → {err[1]:.4f}"
+
+
+@pytest.mark.parametrize("name", ["vp-sd", "ve", "vp-sd-zsnr", "vp-cosine"])
+def test_every_prediction_type_of_the_oracle_samples_the_same(name):
+    """The exact denoiser written as ε, x0, v, flow or edm (which sees c_in·x_t) is one ODE: the same samples."""
+    from rd.predictions import PRED_TYPES
+    s, mix = get_schedule(name), ring_mixture()
+    noise = torch.randn(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = sample(mix.net(s, "eps"), noise, s, "eps", "dpm++2m", 12)
+    for pred_type in PRED_TYPES:
+        x = sample(mix.net(s, pred_type), noise, s, pred_type, "dpm++2m", 12)
+        torch.testing.assert_close(x, ref, rtol=0, atol=1e-7, msg=lambda m: f"{pred_type} on {name}\n{m}")
