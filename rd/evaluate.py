@@ -52,7 +52,7 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
             test_features = inception_features(test_images, inception, device=device, progress=False)
             synchronize()
             feature_rate = len(test_images) / (time.perf_counter() - start)
-            calibration = fid_from_stats(*feature_stats(test_features), *stats)
+            calibration = fid_from_stats(*feature_stats(test_features, device), *stats, device)
         print(f"calibration: FID(test {len(test_images)} vs train {len(images)}) = {calibration:.4f}")
     else:
         print("--inception='': FID skipped, samples and grids only")
@@ -60,10 +60,12 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
     with laps("eval"):
         for name, (net, sch, pred, calls, solver_of) in models.items():
             for k in calls:
+                start = time.perf_counter()
                 samples = generate(net, sch, pred, solver_of(k), k, noise, device)
                 grids[(name, k)] = samples[:64]
                 results[(name, k)] = fid(samples, *stats, inception, device=device, progress=False) if inception else None
-                print(f"{name} at {k} call{'s' * (k > 1)}: FID {_fmt(results[(name, k)])}", flush=True)
+                print(f"{name} at {k} call{'s' * (k > 1)}: FID {_fmt(results[(name, k)])} "
+                      f"({time.perf_counter() - start:.1f} s)", flush=True)
         teacher, sch, pred, _, solver_of = models["teacher"]
         rates = {k: sampling_rate(teacher, sch, pred, solver_of(k), k, noise, device) for k in (1, 4)}
     lines = _tables(cfg, images, models, results, calibration, laps, rates, out, sfx)

@@ -89,17 +89,18 @@ def inception_features(images, net, batch: int = 500, device=None, progress: boo
     return torch.cat(feats)
 
 
-def feature_stats(features) -> tuple[Tensor, Tensor]:
-    """μ = mean_i φ_i,  Σ = Σ_i (φ_i − μ)(φ_i − μ)ᵀ / (N − 1): features (N, D) → μ (D,), Σ (D, D), float64.  [FID]
+def feature_stats(features, device=None) -> tuple[Tensor, Tensor]:
+    """μ = mean_i φ_i,  Σ = Σ_i (φ_i − μ)(φ_i − μ)ᵀ / (N − 1): features (N, D) → μ (D,), Σ (D, D), float64 on the CPU.  [FID]
 
-    Σ is the unbiased covariance, as numpy.cov(features, rowvar=False) and pytorch-fid compute it.
+    Σ is the unbiased covariance, as numpy.cov(features, rowvar=False) and pytorch-fid compute it. `device`: where to
+    compute it (a GPU's float64 is fast, and spares a CPU that other processes share).
     """
-    phi = torch.as_tensor(features).double().cpu()
+    phi = torch.as_tensor(features).double().to(device or "cpu")
     if phi.dim() != 2 or phi.shape[0] < 2:
         raise ValueError(f"need features (N, D) with N ≥ 2; got shape {tuple(phi.shape)}")
     mu = phi.mean(0)
     centered = phi - mu  # (N, D)
-    return mu, centered.T @ centered / (phi.shape[0] - 1)
+    return mu.cpu(), (centered.T @ centered / (phi.shape[0] - 1)).cpu()
 
 # ----------------------------------------------------------------------------
 # Tr sqrt(Σ₁Σ₂) without scipy.
@@ -128,14 +129,16 @@ def trace_sqrt_product(sigma1, sigma2) -> float:
     return torch.linalg.svdvals(A @ B).sum().item()
 
 
-def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+def fid_from_stats(mu1, sigma1, mu2, sigma2, device=None) -> float:
     """FID = ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2·Tr sqrt(Σ₁Σ₂): the Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂).  [FID]
 
     Accepts tensors or numpy arrays (e.g. pytorch-fid's .npz stats); returns a float. Identical stats give 0 up to
-    round-off, of either sign (not clamped, so you can see it).
+    round-off, of either sign (not clamped, so you can see it). `device`: where the float64 eigen- and singular value
+    decompositions run (default the CPU).
     """
-    mu1, mu2 = torch.as_tensor(mu1).double().cpu(), torch.as_tensor(mu2).double().cpu()
-    s1, s2 = torch.as_tensor(sigma1).double().cpu(), torch.as_tensor(sigma2).double().cpu()
+    device = device or "cpu"
+    mu1, mu2 = torch.as_tensor(mu1).double().to(device), torch.as_tensor(mu2).double().to(device)
+    s1, s2 = torch.as_tensor(sigma1).double().to(device), torch.as_tensor(sigma2).double().to(device)
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(f"need μ (D,) and Σ (D, D) of one D for both sets; got μ₁ {tuple(mu1.shape)}, "
@@ -165,7 +168,7 @@ def reference_stats(name: str, images_fn, net, cache_dir="data/fid", batch: int 
         print(f"FID reference stats '{name}': {n} images, loaded from {path}")
         return mu, sigma
     images = images_fn()
-    mu, sigma = feature_stats(inception_features(images, net, batch=batch, device=device))
+    mu, sigma = feature_stats(inception_features(images, net, batch=batch, device=device), device)
     atomic_write(path, lambda f: np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), n=np.int64(len(images))))
     print(f"FID reference stats '{name}': {len(images)} images, saved to {path}")
     return mu, sigma
@@ -179,5 +182,5 @@ def fid(images, ref_mu, ref_sigma, net, batch: int = 500, device=None, progress:
         mu, sigma = reference_stats("cifar10-train-50k", lambda: load_train_uint8(), net)
         print(fid(samples_uint8[:10_000], mu, sigma, net))  # FID-10k
     """
-    mu, sigma = feature_stats(inception_features(images, net, batch=batch, device=device, progress=progress))
-    return fid_from_stats(mu, sigma, ref_mu, ref_sigma)
+    mu, sigma = feature_stats(inception_features(images, net, batch=batch, device=device, progress=progress), device)
+    return fid_from_stats(mu, sigma, ref_mu, ref_sigma, device)
