@@ -30,10 +30,11 @@ import torch
 
 from . import dist
 from .cli import arg, parse
-from .data import GPULoader, load_cifar10, to_uint8
+from .data import GPULoader, load_cifar10
+from .evaluate import evaluate
 from .io import Laps, atomic_write_text, synchronize
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
-from .sampling import sample, solver_for
+from .sampling import solver_for
 from .schedules import get_schedule
 from .train import LR_DECAYS, TrainConfig, train
 from .unet import UNet, UNetConfig
@@ -157,14 +158,6 @@ def load_data(cfg: CifarConfig, cache: Path):
     return load_cifar10(cfg.data, "train", cache_dir=cache)
 
 
-def logged_rate(run_dir: Path) -> float:
-    """Median img/s of a training log's lines, the first (compilation, warm-up) left out."""
-    log = run_dir / "log.txt"
-    rates = [float(line.split(" | ")[3].split()[0]) for line in log.read_text().splitlines()
-             if line.startswith("step ")] if log.exists() else []
-    return torch.tensor(rates[1:] or rates).median().item() if rates else float("nan")
-
-
 def run(cfg: CifarConfig):
     """Every stage of `cfg.stages`, in order; returns {(model, calls): FID} when the eval stage ran."""
     stages = check(cfg)
@@ -270,7 +263,6 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     stop_if_last("students")
 
     # %% evaluation
-    from .evaluate import evaluate
     models = {"teacher": (teacher, schedule, pred, _ints(cfg.teacher_calls), solver_for)}
     for name, (net, sch, p) in nets.items():
         k = student_phases(name)

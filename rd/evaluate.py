@@ -81,12 +81,19 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
     return results
 
 
+def logged_rate(run_dir: Path) -> float:
+    """Median img/s of a training log's lines, the first (compilation, warm-up) left out."""
+    log = run_dir / "log.txt"
+    rates = [float(line.split(" | ")[3].split()[0]) for line in log.read_text().splitlines()
+             if line.startswith("step ")] if log.exists() else []
+    return torch.tensor(rates[1:] or rates).median().item() if rates else float("nan")
+
+
 def _fmt(v):
     return "—" if v is None else f"{v:.2f}"
 
 
 def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) -> list[str]:
-    from .cifar import logged_rate
     cols = sorted({k for (_, k) in results})
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"

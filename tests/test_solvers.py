@@ -1,5 +1,7 @@
 """DPM-Solver against closed forms: measured convergence orders, DDIM, first-order paths, sampling accuracy."""
 
+import math
+
 import pytest
 import torch
 
@@ -115,17 +117,17 @@ SAMPLING_STEPS = {"euler": 100, "heun": 40}
 
 @pytest.mark.a2
 @pytest.mark.parametrize("name", list(SCHEDULES))
-def test_every_solver_samples_the_mixture(name):
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_every_solver_samples_the_mixture(name, solver):
     """Sliced-W₂ to exact samples within 2× the noise floor of two exact sample sets (0.057 at n = 2000)."""
     s, mix, n = get_schedule(name), ring_mixture(), 2000
     target = mix.sample(n, torch.Generator().manual_seed(10))
     floor = sliced_wasserstein(target, mix.sample(n, torch.Generator().manual_seed(11)))
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for solver in SOLVERS:
-        x = sample(mix.net(s, "eps"), noise, s, "eps", solver, SAMPLING_STEPS.get(solver, 20))
-        assert sliced_wasserstein(x, target) < 2 * floor, f"{solver} on {name}"
-    # the test can fail: two DDIM steps are far from the target
-    assert sliced_wasserstein(sample(mix.net(s, "eps"), noise, s, "eps", "ddim", 2), target) > 2 * floor
+    x = sample(mix.net(s, "eps"), noise, s, "eps", solver, SAMPLING_STEPS.get(solver, 20))
+    assert sliced_wasserstein(x, target) < 2 * floor, f"{solver} on {name}: samples far from the mixture"
+    if solver == "ddim":            # the test can fail: two DDIM steps are far from the target
+        assert sliced_wasserstein(sample(mix.net(s, "eps"), noise, s, "eps", "ddim", 2), target) > 2 * floor
 
 
 @pytest.mark.a2
@@ -156,3 +158,80 @@ def test_bad_input():
         sample(mix.net(s), noise, s, pred_type="score")
     with pytest.raises(ValueError, match="warmup"):
         dpm_multistep(None, noise, [1.0, 0.5], s, warmup="none")
+
+# ----------------------------------------------------------------------------
+# Each step function against a closed form, on its own: a prediction P(λ) = P0 + λ·P1 + λ²·P2 that does not depend on
+# x integrates exactly — data form  x_t = (σ_t/σ_s)x_s + σ_t·[F]_{λ_s}^{λ_t},  F = e^λ·(P0 + (λ−1)P1 + (λ²−2λ+2)P2);
+# noise form  x_t = (α_t/α_s)x_s − α_t·[G]_{λ_s}^{λ_t},  G = −e^{−λ}·(P0 + (λ+1)P1 + (λ²+2λ+2)P2).  [DPM, DPM++]
+# The first-order step is exact for constant P, the singlestep third-order one for linear P, the multistep
+# third-order one for quadratic P; DPM-Solver-2 and DPM-Solver++(2M) weigh the difference by φ1/2 (not the exact
+# φ2), so for linear P their one-step error falls like h³: halving h divides it by 8. Each block is checked by itself,
+# so a wrong coefficient names its own block.
+
+from rd.solvers import (first_order_update, multistep_2_update, multistep_3_update, singlestep_2_update,
+                        singlestep_3_update)
+
+STEP_BLOCKS = {"A2.1": (first_order_update, 0, "exact"), "A2.2": (singlestep_2_update, 1, "h³"),
+               "A2.3": (singlestep_3_update, 1, "exact"), "A2.4": (multistep_2_update, 1, "h³"),
+               "A2.5": (multistep_3_update, 2, "exact")}
+
+
+def polynomial_model(s, coeffs, form):
+    """(x, t) ↦ (x̂0, ε̂) with the form's prediction P(λ_t) = Σ_k coeffs[k]·λ^k and the other one from x."""
+    def model(x, t):
+        c = s(torch.as_tensor(t, dtype=torch.float64))
+        a, sig = c.alpha.item(), c.sigma.item()
+        lam = math.log(a) - math.log(sig)
+        p = sum(co * lam ** k for k, co in enumerate(coeffs)).expand_as(x)
+        return (p, (x - a * p) / sig) if form == "data" else ((x - sig * p) / a, p)
+    return model
+
+
+def exact_step(s, coeffs, form, x, t_s, t):
+    ts = torch.tensor([t_s, t], dtype=torch.float64)
+    (a_s, a_t), (sig_s, sig_t), (l_s, l_t) = s.alpha(ts).tolist(), s.sigma(ts).tolist(), s.lam(ts).tolist()
+    P0, P1, P2 = (list(coeffs) + [0.0, 0.0])[:3]
+    if form == "data":
+        F = lambda l: math.exp(l) * (P0 + (l - 1) * P1 + (l * l - 2 * l + 2) * P2)
+        return (sig_t / sig_s) * x + sig_t * (F(l_t) - F(l_s))
+    G = lambda l: -math.exp(-l) * (P0 + (l + 1) * P1 + (l * l + 2 * l + 2) * P2)
+    return (a_t / a_s) * x - a_t * (G(l_t) - G(l_s))
+
+
+def step_error(fn, s, model, coeffs, form, x, h):
+    """max |step − exact| of one step of length h in λ from t_s = 0.55 (past points at λ_s − h, λ_s − 2h)."""
+    lam_s = s.lam(0.55).item()
+    t_prev2, t_prev, t_s, t = (s.inverse_lambda(torch.tensor(lam_s + k * h, dtype=torch.float64)).item()
+                               for k in (-2, -1, 0, 1))
+    if fn is first_order_update:
+        got = fn(s, x, t_s, t, model(x, t_s), form)
+    elif fn in (singlestep_2_update, singlestep_3_update):
+        got = fn(model, s, x, t_s, t, model(x, t_s), form)
+    elif fn is multistep_2_update:
+        got = fn(s, x, t_prev, t_s, t, model(x, t_prev), model(x, t_s), form)
+    else:
+        got = fn(s, x, t_prev2, t_prev, t_s, t, model(x, t_prev2), model(x, t_prev), model(x, t_s), form)
+    return (got - exact_step(s, coeffs, form, x, t_s, t)).abs().max().item()
+
+
+@pytest.mark.a2
+@pytest.mark.parametrize("block", list(STEP_BLOCKS))
+@pytest.mark.parametrize("form", ["noise", "data"])
+@pytest.mark.parametrize("name", ["vp-cosine", "ve", "fm"])
+def test_each_step_against_a_polynomial_prediction(block, form, name):
+    fn, degree, kind = STEP_BLOCKS[block]
+    s = get_schedule(name)
+    g = torch.Generator().manual_seed(0)
+    coeffs = [torch.randn(16, 2, generator=g, dtype=torch.float64) for _ in range(degree + 1)]
+    model, x = polynomial_model(s, coeffs, form), torch.randn(16, 2, generator=g, dtype=torch.float64)
+    what = (f"{block} ({fn.__name__}, {form} form, {name}), {'x̂0' if form == 'data' else 'ε̂'} prediction a "
+            f"polynomial of degree {degree} in λ")
+    hint = f"check its φ coefficients{' and the ratios r = h_prev/h' if 'multistep' in fn.__name__ else ''}"
+    if kind == "exact":
+        err = step_error(fn, s, model, coeffs, form, x, 1.0)              # one large step (h = 1 in λ): exact
+        assert err < 1e-9, f"{what}: one step of h = 1 is off by {err:.3g}, but it is exact here; {hint}"
+    else:
+        errors = [step_error(fn, s, model, coeffs, form, x, h) for h in (0.2, 0.1)]
+        assert errors[1] > 0 and 6.0 < errors[0] / errors[1] < 10.0, (
+            f"{what}: halving h should divide the one-step error by 8 (local error h³), got {errors[0]:.3g} → "
+            f"{errors[1]:.3g}; {hint}")
