@@ -11,7 +11,6 @@ rd (the teacher's form on (x̂0, ε)) → rf (flow matching + velocity from the 
 phased (RD on the K phase pairs) → eval (FID of decoded images when Inception weights are given; prompt fidelity
 = accuracy of an attribute classifier trained on real data; a prompts × methods × steps figure).
 """
-import argparse
 import copy
 import dataclasses
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rd import dist
+from rd.cli import arg, parse
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
@@ -41,16 +41,17 @@ TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a smal
 
 @dataclass
 class Args:
-    preset: str = "auto"          # auto (gpu if CUDA is present, else cpu), cpu, gpu, tiny (tests)
-    data: str = "shapes"          # shapes (built-in, procedural, captioned) or cifar10
-    cifar: str = "data/cifar10-jpg.tar.gz"   # CIFAR-10: pickles folder, image folder or its .tar.gz (--data=cifar10)
-    inception: str = ""           # TF-Inception TorchScript file for FID (empty: no FID, fidelity only)
-    out: str = "runs/sd"          # run folder: config, logs, checkpoints, grids, results
-    stage: str = "all"            # all, or one of: ae, teacher, pairs, rd, rf, phased, eval
-    guidance: float = 3.0         # classifier-free guidance scale of the teacher (pairs and teacher samples)
-    phases: int = 4               # K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)
-    seed: int = 0                 # seeds data, training, pairs and evaluation
-    time_scale: float = 1.0       # multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)
+    preset: str = arg("auto", "auto (gpu if CUDA is present, else cpu), cpu, gpu, tiny (tests)")
+    data: str = arg("shapes", "shapes (built-in, procedural, captioned) or cifar10")
+    cifar: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: pickles folder, image folder or its .tar.gz (--data=cifar10)")
+    inception: str = arg("", "TF-Inception TorchScript file for FID (empty: no FID, fidelity only)")
+    out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>, e.g. "
+                   "runs/sd-cpu, so that presets never share one)")
+    stage: str = arg("all", "all, or one of: ae, teacher, pairs, rd, rf, phased, eval")
+    guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
+    phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
+    seed: int = arg(0, "seeds data, training, pairs and evaluation")
+    time_scale: float = arg(1.0, "multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)")
 
 
 @dataclass
@@ -79,23 +80,17 @@ PRESETS = {
 
 
 def parse_args(argv=None) -> Args:
-    """--flag=value for every Args field (its default and comment in --help); unknown flags are an error."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = Path(__file__).read_text()
-    for f in dataclasses.fields(Args):
-        line = next(ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}: "))
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=line.split("# ", 1)[-1])
-    args = Args(**vars(parser.parse_args(argv)))
-    if args.preset not in ("auto", *PRESETS):
-        parser.error(f"--preset must be auto, {', '.join(PRESETS)}; got {args.preset!r}")
-    if args.data not in ("shapes", "cifar10"):
-        parser.error(f"--data must be shapes or cifar10; got {args.data!r}")
-    if args.stage not in ("all", *STAGES):
-        parser.error(f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}")
-    if args.phases < 1 or args.guidance < 1 or args.time_scale <= 0:
-        parser.error(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
-                     f"{args.time_scale}")
+    """--flag=value for every Args field (its help and default in --help); unknown or bad flags are an error."""
+    args = parse(Args, argv, __doc__.split("\n\n")[0], prog="train_sd.py")
+    problems = [f"--preset must be auto, {', '.join(PRESETS)}; got {args.preset!r}"] * (args.preset not in ("auto", *PRESETS))
+    problems += [f"--data must be shapes or cifar10; got {args.data!r}"] * (args.data not in ("shapes", "cifar10"))
+    problems += [f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}"] * (args.stage not in ("all", *STAGES))
+    if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
+        problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
+                        f"{args.time_scale}")
+    if problems:
+        print(f"train_sd.py: error: {problems[0]}", file=sys.stderr)
+        raise SystemExit(2)
     return args
 
 
@@ -137,7 +132,7 @@ def pipeline(args: Args, ctx: dist.Context):
     say = print if ctx.main else (lambda *a, **k: None)
     preset = args.preset if args.preset != "auto" else ("gpu" if device != "cpu" else "cpu")
     size = PRESETS[preset]
-    out = Path(args.out)
+    out = Path(args.out or f"runs/sd-{preset}")
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
     # its own), the Inception file (evaluation only) or --preset=auto vs its resolution

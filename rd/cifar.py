@@ -136,8 +136,12 @@ def check(cfg: CifarConfig) -> list[str]:
             bad("students", f"{name} needs phases divisible by {student_phases(name)} (--phases={cfg.phases})")
     if cfg.pair_steps < cfg.phases:
         bad("pair_steps", f"needs at least one step per phase (--phases={cfg.phases})")
-    if not _ints(cfg.teacher_calls) or min(_ints(cfg.teacher_calls)) < 1:
-        bad("teacher_calls", "a comma list of call counts ≥ 1")
+    try:
+        calls = _ints(cfg.teacher_calls)
+    except ValueError:
+        calls = []
+    if not calls or min(calls) < 1:
+        bad("teacher_calls", "a comma list of call counts ≥ 1, e.g. 1,2,4,10,25")
     if cfg.data != "random" and not Path(cfg.data).exists():
         bad("data", "no such file or folder; data/README.md says how to get CIFAR-10 (or use --data=random)")
     if "eval" in stages and cfg.inception:
@@ -284,7 +288,8 @@ def _cond_none(batches):
 
 
 def main(argv=None):
-    cfg = parse(CifarConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n\n")[0], presets=PRESETS)
+    cfg = parse(CifarConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n\n")[0], presets=PRESETS,
+                prog="python -m rd.cifar")
     if dist.env_world() > 1 and not torch.cuda.is_available():
         raise SystemExit("rd.cifar: torchrun with WORLD_SIZE > 1 needs CUDA GPUs; on a CPU run one process")
     run(cfg)

@@ -37,10 +37,10 @@ def _number(kind):
     return convert
 
 
-def parse(cls, argv, description: str, presets: dict | None = None):
+def parse(cls, argv, description: str, presets: dict | None = None, prog: str | None = None):
     """cls(**flags) from argv; `--preset=NAME` (when presets are given) starts from presets[NAME] instead of the
     field defaults, and explicit flags override it. Exits with status 2 and a message on a bad or unknown flag."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     if presets:
         parser.add_argument("--preset", choices=list(presets), default=None,
                             help="start from a named preset: " + "; ".join(
@@ -51,7 +51,7 @@ def parse(cls, argv, description: str, presets: dict | None = None):
         parser.add_argument(f"--{f.name}", type=kind, default=None,
                             help=f"{f.metadata.get('help', '')} (default: {f.default})")
     ns = vars(parser.parse_args(argv))
-    values = dict(presets[ns.pop("preset")]) if presets and ns.get("preset") else {}
-    ns.pop("preset", None)
+    preset = ns.pop("preset", None) if presets else None
+    values = dict(presets[preset]) if preset else {}
     values |= {k: v for k, v in ns.items() if v is not None}
     return cls(**values)

@@ -86,6 +86,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     (["--inception=/nonexistent.pt"], "pass --inception='' to skip FID"),
     (["--bogus=1"], "unrecognized arguments: --bogus=1"),
     (["--compile=maybe"], "expected true or false"),
+    (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:
@@ -99,3 +100,13 @@ def test_cli_presets_and_overrides():
     cfg = parse(CifarConfig, ["--preset=smoke", "--batch=4", "--compile=true"], "", presets=PRESETS)
     assert cfg.batch == 4 and cfg.compile and cfg.unet == "tiny" and cfg.data == "random"
     assert parse(CifarConfig, [], "", presets=PRESETS) == CifarConfig()
+
+
+def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
+    import dataclasses
+    from rd.cli import arg
+
+    @dataclasses.dataclass
+    class Args:
+        preset: str = arg("auto", "a field that happens to be called preset")
+    assert parse(Args, ["--preset=gpu"], "").preset == "gpu"

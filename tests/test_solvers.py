@@ -41,7 +41,6 @@ def test_multistep_3_with_lower_order_warmup_is_at_least_second_order(schedule, 
     assert slope > 1.75
 
 
-@pytest.mark.a2
 @pytest.mark.parametrize("schedule", CONTINUOUS)
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_euler_heun_convergence_order(schedule, solver):
@@ -115,9 +114,9 @@ def test_euler_is_exact_on_first_order_paths_only_where_they_are_straight():
 SAMPLING_STEPS = {"euler": 100, "heun": 40}
 
 
-@pytest.mark.a2
 @pytest.mark.parametrize("name", list(SCHEDULES))
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", [pytest.param(n, marks=() if n in ("euler", "heun") else pytest.mark.a2)
+                                    for n in SOLVERS])   # Euler and Heun are given code, not an assignment
 def test_every_solver_samples_the_mixture(name, solver):
     """Sliced-W₂ to exact samples within 2× the noise floor of two exact sample sets (0.057 at n = 2000)."""
     s, mix, n = get_schedule(name), ring_mixture(), 2000

@@ -119,7 +119,7 @@ def test_help_lists_every_flag_with_its_default():
     proc = run("--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())                                        # argparse wraps long lines
-    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--out", "runs/sd"), ("--stage", "all"),
+    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--out", ""), ("--stage", "all"),
                           ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
                           ("--cifar", "data/cifar10-jpg.tar.gz")):
         help_of_flag = text.split(f"{flag} ", 2)[-1].split(" --", 1)[0]

@@ -19,7 +19,7 @@
 #
 #     python tutorials/05_latent_sd.py          # ≈ 9 minutes on 2 CPU cores, faster on a GPU; RD_SMOKE=1: seconds
 #
-# Outputs in runs/tutorials (or RD_OUT): 05_data_autoencoder.png, 05_samples.png, 05_results.md. `python
+# Outputs in runs/tutorials (runs/tutorials-smoke with RD_SMOKE=1; or RD_OUT): 05_data_autoencoder.png, 05_samples.png, 05_results.md. `python
 # train_sd.py` is the same pipeline at full size, with phased RD, FID and resumable stages.
 
 # %% Setup
@@ -49,7 +49,7 @@ from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
 
 SMOKE = os.environ.get("RD_SMOKE") == "1"
-OUT = Path(os.environ.get("RD_OUT", "runs/tutorials"))
+OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 RUN = OUT / "05_run"                       # checkpoints and pairs (a second run reuses them)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N_TRAIN = 256 if SMOKE else 20_000

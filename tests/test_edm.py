@@ -1,0 +1,53 @@
+"""EDM's preconditioning as the edm prediction type (given code, not an assignment).  [EDM Table 1, Eq. 2, 8]"""
+import pytest
+import torch
+
+from rd.predictions import PRED_TYPES, SIGMA_DATA, convert, net_input, pair_from_prediction, target_from_pair
+from rd.schedules import SCHEDULES, get_schedule
+
+
+def batch(schedule, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
+    t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(n, generator=g, dtype=torch.float64)
+    c = schedule(t)
+    return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("other", PRED_TYPES)
+def test_edm_round_trip_and_conversions(name, other):
+    x0, eps, c, x_t = batch(get_schedule(name))
+    F = target_from_pair(x0, eps, c, "edm")
+    for got, want in zip(pair_from_prediction(F, x_t, c, "edm"), (x0, eps)):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(convert(F, x_t, c, "edm", other), target_from_pair(x0, eps, c, other), rtol=1e-7, atol=1e-7)
+
+
+def test_edm_type_is_edms_preconditioning_on_ve():
+    """On VE (α = 1): x̂0 = c_skip·x + c_out·F with EDM's c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/sqrt(σ² + σ_d²),
+    the input is c_in·x = x/sqrt(σ² + σ_d²), and the plain squared error of F is EDM's λ(σ)·‖D − x0‖²,
+    λ = (σ² + σ_d²)/(σ·σ_d)²."""
+    x0, eps, c, x_t = batch(get_schedule("ve"))
+    sig, sd = c.sigma[:, None], SIGMA_DATA
+    F = torch.randn_like(x0)
+    c_skip, c_out = sd ** 2 / (sig ** 2 + sd ** 2), sig * sd / (sig ** 2 + sd ** 2).sqrt()
+    torch.testing.assert_close(pair_from_prediction(F, x_t, c, "edm")[0], c_skip * x_t + c_out * F)
+    torch.testing.assert_close(net_input(x_t, c, "edm"), x_t / (sig ** 2 + sd ** 2).sqrt())
+    err_F = (F - target_from_pair(x0, eps, c, "edm")) ** 2
+    err_D = (c_skip * x_t + c_out * F - x0) ** 2
+    torch.testing.assert_close(err_F, (sig ** 2 + sd ** 2) / (sig * sd) ** 2 * err_D)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp-sd", "vp-cosine", "fm"])
+def test_edm_input_and_target_have_unit_variance(name):
+    """Data of std σ_d: c_in·x_t and the target F both have unit variance at every t (EDM's design goals)."""
+    s = get_schedule(name)
+    g = torch.Generator().manual_seed(0)
+    for t in (s.t_min, 0.3, 0.7, s.t_max):
+        c = s(torch.full((200_000,), t, dtype=torch.float64))
+        x0 = SIGMA_DATA * torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+        eps = torch.randn(200_000, 1, generator=g, dtype=torch.float64)
+        x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+        for what, v in (("c_in·x_t", net_input(x_t, c, "edm")), ("F", target_from_pair(x0, eps, c, "edm"))):
+            assert abs(v.var().item() - 1) < 0.02, f"{name}, t={t}: var({what}) = {v.var().item():.3f}"
