@@ -56,8 +56,9 @@ ax = fig.subplots()
 for name, (sched_name, pred) in FORMS.items():
     s = get_schedule(sched_name)
     t = torch.linspace(s.t_min, s.t_max, 400, dtype=torch.float64)
-    ax.semilogy(t, loss_weight(s(t), "x0", pred), label=name)
-ax.set_xlabel("t (0 data, 1 noise)")
+    ax.semilogy(s.lam(t), loss_weight(s(t), "x0", pred), label=name)    # λ, not t: the forms' clocks differ
+ax.invert_xaxis()
+ax.set_xlabel("log-SNR λ (data on the left, noise on the right)")
 ax.set_ylabel("weight of an x̂0 error in the loss")
 ax.legend(fontsize=7)
 fig.tight_layout()
