@@ -16,7 +16,7 @@ Stages (each resumes from its checkpoint and skips what is done; a stage whose i
             the teacher's weights and share batch, learning rate, EMA, precision and step count (RD's budget).
   eval      FID of every model at 1, 2, 4 calls (teacher also at `teacher_calls`, rdK at K calls with one first-order
             step per phase) against the train statistics, calibration, sample grids, throughputs, minutes per stage.
-With the offline JPEG copy of CIFAR-10 (data/README.md) FIDs are close to, not equal to, numbers on the PNG originals.
+With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs are close to, not equal to, PNG numbers.
 """
 import copy
 import dataclasses
@@ -53,7 +53,7 @@ STAGES = ("teacher", "pairs", "students", "eval")
 class CifarConfig:
     out: str = arg("runs/cifar", "run folder: checkpoints, pairs, tables and grids")
     data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
-                    ".tar.gz (data/README.md); 'random' for 256 random images (smoke runs)")
+                    ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
     form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS))
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
@@ -143,10 +143,12 @@ def check(cfg: CifarConfig) -> list[str]:
     if not calls or min(calls) < 1:
         bad("teacher_calls", "a comma list of call counts ≥ 1, e.g. 1,2,4,10,25")
     if cfg.data != "random" and not Path(cfg.data).exists():
-        bad("data", "no such file or folder; data/README.md says how to get CIFAR-10 (or use --data=random)")
+        bad("data", "no such file or folder; python -c 'import rd.data; rd.data.download(\"data\")' fetches "
+                    "CIFAR-10 into data/cifar-10-batches-py: pass that folder (or --data=random)")
     if "eval" in stages and cfg.inception:
         if not Path(cfg.inception).is_file():
-            bad("inception", "no such file; data/README.md says how to get it, or pass --inception='' to skip FID")
+            bad("inception", "no such file; rd.fid.load_inception's docstring says how to get it, or pass "
+                               "--inception='' to skip FID")
         if cfg.data != "random" and cfg.fid_n not in (10_000, 50_000):
             bad("fid_n", "FID-10k or FID-50k: 10000 or 50000")
     if "eval" in stages and dist.env_world() > 1:

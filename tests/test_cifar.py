@@ -82,7 +82,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     (["--teacher_min=-1"], "--teacher_min=-1.0: must be a number ≥ 0"),
     (["--teacher_steps=0", "--teacher_min=0"], "the teacher needs a budget"),
     (["--students=rd,rd3"], "rd3 needs phases divisible by 3"),
-    (["--data=/nonexistent/cifar"], "data/README.md says how to get CIFAR-10"),
+    (["--data=/nonexistent/cifar"], "rd.data.download(\"data\")' fetches CIFAR-10"),
     (["--inception=/nonexistent.pt"], "pass --inception='' to skip FID"),
     (["--bogus=1"], "unrecognized arguments: --bogus=1"),
     (["--compile=maybe"], "expected true or false"),
