@@ -26,7 +26,7 @@ from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encod
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
 from rd.figures import image_table, save_grid
-from rd.io import Laps, atomic_save, atomic_write_text
+from rd.io import Laps, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -88,6 +88,17 @@ def parse_args(argv=None) -> Args:
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
                         f"{args.time_scale}")
+    if args.out and (file := not_a_folder(args.out)):
+        problems.append(f"--out={args.out!r}: {file} is a file, not a folder; pass a folder (it is made if missing)")
+    if args.inception and args.stage in ("all", "eval"):     # checked now, not after an hour of training
+        from rd.fid import check_inception_file
+        try:
+            check_inception_file(args.inception)
+        except FileNotFoundError:
+            problems.append(f"--inception={args.inception!r}: no such file; DATA.md says where to get the FID "
+                            "network inception-2015-12-05-fp16.pt, or pass --inception='' for no FID")
+        except UnreadableFile as err:
+            problems.append(f"--inception={args.inception!r}: {err}, or pass --inception='' for no FID")
     if problems:
         print(f"train_sd.py: error: {problems[0]}", file=sys.stderr)
         raise SystemExit(2)
@@ -139,7 +150,8 @@ def pipeline(args: Args, ctx: dist.Context):
     free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None}
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
-    if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
+    if (out / "config.json").exists() and read_json(out / "config.json", f"delete {out} to start over, or pass "
+                                                    "another --out") != config:
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}); "
                          f"pass another --out, or delete the folder to start over")
     if ctx.main:
@@ -339,5 +351,5 @@ def ae_latent_shape(ae, images, device) -> tuple:
 if __name__ == "__main__":
     try:
         main()
-    except FileNotFoundError as err:          # missing data, or a stage's prerequisite: say what to do, exit 1
+    except (FileNotFoundError, UnreadableFile) as err:  # missing data or stage input, a damaged file: say, exit 1
         sys.exit(f"train_sd.py: {err}")

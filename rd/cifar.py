@@ -23,6 +23,7 @@ import dataclasses
 import json
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,11 @@ from . import dist
 from .cli import arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
-from .io import Laps, atomic_write_text, synchronize
-from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
+from .io import Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
+from .predictions import LOSSES
+from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import solver_for
-from .schedules import get_schedule
+from .schedules import get_schedule, lognormal_t
 from .train import LR_DECAYS, TrainConfig, train
 from .unet import UNet, UNetConfig
 
@@ -47,6 +49,7 @@ FORMS = {                                   # teacher form: (schedule, predictio
     "edm": ("ve", "edm"),                   # EDM: VE, preconditioned network, log-normal noise levels
 }
 STAGES = ("teacher", "pairs", "students", "eval")
+T_SAMPLINGS = ("schedule", "lognormal")
 
 
 @dataclass
@@ -64,7 +67,10 @@ class CifarConfig:
     lr: float = arg(1e-3, "teacher's peak Adam learning rate")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
     warmup: int = arg(200, "linear warm-up steps, teacher and students")
-    ema_decay: float = arg(0.999, "teacher's EMA decay per step")
+    ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
+                           "step 9/(1 − decay) − 10 (8,990 for 0.999), so shorter runs do not feel it")
+    t_sampling: str = arg("schedule", "teacher's training noise levels: schedule (its own: uniform t on VP, "
+                          "log-normal on VE) or lognormal (EDM's log-normal σ/α, on any schedule)")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
@@ -75,6 +81,8 @@ class CifarConfig:
     student_steps: int = arg(0, "the first student's budget in steps (0: none)")
     student_lr: float = arg(2e-4, "students' peak Adam learning rate")
     student_ema: float = arg(0.995, "students' EMA decay per step (they start from the teacher's weights)")
+    student_loss: str = arg("mse", "students' loss: mse (each form's own squared error) or huber (pseudo-Huber on "
+                            "x̂0, the official RD code's); other than mse, students and tables get a suffix -huber")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     fid_n: int = arg(10_000, "samples per FID: 10000 (FID-10k) or 50000 (FID-50k)")
@@ -127,6 +135,10 @@ def check(cfg: CifarConfig) -> list[str]:
             bad(flag, "must be ≥ 1")
     if cfg.lr_decay not in LR_DECAYS:
         bad("lr_decay", f"allowed: {', '.join(LR_DECAYS)}")
+    if cfg.t_sampling not in T_SAMPLINGS:
+        bad("t_sampling", f"allowed: {', '.join(T_SAMPLINGS)}")
+    if cfg.student_loss not in LOSSES:
+        bad("student_loss", f"allowed: {', '.join(LOSSES)}")
     if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
         bad("ema_decay" if not 0 <= cfg.ema_decay < 1 else "student_ema", "an EMA decay lies in [0, 1)")
     for name in filter(None, (s.strip() for s in cfg.students.split(","))):
@@ -145,10 +157,20 @@ def check(cfg: CifarConfig) -> list[str]:
     if cfg.data != "random" and not Path(cfg.data).exists():
         bad("data", "no such file or folder; python -c 'import rd.data; rd.data.download(\"data\")' fetches "
                     "CIFAR-10 into data/cifar-10-batches-py: pass that folder (or --data=random)")
+    for flag in ("out", "cache"):
+        if getattr(cfg, flag) and (file := not_a_folder(getattr(cfg, flag))):
+            bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
     if "eval" in stages and cfg.inception:
         if not Path(cfg.inception).is_file():
             bad("inception", "no such file; rd.fid.load_inception's docstring says how to get it, or pass "
                                "--inception='' to skip FID")
+        if not zipfile.is_zipfile(cfg.inception):
+            bad("inception", "not a TorchScript file (not a zip archive: truncated, or another format); FID needs "
+                             "the TF-Inception file inception-2015-12-05-fp16.pt (DATA.md), or pass --inception='' "
+                             "to skip FID")
+        if cfg.data == "random":
+            bad("inception", "FID compares with CIFAR-10 (its test split, its train statistics), which --data=random "
+                             "has not: pass --inception='' with random images")
         if cfg.data != "random" and cfg.fid_n not in (10_000, 50_000):
             bad("fid_n", "FID-10k or FID-50k: 10000 or 50000")
     if "eval" in stages and dist.env_world() > 1:
@@ -179,7 +201,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     cache = Path(cfg.cache) if cfg.cache else out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sfx = f"-s{cfg.student_seed}" if cfg.student_seed else ""
+    sfx = (f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "mse" else "-huber")
     laps = Laps(out / f"minutes{sfx}.json", write=ctx.main)       # minutes per stage, summed over invocations
     if ctx.main:
         atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), out / f"config{sfx}.json")
@@ -200,7 +222,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
 
     def teacher_batches(n, g):
         x0, _ = loader.sample(n, g)
-        return x0, torch.randn(x0.shape, generator=g, device=device), schedule.sample_t(n, g, device=device), None
+        t = lognormal_t(schedule, n, g, device) if cfg.t_sampling == "lognormal" else schedule.sample_t(n, g, device)
+        return x0, torch.randn(x0.shape, generator=g, device=device), t, None
 
     def train_cfg(**kw):
         return TrainConfig(batch=cfg.batch, warmup=cfg.warmup, amp="bf16" if device != "cpu" else "fp32",
@@ -242,7 +265,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             pairs = load_pairs(out / "pairs", schedule, (3, 32, 32)).to(device)
 
     def student_cfg(**kw):
-        return train_cfg(lr=cfg.student_lr, ema_decay=cfg.student_ema, seed=cfg.student_seed, **kw)
+        return train_cfg(lr=cfg.student_lr, ema_decay=cfg.student_ema, seed=cfg.student_seed, loss=cfg.student_loss,
+                         **kw)
 
     nets, ref_steps = {}, None             # the first student takes the budget, the others its step count
     for name in students:
@@ -257,7 +281,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule)
         with laps(f"{name}{sfx}"):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**budget), path,
-                                desc=name, require_done=pairs is None), sch, p)
+                                desc=name, require_done=pairs is None and "students"), sch, p)
         if ref_steps is None:
             ref_steps = torch.load(path / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
             for other in students[1:]:
@@ -281,7 +305,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
 
 def _pairs_on_disk(out: Path) -> int:
     manifest = out / "pairs" / "manifest.json"
-    return sum(s["n"] for s in json.loads(manifest.read_text())["shards"].values()) if manifest.exists() else 0
+    return sum(s["n"] for s in read_manifest(out / "pairs")["shards"].values()) if manifest.exists() else 0
 
 
 def _cond_none(batches):
@@ -294,7 +318,10 @@ def main(argv=None):
                 prog="python -m rd.cifar")
     if dist.env_world() > 1 and not torch.cuda.is_available():
         raise SystemExit("rd.cifar: torchrun with WORLD_SIZE > 1 needs CUDA GPUs; on a CPU run one process")
-    run(cfg)
+    try:
+        run(cfg)
+    except (FileNotFoundError, UnreadableFile) as err:   # missing data or stage input, a damaged file: say, exit 1
+        raise SystemExit(f"rd.cifar: {err}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_write
+from .io import UnreadableFile, atomic_write, first_line
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -46,7 +46,7 @@ def load_cifar10(root, split="train", cache_dir=None, strict=True, verbose=True)
             f"  (1) the official pickles: rd.data.download({str(root)!r}) fetches {URL} (163 MB) and unpacks "
             f"cifar-10-batches-py/ there, then load_cifar10({str(root / 'cifar-10-batches-py')!r});\n"
             f"  (2) offline: an image-folder archive {{train,test}}/<class>/*.jpg such as cifar10-jpg.tar.gz "
-            f"(see shared/data/README.md): pass the .tar.gz itself as root, no need to unpack it.")
+            f"(see DATA.md): pass the .tar.gz itself as root, no need to unpack it.")
     kind, files = _find_source(root, split)
     fingerprint = _fingerprint(files)
     if cache is not None and cache.exists():
@@ -86,7 +86,7 @@ def download(root) -> Path:
             raise ConnectionError(
                 f"could not download {URL}: {e}. Without network access, fetch that file on another machine and "
                 f"put it at {archive} (then call download again), or pass an image-folder .tar.gz to "
-                f"load_cifar10 (see shared/data/README.md).") from e
+                f"load_cifar10 (see DATA.md).") from e
         os.replace(tmp, archive)
     md5 = hashlib.md5(archive.read_bytes(), usedforsecurity=False).hexdigest()
     if md5 != MD5:
@@ -147,7 +147,11 @@ def _read_pickles(files, split):
     import pickle
     xs, ys = [], []
     for name in files:
-        d = pickle.loads(name.read_bytes(), encoding="bytes")
+        try:
+            d = pickle.loads(name.read_bytes(), encoding="bytes")
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
+            raise UnreadableFile(f"{name} is not a readable CIFAR-10 batch ({type(e).__name__}: {first_line(e)}): a "
+                                 f"truncated or damaged file; download it again (rd.data.download)") from e
         if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
             raise ValueError(f"{name} is not a CIFAR-10 batch (a dict with keys b'data' and b'labels')")
         x = np.asarray(d[b"data"], dtype=np.uint8)
@@ -171,11 +175,15 @@ def _pil_image():
 
 def _decode(Image, data: bytes, name: str) -> np.ndarray:
     """Encoded image bytes → (3, 32, 32) uint8 RGB; any other size is an error that names the file."""
-    with Image.open(BytesIO(data)) as im:
-        if im.size != (32, 32):
-            raise ValueError(f"{name} is {im.size[0]}×{im.size[1]} (width×height), but CIFAR-10 images are "
-                             f"32×32; remove or resize that file")
-        return np.asarray(im.convert("RGB")).transpose(2, 0, 1)    # (H, W, 3) → (3, 32, 32)
+    try:
+        with Image.open(BytesIO(data)) as im:
+            if im.size != (32, 32):
+                raise ValueError(f"{name} is {im.size[0]}×{im.size[1]} (width×height), but CIFAR-10 images are "
+                                 f"32×32; remove or resize that file")
+            return np.asarray(im.convert("RGB")).transpose(2, 0, 1)    # (H, W, 3) → (3, 32, 32)
+    except OSError as e:                     # PIL: not an image, or a truncated one
+        raise UnreadableFile(f"{name} is not a readable image ({first_line(e)}); remove that file, or get the data "
+                             f"set again") from e
 
 
 def _label(folder_name: str, name: str) -> int:
@@ -203,14 +211,21 @@ def _read_folder(files, split):
 def _read_tar(files, split):
     """Stream the archive once, in member order (gzip cannot seek back cheaply); nothing is written to disk."""
     import tarfile
+    import gzip
+    import zlib
     path, items, Image = files[0], [], _pil_image()
-    with tarfile.open(path, "r|*") as tar:
-        for member in tar:
-            parts = member.name.split("/")                   # […prefix, split, class, file]
-            if (member.isfile() and len(parts) >= 3 and parts[-3] == split and not parts[-1].startswith(".")
-                    and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES):
-                name = f"{path}:{member.name}"
-                items.append((_label(parts[-2], name), parts[-1], _decode(Image, tar.extractfile(member).read(), name)))
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                parts = member.name.split("/")                   # […prefix, split, class, file]
+                if (member.isfile() and len(parts) >= 3 and parts[-3] == split and not parts[-1].startswith(".")
+                        and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES):
+                    name = f"{path}:{member.name}"
+                    items.append((_label(parts[-2], name), parts[-1],
+                                  _decode(Image, tar.extractfile(member).read(), name)))
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:    # garbage, truncated, damaged gzip
+        raise UnreadableFile(f"{path} is not a readable CIFAR-10 archive ({type(e).__name__}: {first_line(e)}); "
+                             f"re-download it, or pass the cifar-10-batches-py folder instead") from e
     return _stack_images(items, f"{path} under */{split}/")
 
 
@@ -229,7 +244,7 @@ def _load_cache(path: Path):
         with np.load(path, allow_pickle=False) as z:
             images, labels, fingerprint = z["images"], z["labels"], str(z["fingerprint"])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable CIFAR-10 cache ({e}); delete it and load again") from e
+        raise UnreadableFile(f"{path} is not a readable CIFAR-10 cache ({e}); delete it and load again") from e
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), fingerprint
 
 

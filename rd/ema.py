@@ -8,7 +8,9 @@ class EMA:
     """ema ← d·ema + (1 − d)·θ after every optimiser step, d = min(decay, (1 + n)/(10 + n)) at update n.
 
     The warm-up term keeps short runs from averaging in their random initial weights: with d = 0.999 throughout,
-    10 % of a 2,300-step run's EMA would still be the initialisation (0.999^2300). Buffers are copied.
+    10 % of a 2,300-step run's EMA would still be the initialisation (0.999^2300). It stays below `decay` until
+    n = 9/(1 − decay) − 10 (8,990 for 0.999): a shorter run is averaged by the warm-up alone, which weighs roughly its
+    last ninth, and its `decay` has no effect. Buffers are copied.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):

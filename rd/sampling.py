@@ -107,5 +107,12 @@ def sample(net, noise: Tensor, schedule: Schedule, pred_type: str = "eps", solve
     final="x0": the clean sample (the last step lands on σ = 0), final="t_min": x_{t_min}."""
     solve = get_solver(solver)
     ts, kw = solver_grid(schedule, solver, steps, grid, final, split, t_max=t_max, t_min=t_min)
+    if not torch.is_tensor(noise) or not noise.is_floating_point():
+        raise ValueError(f"sample: noise must be a floating-point tensor (e.g. torch.randn(n, *shape)); got "
+                         f"{noise.dtype if torch.is_tensor(noise) else type(noise).__name__}")
+    if bad := int((~torch.isfinite(noise)).sum()):      # one sync per call, before any network call
+        raise ValueError(f"sample: noise holds {bad:,} non-finite values (NaN or ±inf) of {noise.numel():,}; every "
+                         "sample would come out NaN: draw the noise with torch.randn, or find where it was divided "
+                         "by zero")
     x = schedule.sigma(ts[0]).item() * noise.to(torch.promote_types(noise.dtype, torch.float32))   # state ≥ fp32
     return solve(Predictor(net, pred_type, schedule), x, ts, schedule, callback=callback, **kw)

@@ -32,8 +32,11 @@ def as_time(t, device=None) -> Tensor:
     """t as a float64 tensor; a ValueError if any t is outside [0, 1] (checked for CPU tensors and numbers)."""
     t = torch.as_tensor(t, dtype=torch.float64, device=device)
     if t.device.type == "cpu" and bool(((t < 0) | (t > 1) | t.isnan()).any()):
-        raise ValueError(f"t must lie in [0, 1] (t = 0 data, t = 1 noise); got values in "
-                         f"[{t.min().item():.6g}, {t.max().item():.6g}]")
+        nan, ok = int(t.isnan().sum()), t[~t.isnan()]
+        raise ValueError("t must lie in [0, 1] (t = 0 data, t = 1 noise); got "
+                         + (f"{nan} NaN of {t.numel()} values" if nan else "")
+                         + (" and " if nan and ok.numel() else "")
+                         + (f"values in [{ok.min().item():.6g}, {ok.max().item():.6g}]" if ok.numel() else ""))
     return t
 
 
@@ -281,7 +284,7 @@ class FlowMatching(Schedule):
         return -torch.ones_like(t), torch.ones_like(t)
 
     def inverse_lambda(self, lam):
-        # BEGIN ASSIGNMENT A1.6: flow matching's t(λ): invert λ = log((1 − t)/t) — see [RF] and PAPER.md §2
+        # BEGIN ASSIGNMENT A1.6: flow matching's t(λ): invert λ = log((1 − t)/t) — see [RF] and MATH.md §1
         return torch.sigmoid(-torch.as_tensor(lam, dtype=torch.float64))
         # END ASSIGNMENT
 
@@ -308,3 +311,15 @@ def get_schedule(name: str) -> Schedule:
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
     return SCHEDULES[name]()
+
+
+def lognormal_t(schedule: Schedule, n: int, generator=None, device=None, p_mean: float = -1.2,
+                p_std: float = 1.2) -> Tensor:
+    """EDM's log-normal noise levels for any schedule: log(σ/α) ~ N(p_mean, p_std²), mapped to t by t(λ), λ = −log(σ/α),
+    and clamped to [t_min, t_max].  [EDM §5]
+
+    σ/α is the noise level of z = x/α = x0 + (σ/α)·ε, EDM's σ, so on VE (α = 1) this is VE's own sample_t. On a VP
+    schedule it puts most training where σ/α ∈ [0.1, 1]: mid-range noise, where the loss is hardest to lower.
+    """
+    log_r = p_mean + p_std * torch.randn(n, generator=generator, dtype=torch.float64, device=device)
+    return schedule.inverse_lambda(-log_r).clamp(schedule.t_min, schedule.t_max)

@@ -114,7 +114,7 @@ def multistep_3_update(schedule, x, t_prev2: float, t_prev: float, s: float, t: 
                        pred_prev2, pred_prev, pred_s, form: str):
     """Finite differences of P over three past points;  x_t = (A_t/A_s)x − B_t·(φ1·P_s + φ2·D1 + φ3·D2).  [DPM++ reference code, corrected]
 
-    D1 ≈ h·P' and D2 ≈ h²·P'' (both with O(h³) error), matching φ2 = h·φ_2(h) and φ3 = h²·φ_3(h) of the
+    D1 ≈ h·P' and D2 ≈ h²·P'' (both with O(h³) error), matching φ2 = h·φ_2(h) and φ3 = h·φ_3(h) of the
     exact expansion Σ_k h^{k+1} φ_{k+1}(h) P^{(k)}. The DPM-Solver reference code (and diffusers, k-diffusion)
     use D2 = (D1_0 − D1_1)/(r0 + r1) ≈ h²·P''/2 here, which leaves an O(h³) local error and a second-order
     method; tests/test_solvers.py measures order 3 with the factor 2 and order 2 without it.

@@ -16,8 +16,8 @@ at all — for a later stage that needs it).
 
 Under torchrun (rd.dist) each of the W processes draws cfg.batch / W examples per step from its own stream and
 DistributedDataParallel averages the gradients: the global batch of one process (and its step count, unless a
-minute budget stops the run). Faster only where the per-GPU work outweighs the synchronisation: see the README's
-multi-GPU measurements. Process 0 writes the checkpoints and logs; all of them resume from the same checkpoint; a
+minute budget stops the run). Faster only where the per-GPU work outweighs the synchronisation (RESULTS.md has
+multi-GPU measurements). Process 0 writes the checkpoints and logs; all of them resume from the same checkpoint; a
 torch.compile failure stops a multi-process run (falling back on some processes only would desynchronise them).
 """
 import json
@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .ema import EMA
-from .io import atomic_save, atomic_write_text
-from .predictions import check_pred_type, denoising_loss
+from .io import UnreadableFile, atomic_save, atomic_write_text, first_line, progress_off
+from .predictions import LOSSES, check_pred_type, denoising_loss
 from .schedules import Schedule
 
 
@@ -58,6 +58,8 @@ class TrainConfig:
     max_minutes: float = 0.0     # > 0: training-time budget summed over restarts (checked every log_every steps)
     weight_like: str | None = None   # a prediction type: weigh the loss as its loss (rd.predictions.loss_weight)
     lr_decay: str = "none"       # after warm-up: "none", "linear" or "cosine" to 0 over the run (steps or minutes)
+    loss: str = "mse"            # "mse": the prediction's squared error; "huber": pseudo-Huber on x̂0 (denoising_loss)
+    huber_c: float = 1e-3        # c of the pseudo-Huber loss
 
 
 LR_DECAYS = ("none", "linear", "cosine")
@@ -88,7 +90,8 @@ def _denoising(model, schedule, pred_type, batch, cfg: TrainConfig):
     if cfg.channels_last:
         x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
     fn = model if cond is None else (lambda x, tt: model(x, tt, cond))
-    return denoising_loss(fn, schedule, x0, eps, t, pred_type, weight_like=cfg.weight_like)
+    return denoising_loss(fn, schedule, x0, eps, t, pred_type, weight_like=cfg.weight_like, loss=cfg.loss,
+                          huber_c=cfg.huber_c)
 
 
 class _Objective(torch.nn.Module):
@@ -123,7 +126,7 @@ class _Terminated:
                 signal.raise_signal(signal.SIGTERM)
 
 
-_NEUTRAL = {"weight_like": None, "lr_decay": "none"}   # settings equal to no setting at all (absent keys match them)
+_NEUTRAL = {"weight_like": None, "lr_decay": "none", "loss": "mse", "huber_c": 1e-3}   # settings equal to no setting at all (absent keys match them)
 
 
 def _identity(config: dict) -> dict:
@@ -135,8 +138,16 @@ def _identity(config: dict) -> dict:
 
 
 def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> dict:
-    """Restore a checkpoint dict into net (and ema, opt); refuse one written with another config. Returns the dict."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Restore a checkpoint dict into net (and ema, opt); refuse one written with another config. Returns the dict.
+    A file that is not a checkpoint (truncated, damaged) is an UnreadableFile that names it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:                      # truncated zip, garbage, another pickle: torch raises many kinds
+        raise UnreadableFile(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line(err)}); delete "
+                             f"it to start this run over, or restore it from a copy") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
+        raise UnreadableFile(f"{path} is not an rd.train checkpoint (a dict with model, ema, opt, step, minutes, "
+                             f"config); delete it to start this run over, or restore it from a copy")
     if config is not None and _identity(ckpt.get("config", {})) != _identity(config):
         old, new = _identity(ckpt.get("config", {})), _identity(config)
         diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
@@ -151,7 +162,7 @@ def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | 
 
 
 def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, run_dir, model_config: dict | None = None,
-          desc: str = "train", require_done: bool = False, loss_fn=None):
+          desc: str = "train", require_done: bool | str = False, loss_fn=None):
     """Minimise the denoising loss for cfg.steps steps (or cfg.max_minutes); returns the EMA model. Resumes from run_dir/ckpt.pt.
 
     loss_fn(model, batch) → loss replaces the denoising loss for other networks (the autoencoder of train_sd.py);
@@ -160,6 +171,8 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'fp32'; got {cfg.amp!r}")
     if cfg.lr_decay not in LR_DECAYS:
         raise ValueError(f"lr_decay must be one of {', '.join(LR_DECAYS)}; got {cfg.lr_decay!r}")
+    if cfg.loss not in LOSSES or not cfg.huber_c > 0:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)} with huber_c > 0; got {cfg.loss!r}, {cfg.huber_c!r}")
     if cfg.weight_like is not None:
         check_pred_type(cfg.weight_like)
         if loss_fn is not None:
@@ -184,7 +197,7 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     finished = step >= cfg.steps or 0 < cfg.max_minutes <= spent
     if require_done and not finished:
         raise FileNotFoundError(f"{desc}: {run / 'ckpt.pt'} is {'missing' if step == 0 else f'unfinished (step {step})'}; "
-                                f"run the '{desc}' stage first")
+                                f"run the '{require_done if isinstance(require_done, str) else desc}' stage first")
     if finished:
         print(f"{desc}: {run / 'ckpt.pt'} is finished (step {step}, {spent:.2f} min): loaded its EMA model")
         return ema.model.eval()
@@ -204,7 +217,36 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     generator = torch.Generator(device=device)
     log = open(run / "log.txt", "a") if rank == 0 else None
     window, t_last = [], time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, mininterval=2.0, disable=rank != 0)
+    # a minute budget makes the step count at the end unknown (rd.cifar passes steps=10**9 for "no step budget"):
+    # no total then, and the log lines count minutes instead
+    bar = tqdm(total=cfg.steps if cfg.max_minutes <= 0 else None, initial=step, desc=desc, mininterval=2.0,
+               disable=progress_off(rank != 0))
+    saved = step                                            # the step of the checkpoint on disk (0: none)
+
+    def diverged(mean, batch) -> FloatingPointError:
+        """The error of a non-finite loss: the inputs' fault when the batch shows it, the checkpoint if there is one.
+        Closes the bar and the log first (a bar left open redraws itself wherever stderr is when it is collected)."""
+        bar.close()
+        if log:
+            log.close()
+        items = batch if isinstance(batch, (tuple, list)) else (batch,)
+        names = ("x0", "ε", "t", "cond") if loss_fn is None else [f"batch[{i}]" for i in range(len(items))]
+        bad = [name for name, x in zip(names, items)
+               if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all())]
+        fix = f"lower lr (now {cfg.lr}) or use amp='fp32' to find out"
+        if bad:
+            cause = (f"the batch of step {step} holds non-finite {', '.join(bad)}: the data (or the pairs) that "
+                     "`batches` returns are at fault, not the optimisation, and a lower lr will not help")
+        elif len(window) > 1:
+            cause = (f"the batch of step {step} is finite, but one of steps {step - len(window) + 1}–{step - 1} may "
+                     f"not have been (the loss is checked every log_every = {cfg.log_every} steps), or training "
+                     f"diverged: check the data, then {fix}")
+        else:
+            cause = f"the batch of step {step} is finite, so training diverged: {fix}"
+        where = (f"{run / 'ckpt.pt'} (step {saved}) is the last checkpoint, written while the loss was finite: a rerun "
+                 f"resumes from it" if saved > 0 and (run / "ckpt.pt").exists() else
+                 "No checkpoint was written yet: a rerun starts from step 0")
+        return FloatingPointError(f"{desc}: loss is {mean} at step {step}; {cause}. {where}")
     t_start, first, minutes = t_last, step, spent
     with _Terminated() as terminated:
         while step < cfg.steps:
@@ -245,21 +287,24 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
                 minutes, sigterm = spent + elapsed, flags > 0
                 out_of_time = cfg.max_minutes > 0 and step % cfg.log_every == 0 and minutes >= cfg.max_minutes
                 if not math.isfinite(mean):
-                    raise FloatingPointError(f"{desc}: loss is {mean} at step {step}; the last checkpoint is "
-                                             f"{run / 'ckpt.pt'}. Lower lr (now {cfg.lr}) or use amp='fp32' to "
-                                             "find out")
+                    raise diverged(mean, batch)
                 dt = (time.perf_counter() - t_last) / len(window)
-                line = (f"step {step}/{cfg.steps} | loss {mean:.4f} | {1000 * dt:.1f} ms/step | "
+                budget = f"/{cfg.steps}" if cfg.max_minutes <= 0 else f" ({minutes:.2f}/{cfg.max_minutes:g} min)"
+                line = (f"step {step}{budget} | loss {mean:.4f} | {1000 * dt:.1f} ms/step | "
                         f"{cfg.batch / dt:.0f} img/s")
                 if log:
                     print(line, file=log, flush=True)
-                bar.set_postfix_str(line.split(" | ", 1)[1])
+                bar.set_postfix_str(line.split(" | ", 1)[1]
+                                    + (f" | {minutes:.2f}/{cfg.max_minutes:g} min" if cfg.max_minutes > 0 else ""))
                 window, t_last = [], time.perf_counter()
             if (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time or sigterm) and rank == 0:
                 if step % cfg.log_every:                                       # minutes are exact at log lines only
                     minutes = spent + (time.perf_counter() - t_start) / 60
+                    if window and not math.isfinite(mean := torch.stack(window).mean().item()):
+                        raise diverged(mean, batch)          # never a checkpoint of weights after a non-finite loss
                 atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                              "minutes": minutes, "config": config}, run / "ckpt.pt")
+                saved = step
             if sigterm:
                 bar.close()
                 if log:

@@ -46,8 +46,8 @@ def _dense_format(t):
 class Upsample2x(nn.Module):
     """Nearest-neighbour ×2 of (B, C, H, W), as nn.Upsample(scale_factor=2, mode="nearest"): each pixel becomes a 2×2
     block. Written as expand + reshape, whose gradient is a sum over each 2×2 block; under torch.compile
-    interpolate's is a scatter-add (index_put), which took 2.1 ms of a 73.5 ms training step (cifar UNet, b = 512,
-    H100). This way the compiled + fused step went from 6,978 to 7,219 img/s (README). The output is dense, in x's
+    interpolate's is a scatter-add (index_put), a slow op in a compiled training step (RESULTS.md has the
+    measurement). The output is dense, in x's
     memory format (.contiguous() is a no-op except on 1×1 maps, where reshape may return an overlapping view)."""
 
     def forward(self, x):
@@ -176,6 +176,10 @@ class UNet(nn.Module):
         return layer(h)
 
     def forward(self, x, t, cond=None):
+        cfg = self.cfg
+        if x.dim() != 4 or x.shape[1] != cfg.in_channels or x.shape[2:] != (cfg.resolution, cfg.resolution):
+            raise ValueError(f"this UNet takes images (B, {cfg.in_channels}, {cfg.resolution}, {cfg.resolution}) "
+                             f"(UNetConfig in_channels and resolution); got {tuple(x.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.cfg.channels).to(x.dtype))
         context = None
         if self.cfg.num_classes:
@@ -210,7 +214,7 @@ def count_flops(net: UNet, batch: int = 1, cond=None) -> float:
 
 
 def describe(cfg: UNetConfig) -> dict:
-    """Parameters (millions) and forward GFLOPs per image of a config: what the README's preset table lists."""
+    """Parameters (millions) and forward GFLOPs per image of a config: what UNetConfig.preset's docstring lists."""
     net = UNet(cfg)
     cond = torch.zeros(1, dtype=torch.long) if cfg.num_classes else (torch.zeros(1, 8, cfg.context_dim) if cfg.context_dim else None)
     return {"params_M": sum(p.numel() for p in net.parameters()) / 1e6, "gflops": count_flops(net, cond=cond) / 1e9,

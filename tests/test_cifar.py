@@ -35,8 +35,11 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     table = (out / "results.md").read_text()
     for row in ("| teacher |", "| rd |", "| rf |", "| rd2 |", "| rd4 |", "| RD ÷ RF at 1 call |",
                 "| stage (summed over invocations) |", "pair generation", "teacher training",
-                "teacher sampling, 4 calls, batch 2500, fp32, steady state"):
+                "teacher sampling, 4 calls, batch 16, fp32, steady state"):
         assert row in table and row in stdout, row
+    # issue 18: the smoke run's printout claims nothing it did not do (no FID, random images, a CPU)
+    assert table.startswith("FID skipped (--inception=''), random images; tiny UNet") and "FID-0" not in stdout
+    assert "GPU-minutes" not in stdout and "JPEG" not in stdout
     assert (out / "samples.png").stat().st_size > 10_000
     students = ("rd", "rf", "rd2", "rd4")
     for stage in ("teacher",) + students:
@@ -63,6 +66,10 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     assert not torch.equal(torch.load(out / "rd-s1" / "ckpt.pt", weights_only=True)["model"][LAST],
                            torch.load(out / "rd" / "ckpt.pt", weights_only=True)["model"][LAST])
     assert logs["rd"] == (out / "rd" / "log.txt").read_text()
+    proc = run(out, "--stages=students,eval", "--student_loss=huber", "--students=rd")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = json.loads((out / "rd-huber" / "config.json").read_text())["train"]
+    assert config["loss"] == "huber" and (out / "results-huber.md").exists()
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
@@ -72,6 +79,8 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     assert proc.returncode == 0 and "stage teacher done" in proc.stdout and not (tmp_path / "pairs").exists()
     proc = run(tmp_path, "--stages=students")
     assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
+    proc = run(tmp_path, "--stages=teacher,eval")
+    assert proc.returncode != 0 and "run the 'students' stage first" in proc.stderr
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -87,6 +96,11 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     (["--bogus=1"], "unrecognized arguments: --bogus=1"),
     (["--compile=maybe"], "expected true or false"),
     (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
+    (["--student_loss=l1"], "allowed: mse, huber"),
+    (["--t_sampling=beta"], "allowed: schedule, lognormal"),
+    (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),
+    (["--out=README.md"], "--out='README.md': README.md is a file, not a folder"),
+    (["--inception=README.md"], "--inception='README.md': not a TorchScript file"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:
@@ -110,3 +124,13 @@ def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
     class Args:
         preset: str = arg("auto", "a field that happens to be called preset")
     assert parse(Args, ["--preset=gpu"], "").preset == "gpu"
+
+
+def test_fid_of_random_images_is_refused_before_any_work(tmp_path, capsys):
+    """A real TorchScript file with --data=random: FID would fail at the eval stage (no CIFAR-10 test split)."""
+    net = tmp_path / "net.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(net))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset=smoke", f"--out={tmp_path / 'out'}", f"--inception={net}"])
+    assert "which --data=random has not: pass --inception=''" in str(exit_.value.code)
+    assert not (tmp_path / "out").exists()

@@ -232,3 +232,20 @@ def test_to_uint8_inverts_the_loader_map_and_clamps():
     images = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     assert torch.equal(to_uint8(images.float() / 127.5 - 1), images)
     assert to_uint8(torch.tensor([-3.0, 2.0, 0.0])).tolist() == [0, 255, 128]        # round(127.5) = 128 (half to even)
+
+
+def test_truncated_or_garbage_archives_and_pickles_name_the_file_and_the_fix(tmp_path):
+    """Issue 18: no tarfile/pickle traceback, but the file, what is wrong and what to do."""
+    folder, _ = make_folder(tmp_path / "src")
+    archive = make_tar(folder, tmp_path / "cifar10.tar.gz")
+    (tmp_path / "cut.tar.gz").write_bytes(archive.read_bytes()[:archive.stat().st_size // 2])
+    (tmp_path / "junk.tar.gz").write_bytes(b"<html>404 Not Found</html>\n" * 40)
+    for name in ("cut.tar.gz", "junk.tar.gz"):
+        with pytest.raises(ValueError, match=rf"{name} is not a readable CIFAR-10 archive .*re-download it, or pass "
+                                             r"the cifar-10-batches-py folder"):
+            load_cifar10(tmp_path / name, "train", strict=False, verbose=False)
+    pickles, _ = make_pickles(tmp_path / "p")
+    batch = pickles / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"data_batch_3 is not a readable CIFAR-10 batch .*download it again"):
+        load_cifar10(pickles, "train", strict=False, verbose=False)

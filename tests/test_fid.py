@@ -176,3 +176,17 @@ def test_reference_stats_are_cached(tmp_path):
         assert int(f["n"]) == 6 and set(f.files) == {"mu", "sigma", "n"}
     assert [p.name for p in (tmp_path / "fid").iterdir()] == ["toy-6.npz"]  # no temporary file left behind
 
+
+
+def test_a_file_that_is_not_torchscript_is_named(tmp_path):
+    """Issue 18: garbage, a truncated copy or a torch.save file where the Inception TorchScript file should be."""
+    from rd.fid import check_inception_file
+    good = tmp_path / "net.pt"
+    torch.jit.script(torch.nn.Linear(3, 2)).save(str(good))
+    assert check_inception_file(good) == good
+    (tmp_path / "garbage.pt").write_bytes(b"<html>404</html>\n" * 30)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:500])
+    torch.save({"w": torch.zeros(3)}, tmp_path / "state.pt")
+    for name in ("garbage.pt", "cut.pt", "state.pt"):
+        with pytest.raises(ValueError, match=rf"{name} is not a TorchScript file .*inception-2015-12-05-fp16.pt.*DATA"):
+            load_inception(tmp_path / name)

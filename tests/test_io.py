@@ -1,5 +1,6 @@
 """rd.io: a failed write leaves the old file; Laps sums a pipeline's minutes over invocations, interrupted ones too."""
 import json
+import os
 
 import pytest
 
@@ -37,3 +38,41 @@ def test_laps_sum_over_invocations_and_count_a_stage_that_ends_by_an_exception(t
     with quiet("x"):
         pass
     assert quiet.minutes == {"x": 0.1} and not (tmp_path / "other.json").exists()
+
+
+def test_a_write_removes_the_temporaries_of_dead_writers_only(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)                                   # a process that has ended
+    stale = tmp_path / f".ckpt.pt.tmp{dead_pid}"
+    alive = tmp_path / f".ckpt.pt.tmp{os.getppid()}"              # a writer that still runs
+    other = tmp_path / f".other.pt.tmp{dead_pid}"                 # another file's temporary
+    for f in (stale, alive, other):
+        f.write_bytes(b"half a checkpoint")
+    atomic_write_text("done", tmp_path / "ckpt.pt")
+    assert (tmp_path / "ckpt.pt").read_text() == "done"
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_damaged_json_folder_checks_and_tqdm_disable(tmp_path, monkeypatch):
+    """Issue 18: a truncated JSON file (minutes.json, config.json) names itself and the fix; a file where a folder
+    should be is found before any work; TQDM_DISABLE turns rd's bars off, although they pass `disable`."""
+    from rd.io import UnreadableFile, not_a_folder, progress_off, read_json
+    path = tmp_path / "minutes.json"
+    path.write_text('{"teacher": 1.')
+    with pytest.raises(UnreadableFile, match=r"minutes.json is not valid JSON .*delete it to count the minutes"):
+        Laps(path)
+    (tmp_path / "config.json").write_text('{"args": {')
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON .*; start over"):   # a ValueError too
+        read_json(tmp_path / "config.json", "start over")
+    (tmp_path / "config.json").write_text('{"args": {}}')
+    assert read_json(tmp_path / "config.json", "start over") == {"args": {}}
+    (tmp_path / "file").write_text("")
+    assert not_a_folder(tmp_path / "file") == not_a_folder(tmp_path / "file" / "sub") == tmp_path / "file"
+    assert not_a_folder(tmp_path / "new" / "sub") is None and not_a_folder(tmp_path) is None
+    for value, off in (("1", True), ("true", True), ("", False), ("0", False), ("false", False)):
+        monkeypatch.setenv("TQDM_DISABLE", value)
+        assert progress_off() is off and progress_off(True) is True
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert progress_off() is False

@@ -112,6 +112,29 @@ def test_weight_like_is_normalised_within_the_batch():
         denoising_loss(wrong, s, x0, eps, t, "eps", weight_like="velocity")
 
 
+@pytest.mark.parametrize("name", ["vp-cosine", "vp-sd", "ve", "fm"])
+def test_huber_loss_reads_every_type_through_its_clean_estimate(name):
+    """loss="huber" is mean(sqrt((x̂0 − x0)² + c²) − c) whatever the prediction type: the same x̂0 error, the same loss."""
+    s = get_schedule(name)
+    x0, eps, _, _ = batch(s)
+    t = s.sample_t(x0.shape[0], generator=torch.Generator().manual_seed(6))
+    delta = 0.05 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=x0.dtype)
+    c = 0.01
+    expected = (((delta ** 2 + c ** 2).sqrt() - c).mean(1)).mean().item()
+    for pred_type in PRED_TYPES:
+        def off(net_in, tt, p=pred_type):    # a network whose x̂0 is x0 + δ at the same x_t (edm sees c_in·x_t)
+            cc = s(tt)
+            x_t = cc.alpha[:, None] * x0 + cc.sigma[:, None] * eps
+            eps_bad = (x_t - cc.alpha[:, None] * (x0 + delta)) / cc.sigma[:, None]
+            return target_from_pair(x0 + delta, eps_bad, cc, p)
+        got = denoising_loss(off, s, x0, eps, t, pred_type, loss="huber", huber_c=c).item()
+        assert got == pytest.approx(expected, rel=1e-9), pred_type
+    wrong = lambda x_t, tt: target_from_pair(x0 + 1.0, eps, s(tt), "x0")
+    assert denoising_loss(wrong, s, x0, eps, t, "x0", loss="huber", huber_c=1e-3).item() == pytest.approx(1 - 1e-3, rel=1e-6)
+    with pytest.raises(ValueError, match="allowed: mse, huber"):
+        denoising_loss(wrong, s, x0, eps, t, "x0", loss="l1")
+
+
 def test_predictor_gives_pair_for_any_type():
     s = get_schedule("subvp")
     x0, eps, c, x_t = batch(s, n=1)
@@ -132,3 +155,20 @@ def test_bad_prediction_type():
         target_from_pair(x0, eps, c, "velocity")
     with pytest.raises(ValueError, match="allowed"):
         Predictor(lambda x, t: x, "score", s)
+
+
+def test_denoising_loss_refuses_bad_shapes_and_times():
+    """Issue 18 (EDM form on VE: no assignment code): shapes are checked on every device; times outside [0, 1] or
+    NaN on CPU tensors (checking values on a GPU would cost a sync every training step)."""
+    s = get_schedule("ve")
+    x0, eps = torch.zeros(4, 2), torch.randn(4, 2)
+    net = lambda x_t, tt: x_t                                                     # noqa: E731
+    assert torch.isfinite(denoising_loss(net, s, x0, eps, torch.full((4,), 0.5), "edm"))
+    with pytest.raises(ValueError, match=r"x0 \(4, 2\) and eps \(4, 1\) must have one shape"):
+        denoising_loss(net, s, x0, eps[:, :1], torch.full((4,), 0.5), "edm")
+    with pytest.raises(ValueError, match=r"one time per example, shape \(4,\); got \(3,\)"):
+        denoising_loss(net, s, x0, eps, torch.full((3,), 0.5), "edm")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*1 NaN of 4 values"):
+        denoising_loss(net, s, x0, eps, torch.tensor([0.5, float("nan"), 0.1, 0.2]), "edm")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*values in \[0.1, inf\]"):
+        denoising_loss(net, s, x0, eps, torch.tensor([0.5, float("inf"), 0.1, 0.2]), "edm")

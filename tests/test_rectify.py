@@ -271,3 +271,42 @@ def test_endpoints_view_of_phased_pairs(tmp_path):
     torch.testing.assert_close(two.boundaries, get_grid(s, 2, "logsnr"), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="dividing 4"):
         pairs.coarsen(3)
+
+
+@pytest.mark.a3
+def test_non_finite_pairs_are_never_written(tmp_path):
+    """A teacher whose ODE diverges (here: NaN predictions) stops generation with the shard's name; no shard is saved."""
+    ve = get_schedule("ve")
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        generate_pairs(lambda x, t, c: x, ve, "edm", tmp_path / "g", 4, (2,), solver="euler", steps=2,
+                       cond=torch.zeros(4, 1), null_cond=torch.zeros(1), guidance=float("inf"), progress=False)
+    nan_net = lambda x, t: torch.full_like(x, float("nan"))                       # noqa: E731
+    with pytest.raises(FloatingPointError, match="shard_00000.pt would hold 8 non-finite values of 16"):
+        generate_pairs(nan_net, ve, "edm", tmp_path / "pairs", 8, (2,), shard_size=4, solver="euler", steps=2,
+                       progress=False)
+    assert not list((tmp_path / "pairs").glob("*.pt"))
+
+
+def test_damaged_manifest_names_the_pair_directory_and_the_fix(tmp_path):
+    """Issue 18 (EDM form on VE: refused before any ODE is solved, no assignment code)."""
+    ve = get_schedule("ve")
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "manifest.json").write_text('{"format": 1, "config": {"sched')
+    for call in (lambda: load_pairs(tmp_path / "pairs", ve, (2,)),
+                 lambda: generate_pairs(lambda x, t: x, ve, "edm", tmp_path / "pairs", 4, (2,), solver="euler",
+                                        steps=2, progress=False)):
+        with pytest.raises(ValueError, match=r"manifest.json is not valid JSON .*delete .*pairs and make the pairs "
+                                             r"again"):
+            call()
+
+
+@pytest.mark.a3
+def test_tqdm_disable_silences_the_pairs_bar(tmp_path, capsys, monkeypatch):
+    """TQDM_DISABLE=1 turns the bar of generate_pairs off although it passes `disable` (EDM form on VE, Euler)."""
+    ve = get_schedule("ve")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    generate_pairs(lambda x, t: 0 * x, ve, "edm", tmp_path / "quiet", 4, (2,), solver="euler", steps=2)
+    assert "pairs →" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    generate_pairs(lambda x, t: 0 * x, ve, "edm", tmp_path / "loud", 4, (2,), solver="euler", steps=2)
+    assert "pairs →" in capsys.readouterr().err

@@ -171,3 +171,18 @@ def test_every_prediction_type_of_the_oracle_samples_the_same(name):
     for pred_type in PRED_TYPES:
         x = sample(mix.net(s, pred_type), noise, s, pred_type, "dpm++2m", 12)
         torch.testing.assert_close(x, ref, rtol=0, atol=1e-7, msg=lambda m: f"{pred_type} on {name}\n{m}")
+
+
+def test_non_finite_or_integer_noise_is_refused_before_any_call():
+    """Issue 18 (EDM form on VE, Euler: no assignment code): NaN noise would give NaN samples without an error."""
+    s, calls = get_schedule("ve"), []
+    net = lambda x, t: calls.append(1) or x                                       # noqa: E731
+    noise = torch.randn(8, 2)
+    noise[3, 1] = float("nan")
+    noise[5, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"noise holds 2 non-finite values \(NaN or ±inf\) of 16"):
+        sample(net, noise, s, "edm", "euler", 4)
+    with pytest.raises(ValueError, match="noise must be a floating-point tensor"):
+        sample(net, torch.ones(8, 2, dtype=torch.int64), s, "edm", "euler", 4)
+    assert not calls
+    assert torch.isfinite(sample(net, noise.nan_to_num(0.0, 0.0, 0.0), s, "edm", "euler", 4)).all()

@@ -150,3 +150,17 @@ def test_zero_terminal_snr_rescaling():
     assert z.sigma(1.0).item() == pytest.approx(1.0, abs=1e-7) and z.lam(1.0).item() == pytest.approx(-12 * math.log(2), rel=1e-6)
     lam = z.lam(torch.linspace(z.t_min, 1.0, 5001, dtype=torch.float64))
     assert bool((lam.diff() < 0).all()), "λ must decrease strictly"
+
+
+@pytest.mark.a1                      # vp-cosine's t(λ) is built on A1.4
+def test_lognormal_t_is_edms_noise_levels_on_any_schedule():
+    """log(σ/α) ~ N(−1.2, 1.2²) mapped through t(λ): VE's own sampler on VE, the same σ/α law on a VP schedule."""
+    from rd.schedules import lognormal_t
+    g = lambda: torch.Generator().manual_seed(0)                                   # noqa: E731
+    ve, cosine = get_schedule("ve"), get_schedule("vp-cosine")
+    torch.testing.assert_close(lognormal_t(ve, 1000, g()), ve.sample_t(1000, g()))
+    t = lognormal_t(cosine, 20_000, g())
+    log_r = -torch.randn(20_000, generator=g(), dtype=torch.float64).mul(1.2).sub(1.2)   # −log σ/α drawn alike
+    inside = (t > cosine.t_min) & (t < cosine.t_max)
+    assert inside.float().mean() > 0.99
+    torch.testing.assert_close(cosine.lam(t[inside]), log_r[inside], rtol=0, atol=1e-8)

@@ -168,3 +168,72 @@ def test_lr_factor_warmup_then_decay():
     assert lr_factor(TrainConfig(warmup=10), 5000, 3.0) == 1.0
     with pytest.raises(ValueError, match="lr_decay"):
         train(torch.nn.Linear(2, 2), None, None, None, TrainConfig(lr_decay="step"), "unused")
+
+
+def test_ema_decay_takes_over_from_the_warm_up_only_after_9_over_1_minus_decay_steps():
+    """EMA(0.999) and EMA(0.9995) agree exactly while the warm-up (1 + n)/(10 + n) is the smaller (n < 8,990)."""
+    from rd.ema import EMA
+    net = torch.nn.Linear(1, 1, bias=False)
+    emas = [EMA(net, 0.999), EMA(net, 0.9995)]
+    g = torch.Generator().manual_seed(0)
+    for n in range(9500):
+        net.weight.data.copy_(torch.randn(1, 1, generator=g))
+        for e in emas:
+            e.update(net)
+        if n == 8988:
+            assert torch.equal(emas[0].model.weight, emas[1].model.weight)
+    assert not torch.equal(emas[0].model.weight, emas[1].model.weight)
+
+
+def ve_batches(nan_from: int | None = None):
+    """EDM-form batches on VE (no assignment code is reached); x0 is NaN from the `nan_from`-th call on."""
+    s, calls = get_schedule("ve"), [0]
+    data = toy_batches(s)
+
+    def batch(n, g):
+        calls[0] += 1
+        x0, eps, t, cond = data(n, g)
+        return (x0 * float("nan") if nan_from and calls[0] >= nan_from else x0), eps, t, cond
+    return s, batch
+
+
+def test_non_finite_data_is_named_and_the_checkpoint_only_when_there_is_one(tmp_path):
+    """Issue 18: NaN x0 says the data is at fault (no advice to lower lr), and names the last checkpoint only if it
+    exists; a checkpoint is never written after a non-finite loss, even between log lines."""
+    s, bad = ve_batches(nan_from=4)                      # log_every 2, ckpt_every 3: a checkpoint at step 3
+    with pytest.raises(FloatingPointError) as err:
+        train(tiny_net(), s, "edm", bad, TrainConfig(**CFG), tmp_path / "a")
+    said = str(err.value)
+    assert "loss is nan at step 4" in said and "holds non-finite x0" in said and "lower lr will not help" in said
+    assert "amp='fp32'" not in said, "no advice about the optimisation when the data is at fault"
+    assert f"{tmp_path / 'a' / 'ckpt.pt'} (step 3) is the last checkpoint" in said, said
+    s, bad = ve_batches(nan_from=3)                      # NaN at step 3, a checkpoint step between log lines
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3.*No checkpoint was written yet") as err:
+        train(tiny_net(), s, "edm", bad, TrainConfig(**CFG), tmp_path / "b")
+    assert not (tmp_path / "b" / "ckpt.pt").exists() and "ckpt.pt" not in str(err.value)
+
+
+def test_truncated_checkpoint_is_named_with_what_to_do(tmp_path):
+    s, batches = ve_batches()
+    train(tiny_net(), s, "edm", batches, TrainConfig(**CFG | {"steps": 3}), tmp_path)
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"ckpt.pt is not a readable checkpoint .*delete it to start this run over"):
+        train(tiny_net(), s, "edm", batches, TrainConfig(**CFG), tmp_path)
+    ckpt.write_bytes(b"not a checkpoint\n" * 10)
+    with pytest.raises(ValueError, match=r"ckpt.pt is not a readable checkpoint"):
+        train(tiny_net(), s, "edm", batches, TrainConfig(**CFG), tmp_path)
+
+
+def test_tqdm_disable_silences_the_bar_and_a_minute_budget_shows_no_step_total(tmp_path, capsys, monkeypatch):
+    s, batches = ve_batches()
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    train(tiny_net(), s, "edm", batches, TrainConfig(**CFG | {"steps": 2}), tmp_path / "quiet", desc="quiet")
+    assert "quiet" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    train(tiny_net(), s, "edm", batches, TrainConfig(**CFG | {"steps": 10**9, "max_minutes": 1e-9}),
+          tmp_path / "budget", desc="budget")            # as rd.cifar's minute budgets: out of time at the first log
+    bar = capsys.readouterr().err
+    assert "budget" in bar and "1000000000" not in bar and "min" in bar, bar
+    log = (tmp_path / "budget" / "log.txt").read_text()
+    assert log.startswith("step 2 (") and "/1e-09 min) | loss" in log and "1000000000" not in log, log

@@ -124,3 +124,23 @@ def test_help_lists_every_flag_with_its_default():
                           ("--cifar", "data/cifar10-jpg.tar.gz")):
         help_of_flag = text.split(f"{flag} ", 2)[-1].split(" --", 1)[0]
         assert f"(default: {default})" in help_of_flag, (flag, help_of_flag)
+
+
+def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path):
+    """Issue 18: non-finite numbers, a wrong --inception or --out, a damaged config.json: a clear message, no work."""
+    out = tmp_path / "run"
+    for flags, status, message in [
+            (["--time_scale=nan"], 2, "argument --time_scale: expected a finite number, got 'nan'"),
+            (["--time_scale=0"], 2, "--time_scale > 0; got 4, 3.0, 0.0"),
+            (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
+            (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
+            (["--inception=README.md"], 2, "README.md is not a TorchScript file"),
+            ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder")]:
+        proc = run("--preset=tiny", f"--out={out}", *flags)
+        assert proc.returncode == status and message in proc.stderr, (flags, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and not out.exists(), flags
+    out.mkdir()
+    (out / "config.json").write_text('{"args": {"preset": "ti')
+    proc = run("--preset=tiny", f"--out={out}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{out / 'config.json'} is not valid JSON" in proc.stderr and f"delete {out} to start over" in proc.stderr

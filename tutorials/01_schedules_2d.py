@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 01 — One forward process, many "kinds" of diffusion, on 2D data
 #
-# Every diffusion model in rd is `x_t = α_t·x0 + σ_t·ε` with t = 0 data and t = 1 noise (PAPER §1). We
+# Every diffusion model in rd is `x_t = α_t·x0 + σ_t·ε` with t = 0 data and t = 1 noise (MATH.md §1). We
 # 1. plot α, σ and the log-SNR λ of every schedule of the family;
 # 2. reproduce [RD] Fig. 3: *first-order* paths (a fixed pair (x0, ε)) are straight in x_t for FM and VE
 #    but curved for VP/DDPM and sub-VP — and straight for all of them as z_t = x_t/α_t against r_t = σ_t/α_t;

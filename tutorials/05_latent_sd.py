@@ -186,5 +186,5 @@ print(f"figures and table in {OUT}/ (05_data_autoencoder.png, 05_samples.png, 05
 # unguided. On 2 CPU cores (2026-11-26; table in 05_results.md) RF — the same pairs, the flow form — came out well
 # ahead of RD at 1 and 2 calls (fidelity 0.56 / 0.58 against 0.24 / 0.25): at this budget (300 student steps) the
 # ε-form's one-step update x̂0 = (x_T − σ_T·ε̂)/α_T multiplies the error of ε̂ by σ_T/α_T ≈ 15 on SD's schedule.
-# The README's train_sd.py results show the same ordering on CIFAR-10 latents; [RD] reports the opposite on
+# The train_sd.py results in README.md show the same ordering on CIFAR-10 latents; [RD] reports the opposite on
 # SD1.5 after far longer training. `python train_sd.py` runs the full comparison, with FID and phased RD.
