@@ -3,7 +3,7 @@
     python -m rd.cifar                                          # every stage, resumable, into runs/cifar
     python -m rd.cifar --stages=teacher                         # one stage (teacher, pairs, students, eval)
     python -m rd.cifar --form=vp-sd-eps --out=runs/cifar-eps    # another teacher form (FORMS)
-    python -m rd.cifar --preset=smoke                           # a CPU miniature on random images, seconds
+    python -m rd.cifar --preset=smoke                           # a CPU miniature on random images, minutes
     python -m rd.cifar --help                                   # every flag with its default
 
 Stages (each resumes from its checkpoint and skips what is done; a stage whose input is missing says which to run):
@@ -238,7 +238,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         teacher = train(UNet(model_cfg).to(device), schedule, pred, teacher_batches,
                         train_cfg(steps=cfg.teacher_steps or 10**9, max_minutes=cfg.teacher_min, lr=cfg.lr,
                                   ema_decay=cfg.ema_decay, compile=cfg.compile and device != "cpu", seed=cfg.seed),
-                        out / "teacher", model_config=vars(model_cfg), desc="teacher",
+                        out / "teacher", desc="teacher",
+                        model_config=vars(model_cfg) | ({} if cfg.t_sampling == "schedule" else {"t_sampling": cfg.t_sampling}),
                         require_done="teacher" not in stages)
     stop_if_last("teacher")
 

@@ -177,6 +177,8 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
         check_pred_type(cfg.weight_like)
         if loss_fn is not None:
             raise ValueError("weight_like weighs the denoising loss; it has no meaning with a loss_fn of your own")
+    if cfg.loss != "mse" and loss_fn is not None:
+        raise ValueError(f"loss={cfg.loss!r} changes the denoising loss; it has no meaning with a loss_fn of your own")
     run = Path(run_dir)
     device = next(net.parameters()).device
     rank, world = dist.rank(), dist.world()
@@ -298,13 +300,16 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
                                     + (f" | {minutes:.2f}/{cfg.max_minutes:g} min" if cfg.max_minutes > 0 else ""))
                 window, t_last = [], time.perf_counter()
             if (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time or sigterm) and rank == 0:
+                finite = True
                 if step % cfg.log_every:                                       # minutes are exact at log lines only
                     minutes = spent + (time.perf_counter() - t_start) / 60
-                    if window and not math.isfinite(mean := torch.stack(window).mean().item()):
-                        raise diverged(mean, batch)          # never a checkpoint of weights after a non-finite loss
-                atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                             "minutes": minutes, "config": config}, run / "ckpt.pt")
-                saved = step
+                    finite = not window or math.isfinite(mean := torch.stack(window).mean().item())
+                    if not finite and world == 1:    # never a checkpoint of weights after a non-finite loss
+                        raise diverged(mean, batch)  # (several processes: no checkpoint; all raise at the log line)
+                if finite:
+                    atomic_save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                 "step": step, "minutes": minutes, "config": config}, run / "ckpt.pt")
+                    saved = step
             if sigterm:
                 bar.close()
                 if log:

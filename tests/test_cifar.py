@@ -37,7 +37,7 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
                 "| stage (summed over invocations) |", "pair generation", "teacher training",
                 "teacher sampling, 4 calls, batch 16, fp32, steady state"):
         assert row in table and row in stdout, row
-    # issue 18: the smoke run's printout claims nothing it did not do (no FID, random images, a CPU)
+    # the smoke run's printout claims nothing it did not do (no FID, random images, a CPU)
     assert table.startswith("FID skipped (--inception=''), random images; tiny UNet") and "FID-0" not in stdout
     assert "GPU-minutes" not in stdout and "JPEG" not in stdout
     assert (out / "samples.png").stat().st_size > 10_000

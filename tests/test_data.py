@@ -235,7 +235,7 @@ def test_to_uint8_inverts_the_loader_map_and_clamps():
 
 
 def test_truncated_or_garbage_archives_and_pickles_name_the_file_and_the_fix(tmp_path):
-    """Issue 18: no tarfile/pickle traceback, but the file, what is wrong and what to do."""
+    """No tarfile/pickle traceback, but the file, what is wrong and what to do."""
     folder, _ = make_folder(tmp_path / "src")
     archive = make_tar(folder, tmp_path / "cifar10.tar.gz")
     (tmp_path / "cut.tar.gz").write_bytes(archive.read_bytes()[:archive.stat().st_size // 2])

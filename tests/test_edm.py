@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from rd.predictions import PRED_TYPES, SIGMA_DATA, convert, net_input, pair_from_prediction, target_from_pair
+from rd.predictions import (PRED_TYPES, SIGMA_DATA, convert, denoising_loss, net_input, pair_from_prediction,
+                            target_from_pair)
 from rd.schedules import SCHEDULES, get_schedule
 
 
@@ -51,3 +52,20 @@ def test_edm_input_and_target_have_unit_variance(name):
         x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
         for what, v in (("c_in·x_t", net_input(x_t, c, "edm")), ("F", target_from_pair(x0, eps, c, "edm"))):
             assert abs(v.var().item() - 1) < 0.02, f"{name}, t={t}: var({what}) = {v.var().item():.3f}"
+
+
+def test_denoising_loss_refuses_bad_shapes_and_times():
+    """The EDM form on VE (no assignment code): shapes are checked on every device; times outside [0, 1] or
+    NaN on CPU tensors (checking values on a GPU would cost a sync every training step)."""
+    s = get_schedule("ve")
+    x0, eps = torch.zeros(4, 2), torch.randn(4, 2)
+    net = lambda x_t, tt: x_t                                                     # noqa: E731
+    assert torch.isfinite(denoising_loss(net, s, x0, eps, torch.full((4,), 0.5), "edm"))
+    with pytest.raises(ValueError, match=r"x0 \(4, 2\) and eps \(4, 1\) must have one shape"):
+        denoising_loss(net, s, x0, eps[:, :1], torch.full((4,), 0.5), "edm")
+    with pytest.raises(ValueError, match=r"one time per example, shape \(4,\); got \(3,\)"):
+        denoising_loss(net, s, x0, eps, torch.full((3,), 0.5), "edm")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*1 NaN of 4 values"):
+        denoising_loss(net, s, x0, eps, torch.tensor([0.5, float("nan"), 0.1, 0.2]), "edm")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*values in \[0.1, inf\]"):
+        denoising_loss(net, s, x0, eps, torch.tensor([0.5, float("inf"), 0.1, 0.2]), "edm")

@@ -179,7 +179,7 @@ def test_reference_stats_are_cached(tmp_path):
 
 
 def test_a_file_that_is_not_torchscript_is_named(tmp_path):
-    """Issue 18: garbage, a truncated copy or a torch.save file where the Inception TorchScript file should be."""
+    """Garbage, a truncated copy or a torch.save file where the Inception TorchScript file should be."""
     from rd.fid import check_inception_file
     good = tmp_path / "net.pt"
     torch.jit.script(torch.nn.Linear(3, 2)).save(str(good))

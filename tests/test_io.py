@@ -56,7 +56,7 @@ def test_a_write_removes_the_temporaries_of_dead_writers_only(tmp_path):
 
 
 def test_damaged_json_folder_checks_and_tqdm_disable(tmp_path, monkeypatch):
-    """Issue 18: a truncated JSON file (minutes.json, config.json) names itself and the fix; a file where a folder
+    """A truncated JSON file (minutes.json, config.json) names itself and the fix; a file where a folder
     should be is found before any work; TQDM_DISABLE turns rd's bars off, although they pass `disable`."""
     from rd.io import UnreadableFile, not_a_folder, progress_off, read_json
     path = tmp_path / "minutes.json"

@@ -288,7 +288,7 @@ def test_non_finite_pairs_are_never_written(tmp_path):
 
 
 def test_damaged_manifest_names_the_pair_directory_and_the_fix(tmp_path):
-    """Issue 18 (EDM form on VE: refused before any ODE is solved, no assignment code)."""
+    """Refused before any ODE is solved (EDM form on VE, no assignment code)."""
     ve = get_schedule("ve")
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / "manifest.json").write_text('{"format": 1, "config": {"sched')

@@ -174,7 +174,7 @@ def test_every_prediction_type_of_the_oracle_samples_the_same(name):
 
 
 def test_non_finite_or_integer_noise_is_refused_before_any_call():
-    """Issue 18 (EDM form on VE, Euler: no assignment code): NaN noise would give NaN samples without an error."""
+    """(EDM form on VE, Euler: no assignment code) NaN noise would give NaN samples without an error."""
     s, calls = get_schedule("ve"), []
     net = lambda x, t: calls.append(1) or x                                       # noqa: E731
     noise = torch.randn(8, 2)

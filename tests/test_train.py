@@ -198,7 +198,7 @@ def ve_batches(nan_from: int | None = None):
 
 
 def test_non_finite_data_is_named_and_the_checkpoint_only_when_there_is_one(tmp_path):
-    """Issue 18: NaN x0 says the data is at fault (no advice to lower lr), and names the last checkpoint only if it
+    """NaN x0 says the data is at fault (no advice to lower lr), and names the last checkpoint only if it
     exists; a checkpoint is never written after a non-finite loss, even between log lines."""
     s, bad = ve_batches(nan_from=4)                      # log_every 2, ckpt_every 3: a checkpoint at step 3
     with pytest.raises(FloatingPointError) as err:

@@ -127,7 +127,7 @@ def test_help_lists_every_flag_with_its_default():
 
 
 def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path):
-    """Issue 18: non-finite numbers, a wrong --inception or --out, a damaged config.json: a clear message, no work."""
+    """Non-finite numbers, a wrong --inception or --out, a damaged config.json: a clear message, no work."""
     out = tmp_path / "run"
     for flags, status, message in [
             (["--time_scale=nan"], 2, "argument --time_scale: expected a finite number, got 'nan'"),

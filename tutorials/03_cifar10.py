@@ -92,7 +92,7 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (one H200, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
+# What to expect at the defaults (2 × H200, pairs on both, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
 # the teacher reaches FID-10k 13.1 at 25 calls and is grey blur at 1–2 calls; RD gives 39.8 / 24.5 / 18.1 at
 # 1 / 2 / 4 calls against RF's 66.2 / 24.0 / 19.2 on the same pairs and steps (RD ÷ RF = 0.60 at 1 call); a second
 # students' seed moves these by at most 2. `--student_loss=huber` (the official RD code's pseudo-Huber loss on x̂0)
