@@ -36,8 +36,9 @@ from .evaluate import evaluate
 from .io import Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
 from .predictions import LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
-from .sampling import solver_for
+from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
+from .solvers import MIN_STEPS
 from .train import LR_DECAYS, TrainConfig, train
 from .unet import UNet, UNetConfig
 
@@ -50,6 +51,7 @@ FORMS = {                                   # teacher form: (schedule, predictio
 }
 STAGES = ("teacher", "pairs", "students", "eval")
 T_SAMPLINGS = ("schedule", "lognormal")
+EVAL_SAMPLERS = ("dpm++2m", "dpm++3m")     # one network call a step
 
 
 @dataclass
@@ -85,6 +87,10 @@ class CifarConfig:
                             "x̂0, the official RD code's); other than mse, students and tables get a suffix -huber")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
+    grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
+                    + ", ".join(GRIDS) + " (phased students keep their phase boundaries)")
+    sampler: str = arg("dpm++2m", "multistep solver of the teacher and the plain students (one call: dpm++1; "
+                       "dpm++3m at two calls: dpm++2m): " + ", ".join(EVAL_SAMPLERS))
     fid_n: int = arg(10_000, "samples per FID: 10000 (FID-10k) or 50000 (FID-50k)")
     cache: str = arg("", "folder for the decoded data set and the reference statistics ('': <out>/cache)")
     seed: int = arg(0, "seed of the teacher's batches and of the pairs' noise")
@@ -137,6 +143,10 @@ def check(cfg: CifarConfig) -> list[str]:
         bad("lr_decay", f"allowed: {', '.join(LR_DECAYS)}")
     if cfg.t_sampling not in T_SAMPLINGS:
         bad("t_sampling", f"allowed: {', '.join(T_SAMPLINGS)}")
+    if cfg.grid not in GRIDS:
+        bad("grid", f"allowed: {', '.join(GRIDS)}")
+    if cfg.sampler not in EVAL_SAMPLERS:
+        bad("sampler", f"allowed: {', '.join(EVAL_SAMPLERS)}")
     if cfg.student_loss not in LOSSES:
         bad("student_loss", f"allowed: {', '.join(LOSSES)}")
     if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
@@ -202,9 +212,11 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sfx = (f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "mse" else "-huber")
-    laps = Laps(out / f"minutes{sfx}.json", write=ctx.main)       # minutes per stage, summed over invocations
+    esfx = (sfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")     # results of another sampler: beside, not over
+            + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
+    laps = Laps(out / f"minutes{esfx}.json", write=ctx.main)      # minutes per stage, summed over invocations
     if ctx.main:
-        atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), out / f"config{sfx}.json")
+        atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), out / f"config{esfx}.json")
     schedule_name, pred = FORMS[cfg.form]
     schedule = get_schedule(schedule_name)
     students = [s.strip() for s in cfg.students.split(",") if s.strip()]
@@ -294,14 +306,17 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     stop_if_last("students")
 
     # %% evaluation
-    models = {"teacher": (teacher, schedule, pred, _ints(cfg.teacher_calls), solver_for)}
+    def solver(calls):
+        return "dpm++1" if calls == 1 else cfg.sampler if calls >= MIN_STEPS[cfg.sampler] else "dpm++2m"
+
+    models = {"teacher": (teacher, schedule, pred, _ints(cfg.teacher_calls), solver, cfg.grid)}
     for name, (net, sch, p) in nets.items():
         k = student_phases(name)
-        if name.startswith("rd") and name != "rd":
-            models[name] = (net, sch, p, [k], lambda calls: "dpm++1")       # one first-order step per phase
+        if name.startswith("rd") and name != "rd":          # one first-order step per phase, on the λ-uniform phases
+            models[name] = (net, sch, p, [k], lambda calls: "dpm++1", "logsnr")
         else:
-            models[name] = (net, sch, p, [1, 2, 4], solver_for)
-    return evaluate(cfg, out, sfx, images, models, laps, device, cache)
+            models[name] = (net, sch, p, [1, 2, 4], solver, cfg.grid)
+    return evaluate(cfg, out, esfx, images, models, laps, device, cache, student_sfx=sfx)
 
 
 def _pairs_on_disk(out: Path) -> int:

@@ -14,30 +14,31 @@ from .sampling import sample
 
 
 @torch.no_grad()
-def generate(net, schedule, pred_type, solver, calls, noise, device, batch=2500):
-    """uint8 samples (N, 3, H, W) of net after `calls` steps of `solver` from `noise`, bf16 network."""
+def generate(net, schedule, pred_type, solver, calls, noise, device, batch=2500, grid="logsnr"):
+    """uint8 samples (N, 3, H, W) of net after `calls` steps of `solver` on `grid` from `noise`, bf16 network."""
     out = []
     for z in noise.split(batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device != "cpu"):
-            x = sample(net, z.to(device), schedule, pred_type, solver, calls)
+            x = sample(net, z.to(device), schedule, pred_type, solver, calls, grid=grid)
         out.append(to_uint8(x).cpu())
     return torch.cat(out)
 
 
-def sampling_rate(net, schedule, pred_type, solver, calls, noise, device, batch=2500, repeats=3) -> float:
+def sampling_rate(net, schedule, pred_type, solver, calls, noise, device, batch=2500, repeats=3, grid="logsnr") -> float:
     """Steady-state img/s: one untimed batch first (allocations, kernel selection), then `repeats` timed ones."""
     z = noise[:batch]
-    generate(net, schedule, pred_type, solver, calls, z, device, batch)
+    generate(net, schedule, pred_type, solver, calls, z, device, batch, grid)
     synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
-        generate(net, schedule, pred_type, solver, calls, z, device, batch)
+        generate(net, schedule, pred_type, solver, calls, z, device, batch, grid)
     synchronize()
     return repeats * len(z) / (time.perf_counter() - start)
 
 
-def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path) -> dict:
-    """models: {name: (net, schedule, pred_type, [calls], solver_of_calls)}. Returns {(name, calls): FID or None}."""
+def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path, student_sfx: str = "") -> dict:
+    """models: {name: (net, schedule, pred_type, [calls], solver_of_calls, grid)}; writes results<sfx>.md / .json and
+    samples<sfx>.png; the students' logs are in <out>/<name><student_sfx>. Returns {(name, calls): FID or None}."""
     noise = torch.randn(cfg.fid_n, 3, 32, 32, generator=torch.Generator().manual_seed(cfg.seed + 1))
     inception, calibration, stats = None, None, None
     if cfg.inception:
@@ -58,17 +59,17 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
         print("--inception='': FID skipped, samples and grids only")
     results, grids = {}, {}
     with laps("eval"):
-        for name, (net, sch, pred, calls, solver_of) in models.items():
+        for name, (net, sch, pred, calls, solver_of, grid) in models.items():
             for k in calls:
                 start = time.perf_counter()
-                samples = generate(net, sch, pred, solver_of(k), k, noise, device)
+                samples = generate(net, sch, pred, solver_of(k), k, noise, device, grid=grid)
                 grids[(name, k)] = samples[:64]
                 results[(name, k)] = fid(samples, *stats, inception, device=device, progress=False) if inception else None
                 print(f"{name} at {k} call{'s' * (k > 1)}: FID {_fmt(results[(name, k)])} "
                       f"({time.perf_counter() - start:.1f} s)", flush=True)
-        teacher, sch, pred, _, solver_of = models["teacher"]
-        rates = {k: sampling_rate(teacher, sch, pred, solver_of(k), k, noise, device) for k in (1, 4)}
-    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, sfx)
+        teacher, sch, pred, _, solver_of, grid = models["teacher"]
+        rates = {k: sampling_rate(teacher, sch, pred, solver_of(k), k, noise, device, grid=grid) for k in (1, 4)}
+    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, student_sfx)
     if inception:
         lines.append(f"| FID Inception features, batch 500, fp32 | {feature_rate:,.0f} img/s |")
     table = "\n".join(lines)
@@ -98,7 +99,8 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"
     head = f"FID-{cfg.fid_n / 1000:g}k against {data}" if cfg.inception else f"FID skipped (--inception=''), {data}"
-    lines = [f"{head}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}", "",
+    lines = [f"{head}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}; sampling: dpm++1 at 1 call, {cfg.sampler} "
+             f"on the {cfg.grid} grid above, phased students one dpm++1 step per phase", "",
              "| model | " + " | ".join(f"{k} call{'s' * (k > 1)}" for k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(_fmt(results.get((n, k))) for k in cols) + " |" for n in models]
     ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.2f}"                    # noqa: E731

@@ -70,6 +70,13 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     config = json.loads((out / "rd-huber" / "config.json").read_text())["train"]
     assert config["loss"] == "huber" and (out / "results-huber.md").exists()
+    # another sampler is evaluated beside the default's results, on the same students, without retraining
+    table = (out / "results.md").read_text()
+    proc = run(out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    other = (out / "results-edm-dpmpp3m.md").read_text()
+    assert "dpm++3m on the edm grid" in other and "| rd2 |" in other and "| rf |" not in other
+    assert table == (out / "results.md").read_text() and logs["rd"] == (out / "rd" / "log.txt").read_text()
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
@@ -98,6 +105,8 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
+    (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
+    (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),
     (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),
     (["--out=README.md"], "--out='README.md': README.md is a file, not a folder"),
     (["--inception=README.md"], "--inception='README.md': not a TorchScript file"),
