@@ -7,13 +7,14 @@
     python -m rd.cifar --help                                   # every flag with its default
 
 Stages (each resumes from its checkpoint and skips what is done; a stage whose input is missing says which to run):
-  teacher   the UNet in the form `form` (schedule + prediction type) on CIFAR-10 train, a minute budget (bf16
+  teacher   the UNet in the form `form` (schedule + prediction type) on CIFAR-10 train, a step budget (bf16
             autocast on a GPU, float32 on a CPU; the same for pairs, students and sampling)
   pairs     ε once; the teacher's EMA solves its ODE (DPM-Solver++(2M), `pair_steps` steps through `phases`
             λ-uniform phases) down to the clean sample: one set of pairs for every student  [RD Alg. 4, §2.3]
-  students  rd: the teacher's own form and loss on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching
-            form with velocity prediction [RF, InstaFlow]; rdK: phased RD with K phases [RD §2.3]. All start from
-            the teacher's weights and share batch, learning rate, EMA, precision and step count (RD's budget).
+  students  rd: the teacher's own form on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching form with
+            velocity prediction [RF, InstaFlow]; rdK: phased RD with K phases [RD §2.3]. All start from the teacher's
+            weights and share loss (pseudo-Huber on x̂0 [RD code], or each form's own squared error), batch,
+            learning rate, EMA, precision and step count (RD's budget).
   eval      FID of every model at 1, 2, 4 calls (teacher also at `teacher_calls`, rdK at K calls with one first-order
             step per phase) against the train statistics, calibration, sample grids, throughputs, minutes per stage.
 With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs are close to, not equal to, PNG numbers.
@@ -63,8 +64,9 @@ class CifarConfig:
     form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS))
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
-    teacher_min: float = arg(8.5, "teacher budget in training minutes, summed over restarts (0: none)")
-    teacher_steps: int = arg(0, "teacher budget in steps (0: none); training stops at the first budget reached")
+    teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
+    teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
+                             "(7,000 × 512: 8.5 training minutes on an H200)")
     batch: int = arg(512, "images per step, teacher and students")
     lr: float = arg(1e-3, "teacher's peak Adam learning rate")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
@@ -78,13 +80,13 @@ class CifarConfig:
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
     phases: int = arg(4, "phases of the pair paths; a student rdK needs K to divide it")
     students: str = arg("rd,rf,rd2,rd4", "comma list of students: rd, rf, rd<K> (phased RD, K phases)")
-    student_min: float = arg(1.3, "the first student's budget in training minutes (0: none); the others take its "
+    student_min: float = arg(0.0, "the first student's budget in training minutes (0: none); the others take its "
                              "step count")
-    student_steps: int = arg(0, "the first student's budget in steps (0: none)")
+    student_steps: int = arg(1000, "the first student's budget in steps (0: none)")
     student_lr: float = arg(2e-4, "students' peak Adam learning rate")
     student_ema: float = arg(0.995, "students' EMA decay per step (they start from the teacher's weights)")
-    student_loss: str = arg("mse", "students' loss: mse (each form's own squared error) or huber (pseudo-Huber on "
-                            "x̂0, the official RD code's); other than mse, students and tables get a suffix -huber")
+    student_loss: str = arg("huber", "students' loss: huber (pseudo-Huber on x̂0, the official RD code's) or mse "
+                            "(each form's own squared error; students and tables get a suffix -mse)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
@@ -211,7 +213,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     cache = Path(cfg.cache) if cfg.cache else out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sfx = (f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "mse" else "-huber")
+    sfx = (f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "huber" else "-mse")
     esfx = (sfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")     # results of another sampler: beside, not over
             + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
     laps = Laps(out / f"minutes{esfx}.json", write=ctx.main)      # minutes per stage, summed over invocations

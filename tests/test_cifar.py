@@ -66,10 +66,11 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     assert not torch.equal(torch.load(out / "rd-s1" / "ckpt.pt", weights_only=True)["model"][LAST],
                            torch.load(out / "rd" / "ckpt.pt", weights_only=True)["model"][LAST])
     assert logs["rd"] == (out / "rd" / "log.txt").read_text()
-    proc = run(out, "--stages=students,eval", "--student_loss=huber", "--students=rd")
+    assert json.loads((out / "rd" / "config.json").read_text())["train"]["loss"] == "huber"
+    proc = run(out, "--stages=students,eval", "--student_loss=mse", "--students=rd")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    config = json.loads((out / "rd-huber" / "config.json").read_text())["train"]
-    assert config["loss"] == "huber" and (out / "results-huber.md").exists()
+    config = json.loads((out / "rd-mse" / "config.json").read_text())["train"]
+    assert config["loss"] == "mse" and (out / "results-mse.md").exists()
     # another sampler is evaluated beside the default's results, on the same students, without retraining
     table = (out / "results.md").read_text()
     proc = run(out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")

@@ -70,13 +70,14 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on the cosine VP
 #   schedule by default; `FORMS` lists the others (SD's ε, SD-2's zero-terminal-SNR v, EDM), each runnable with
-#   `--form=NAME`. bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over a minute budget.
+#   `--form=NAME`. bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
 #   the clean sample (the last step lands on σ = 0). One set of pairs serves every student.
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
-#   `rd` (the teacher's schedule, prediction type and loss: [RD Alg. 4]), `rf` (the same pairs in the flow-matching
-#   form with velocity prediction: [RF, InstaFlow]), `rd2`, `rd4` (phased RD, K = 2, 4: sampled with one first-order
-#   step per phase, landing on the phase boundaries [RD §2.3]).
+#   `rd` (the teacher's schedule and prediction type: [RD Alg. 4]), `rf` (the same pairs in the flow-matching form
+#   with velocity prediction: [RF, InstaFlow]), `rd2`, `rd4` (phased RD, K = 2, 4: sampled with one first-order step
+#   per phase, landing on the phase boundaries [RD §2.3]). The loss of all four: the official RD code's pseudo-Huber
+#   loss on x̂0 (`--student_loss=mse`: each form's own squared error).
 # - **Evaluation**: FID-10k against the CIFAR-10 train statistics at 1, 2, 4 calls (the teacher also at 10 and 25),
 #   FID's own calibration, sample grids, throughputs and minutes per stage.
 #
@@ -92,12 +93,12 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (2 × H200, pairs on both, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
-# the teacher reaches FID-10k 13.1 at 25 calls and is grey blur at 1–2 calls; RD gives 39.8 / 24.5 / 18.1 at
-# 1 / 2 / 4 calls against RF's 66.2 / 24.0 / 19.2 on the same pairs and steps (RD ÷ RF = 0.60 at 1 call); a second
-# students' seed moves these by at most 2. `--student_loss=huber` (the official RD code's pseudo-Huber loss on x̂0)
-# improves both students at 1 call: RD 28.2, RF 32.8. `--form=vp-sd-eps` runs the ε form, whose RD student failed
-# at 1 call in an earlier measurement (RESULTS.md, "ε against v at one call").
+# What to expect at the defaults (2 × H200, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
+# the teacher reaches FID-10k 13.3 at 25 calls and is grey blur at 1–2 calls; RD gives 31.2 / 22.8 / 18.1 at
+# 1 / 2 / 4 calls against RF's 34.4 / 21.6 / 18.7 on the same pairs, steps and loss (a second students' seed moves
+# these by at most 0.15); phased RD with K = 2 gives 19.8 at 2 calls. With `--student_loss=mse` (each form's own
+# squared error) both students are worse at 1 call and RD's lead is larger: RD 39.8, RF 66.2. `--form=vp-sd-eps`
+# runs the ε form, whose RD student failed at 1 call in an earlier measurement (RESULTS.md, "ε against v at one call").
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
