@@ -169,7 +169,8 @@ def main(argv=None):
             blocks = student_copy(args.assignment, args.dest)
             print(f"student copy of {args.assignment.upper()} in {args.dest}: {len(blocks)} blocks replaced "
                   f"({', '.join(b.id for b in blocks)}); check with: cd {args.dest} && python -m pytest -m "
-                  f"a{args.assignment[1:]} tests")
+                  f"a{args.assignment[1:]} tests; `python -m pip install --no-deps -e .` there makes the tutorials "
+                  "import the copy's rd")
     except (ValueError, FileExistsError) as err:
         sys.exit(f"rd.assignments: {err}")
 

