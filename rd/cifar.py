@@ -24,7 +24,6 @@ import dataclasses
 import json
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +33,14 @@ from . import dist
 from .cli import arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
+from .fid import check_inception_file
 from .io import Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
 from .predictions import LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
 from .solvers import MIN_STEPS
-from .train import LR_DECAYS, TrainConfig, train
+from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 
 FORMS = {                                   # teacher form: (schedule, prediction type)
@@ -173,13 +173,10 @@ def check(cfg: CifarConfig) -> list[str]:
         if getattr(cfg, flag) and (file := not_a_folder(getattr(cfg, flag))):
             bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
     if "eval" in stages and cfg.inception:
-        if not Path(cfg.inception).is_file():
-            bad("inception", "no such file; rd.fid.load_inception's docstring says how to get it, or pass "
-                               "--inception='' to skip FID")
-        if not zipfile.is_zipfile(cfg.inception):
-            bad("inception", "not a TorchScript file (not a zip archive: truncated, or another format); FID needs "
-                             "the TF-Inception file inception-2015-12-05-fp16.pt (DATA.md), or pass --inception='' "
-                             "to skip FID")
+        try:
+            check_inception_file(cfg.inception)
+        except (FileNotFoundError, UnreadableFile) as err:
+            bad("inception", f"{err}; or pass --inception='' to skip FID")
         if cfg.data == "random":
             bad("inception", "FID compares with CIFAR-10 (its test split, its train statistics), which --data=random "
                              "has not: pass --inception='' with random images")
@@ -298,10 +295,10 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**budget), path,
                                 desc=name, require_done=pairs is None and "students"), sch, p)
         if ref_steps is None:
-            ref_steps = torch.load(path / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
+            ref_steps = read_checkpoint(path / "ckpt.pt")["step"]
             for other in students[1:]:
                 ckpt = out / f"{other}{sfx}" / "ckpt.pt"
-                if ckpt.exists() and (n := torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) > ref_steps:
+                if ckpt.exists() and (n := read_checkpoint(ckpt)["step"]) > ref_steps:
                     raise SystemExit(f"{ckpt.parent} holds a student of {n} steps, {name} took {ref_steps}: the "
                                      f"comparison needs equal steps; delete {ckpt.parent} and run the students again")
     del pairs

@@ -137,9 +137,9 @@ def _identity(config: dict) -> dict:
     return config | {"train": train}
 
 
-def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> dict:
-    """Restore a checkpoint dict into net (and ema, opt); refuse one written with another config. Returns the dict.
-    A file that is not a checkpoint (truncated, damaged) is an UnreadableFile that names it."""
+def read_checkpoint(path) -> dict:
+    """The dict of an rd.train checkpoint (model, ema, opt, step, minutes, config), on the CPU; a file that is not one
+    (truncated, damaged) is an UnreadableFile that names it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:                      # truncated zip, garbage, another pickle: torch raises many kinds
@@ -148,6 +148,13 @@ def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | 
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise UnreadableFile(f"{path} is not an rd.train checkpoint (a dict with model, ema, opt, step, minutes, "
                              f"config); delete it to start this run over, or restore it from a copy")
+    return ckpt
+
+
+def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> dict:
+    """Restore a checkpoint (read_checkpoint) into net (and ema, opt); refuse one written with another config.
+    Returns the dict."""
+    ckpt = read_checkpoint(path)
     if config is not None and _identity(ckpt.get("config", {})) != _identity(config):
         old, new = _identity(ckpt.get("config", {})), _identity(config)
         diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}

@@ -110,7 +110,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),
     (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),
     (["--out=README.md"], "--out='README.md': README.md is a file, not a folder"),
-    (["--inception=README.md"], "--inception='README.md': not a TorchScript file"),
+    (["--inception=README.md"], "--inception='README.md': README.md is not a TorchScript file"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:

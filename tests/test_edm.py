@@ -6,19 +6,13 @@ from rd.predictions import (PRED_TYPES, SIGMA_DATA, convert, denoising_loss, net
                             target_from_pair)
 from rd.schedules import SCHEDULES, get_schedule
 
-
-def batch(schedule, n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x0, eps = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
-    t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(n, generator=g, dtype=torch.float64)
-    c = schedule(t)
-    return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+from helpers import noisy_batch
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
 @pytest.mark.parametrize("other", PRED_TYPES)
 def test_edm_round_trip_and_conversions(name, other):
-    x0, eps, c, x_t = batch(get_schedule(name))
+    x0, eps, c, x_t = noisy_batch(get_schedule(name), n=64, d=2)
     F = target_from_pair(x0, eps, c, "edm")
     for got, want in zip(pair_from_prediction(F, x_t, c, "edm"), (x0, eps)):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)
@@ -29,7 +23,7 @@ def test_edm_type_is_edms_preconditioning_on_ve():
     """On VE (α = 1): x̂0 = c_skip·x + c_out·F with EDM's c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/sqrt(σ² + σ_d²),
     the input is c_in·x = x/sqrt(σ² + σ_d²), and the plain squared error of F is EDM's λ(σ)·‖D − x0‖²,
     λ = (σ² + σ_d²)/(σ·σ_d)²."""
-    x0, eps, c, x_t = batch(get_schedule("ve"))
+    x0, eps, c, x_t = noisy_batch(get_schedule("ve"), n=64, d=2)
     sig, sd = c.sigma[:, None], SIGMA_DATA
     F = torch.randn_like(x0)
     c_skip, c_out = sd ** 2 / (sig ** 2 + sd ** 2), sig * sd / (sig ** 2 + sd ** 2).sqrt()

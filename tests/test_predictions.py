@@ -6,23 +6,16 @@ from rd.predictions import (PRED_TYPES, Predictor, convert, denoising_loss, loss
                             target_from_pair)
 from rd.schedules import SCHEDULES, get_schedule
 
+from helpers import noisy_batch
+
 pytestmark = pytest.mark.a1          # the checks of assignment A1 (tutorials/assignments/A1.md)
 A1_TYPES = tuple(p for p in PRED_TYPES if p != "edm")   # the edm type is given code: tests/test_edm.py
-
-
-def batch(schedule, n=257, d=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x0, eps = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
-    u = torch.rand(n, generator=g, dtype=torch.float64)
-    t = schedule.t_min + (schedule.t_max - schedule.t_min) * u
-    c = schedule(t)
-    return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
 @pytest.mark.parametrize("pred_type", A1_TYPES)
 def test_pair_round_trip(name, pred_type):
-    x0, eps, c, x_t = batch(get_schedule(name))
+    x0, eps, c, x_t = noisy_batch(get_schedule(name))
     x0_hat, eps_hat = pair_from_prediction(target_from_pair(x0, eps, c, pred_type), x_t, c, pred_type)
     hint = {"eps": "x̂0 = (x_t − σ·ε̂)/α", "x0": "ε̂ = (x_t − α·x̂0)/σ",
             "v": "divide by α² + σ² (it is 1 only on VP: ve and fm need it); v = α·ε − σ·x0",
@@ -38,7 +31,7 @@ def test_pair_round_trip(name, pred_type):
 @pytest.mark.parametrize("src", A1_TYPES)
 @pytest.mark.parametrize("dst", A1_TYPES)
 def test_convert_between_all_types(name, src, dst):
-    x0, eps, c, x_t = batch(get_schedule(name), seed=1)
+    x0, eps, c, x_t = noisy_batch(get_schedule(name), seed=1)
     got = convert(target_from_pair(x0, eps, c, src), x_t, c, src, dst)
     torch.testing.assert_close(got, target_from_pair(x0, eps, c, dst), rtol=1e-7, atol=1e-7, msg=lambda m: (
         f"A1: {src} → {dst} on {name} is not exact. convert goes through the pair (x̂0, ε̂): if the round-trip test "
@@ -48,7 +41,7 @@ def test_convert_between_all_types(name, src, dst):
 def test_closed_forms_of_targets():
     """For FM the flow target is RF's u = ε − x0 [RF]."""
     fm = get_schedule("fm")
-    x0, eps, c, _ = batch(fm)
+    x0, eps, c, _ = noisy_batch(fm)
     torch.testing.assert_close(target_from_pair(x0, eps, c, "flow"), eps - x0)
 
 
@@ -56,7 +49,7 @@ def test_closed_forms_of_targets():
 def test_flow_target_is_the_velocity_of_the_pair_path(name):
     """u = d/dt (α_t x0 + σ_t ε), by central differences (continuous schedules)."""
     s, h = get_schedule(name), 1e-6
-    x0, eps, _, _ = batch(s, n=64)
+    x0, eps, _, _ = noisy_batch(s, n=64)
     t = torch.full((64,), 0.5, dtype=torch.float64)
     path = lambda tt: s.alpha(tt)[:, None] * x0 + s.sigma(tt)[:, None] * eps
     torch.testing.assert_close(target_from_pair(x0, eps, s(t), "flow"), (path(t + h) - path(t - h)) / (2 * h),
@@ -66,7 +59,7 @@ def test_flow_target_is_the_velocity_of_the_pair_path(name):
 def test_v_is_the_angular_velocity_on_vp():
     """On VP, with α = cos φ and σ = sin φ, v = dx_t/dφ = α ε − σ x0 (the definition of v-prediction)."""
     s, h = get_schedule("vp-cosine"), 1e-6
-    x0, eps, _, _ = batch(s, n=64)
+    x0, eps, _, _ = noisy_batch(s, n=64)
     phi = torch.full((64,), 0.7, dtype=torch.float64)
     x_at = lambda p: torch.cos(p)[:, None] * x0 + torch.sin(p)[:, None] * eps
     t = s.inverse_lambda(torch.log(torch.cos(phi) / torch.sin(phi)))
@@ -77,7 +70,7 @@ def test_v_is_the_angular_velocity_on_vp():
 @pytest.mark.parametrize("pred_type", A1_TYPES)
 def test_loss_is_zero_for_the_exact_target_and_positive_otherwise(pred_type):
     s = get_schedule("vp-ddpm")
-    x0, eps, _, _ = batch(s)
+    x0, eps, _, _ = noisy_batch(s)
     t = s.sample_t(x0.shape[0], generator=torch.Generator().manual_seed(3))
     perfect = lambda x_t, tt: target_from_pair(x0, eps, s(tt), pred_type)
     assert denoising_loss(perfect, s, x0, eps, t, pred_type).item() < 1e-20
@@ -90,7 +83,7 @@ def test_loss_is_zero_for_the_exact_target_and_positive_otherwise(pred_type):
 @pytest.mark.parametrize("like", PRED_TYPES)
 def test_loss_weight_turns_one_types_error_into_anothers(name, pred_type, like):
     """For a wrong x̂0 at a fixed x_t, loss_weight × the squared error of pred_type = the squared error of `like`."""
-    x0, eps, c, x_t = batch(get_schedule(name), seed=2)
+    x0, eps, c, x_t = noisy_batch(get_schedule(name), seed=2)
     x0_bad = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=x0.dtype)
     eps_bad = (x_t - c.alpha[:, None] * x0_bad) / c.sigma[:, None]            # the same x_t
     err = {p: ((target_from_pair(x0_bad, eps_bad, c, p) - target_from_pair(x0, eps, c, p)) ** 2).sum(1)
@@ -100,7 +93,7 @@ def test_loss_weight_turns_one_types_error_into_anothers(name, pred_type, like):
 
 def test_weight_like_is_normalised_within_the_batch():
     s = get_schedule("vp-sd")
-    x0, eps, _, _ = batch(s)
+    x0, eps, _, _ = noisy_batch(s)
     t = s.sample_t(x0.shape[0], generator=torch.Generator().manual_seed(5))
     wrong = lambda x_t, tt: target_from_pair(x0, eps, s(tt), "eps") + 0.1 * x_t
     w = loss_weight(s(t), "eps", "v")
@@ -116,7 +109,7 @@ def test_weight_like_is_normalised_within_the_batch():
 def test_huber_loss_reads_every_type_through_its_clean_estimate(name):
     """loss="huber" is mean(sqrt((x̂0 − x0)² + c²) − c) whatever the prediction type: the same x̂0 error, the same loss."""
     s = get_schedule(name)
-    x0, eps, _, _ = batch(s)
+    x0, eps, _, _ = noisy_batch(s)
     t = s.sample_t(x0.shape[0], generator=torch.Generator().manual_seed(6))
     delta = 0.05 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), dtype=x0.dtype)
     c = 0.01
@@ -137,7 +130,7 @@ def test_huber_loss_reads_every_type_through_its_clean_estimate(name):
 
 def test_predictor_gives_pair_for_any_type():
     s = get_schedule("subvp")
-    x0, eps, c, x_t = batch(s, n=1)
+    x0, eps, c, x_t = noisy_batch(s, n=1)
     t = s.inverse_lambda(s.lam(0.3)).item()
     c = s(torch.tensor([t], dtype=torch.float64))
     x_t = c.alpha[:, None] * x0 + c.sigma[:, None] * eps
@@ -150,7 +143,7 @@ def test_predictor_gives_pair_for_any_type():
 
 def test_bad_prediction_type():
     s = get_schedule("fm")
-    x0, eps, c, x_t = batch(s, n=4)
+    x0, eps, c, x_t = noisy_batch(s, n=4)
     with pytest.raises(ValueError, match="allowed: eps, x0, v, flow"):
         target_from_pair(x0, eps, c, "velocity")
     with pytest.raises(ValueError, match="allowed"):

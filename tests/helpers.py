@@ -1,0 +1,11 @@
+"""Shared test fixtures that are not tests: a float64 batch of (x0, ε, t) on a schedule."""
+import torch
+
+
+def noisy_batch(schedule, n=257, d=3, seed=0):
+    """x0, ε ~ N(0, I) in d dimensions, t uniform in the schedule's range: (x0, ε, schedule(t), x_t = α x0 + σ ε)."""
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(n, generator=g, dtype=torch.float64)
+    c = schedule(t)
+    return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
