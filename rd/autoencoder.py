@@ -57,7 +57,7 @@ class AutoencoderConfig:
     @staticmethod
     def preset(name: str) -> "AutoencoderConfig":
         """'tiny' (channels 16: 0.23 M parameters; CPU tests), 'small' (32: 0.92 M; the CPU pipeline),
-        'base' (64: 3.66 M; GPU). All f = 4, 4 latent channels. Counted with sum(p.numel()), 2026-11-25."""
+        'base' (64: 3.66 M; GPU). All f = 4, 4 latent channels; sizes as sum(p.numel())."""
         presets = {
             "tiny": AutoencoderConfig(channels=16),
             "small": AutoencoderConfig(channels=32),

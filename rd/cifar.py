@@ -66,7 +66,7 @@ class CifarConfig:
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
-                             "(7,000 × 512: 8.5 training minutes on an H200)")
+                             "(7,000 steps × 512 images)")
     batch: int = arg(512, "images per step, teacher and students")
     lr: float = arg(1e-3, "teacher's peak Adam learning rate")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))

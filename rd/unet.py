@@ -117,7 +117,7 @@ class UNetConfig:
     def preset(name: str) -> "UNetConfig":
         """'cifar' (DDPM's CIFAR-10 layout with scale-shift embeddings: 38.3 M parameters, 12.1 forward GFLOPs
         per image), 'cifar-small' (9.6 M, 3.0 GFLOPs), 'tiny' (0.76 M, 0.51 GFLOPs; CPU tests). Counted by
-        `describe` (FLOPs = 2 × multiply-adds), CPU, 2026-11-25."""
+        `describe` (FLOPs = 2 × multiply-adds)."""
         presets = {
             "cifar": UNetConfig(),
             "cifar-small": UNetConfig(channels=64),
