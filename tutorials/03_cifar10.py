@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]) if "__file__" in glo
 import torch
 from matplotlib.figure import Figure
 
-from rd.cifar import FORMS, PRESETS, CifarConfig, run
-from rd.predictions import loss_weight, x0_gain
+from rd.cifar import PRESETS, CifarConfig, run
+from rd.predictions import FORMS, loss_weight, x0_gain
 from rd.schedules import get_schedule
 
 # %% Config
