@@ -1,4 +1,4 @@
-"""Latent text-to-image diffusion: ŷ(z_t, t, prompt) = UNet(z_t, t, TextEncoder(tokens)) on autoencoder latents.  [RD, CFG]
+"""Latent text-to-image diffusion: ŷ(z_t, t, prompt) = UNet(z_t, t, TextEncoder(tokens)) on latents.  [RD, CFG]
 
 The pieces of a Stable-Diffusion-style model that are not an autoencoder (rd/autoencoder.py), a text tower
 (rd/text.py) or a UNet (rd/unet.py): the module that joins the text tower to the UNet, prompt dropout for
