@@ -320,7 +320,7 @@ def test_tqdm_disable_silences_the_pairs_bar(tmp_path, capsys, monkeypatch):
 # reaches only the first-order step (A2).
 
 
-def teacher_states(mix, s, x_T, boundaries, n=400):
+def teacher_states(mix, s, x_T, boundaries, n=120):
     """The teacher's PF-ODE states at b_0 … b_K for the exact mixture denoiser, the last one at σ = 0 (the clean
     sample, as the pairs keep it). VE only (α = 1, x = x0 + σ·ε, so dx/dσ = E[ε | x]): classical RK4 with n steps per
     phase, uniform in u = σ^{1/7} (short steps where σ is small). Shares no code with rd's solvers or samplers."""
@@ -349,7 +349,8 @@ def perfect_phased_student(states, boundaries, s, pred_type):
     """The optimum of phased RD on these states: in phase k (b_{k+1} < t ≤ b_k) row i predicts, in the teacher's
     form, the pair (x0_ph, ε_ph) whose forward path α_t·x0 + σ_t·ε passes through states[i, k] at b_k and
     states[i, k+1] at b_{k+1} (MATH.md (5.1), written out here: z = x/α, r = σ/α, the last state at r = 0). Its x̂0 is
-    constant in the phase, so a first-order step from b_k lands on states[i, k+1]; nothing else does."""
+    constant in the phase, so one first-order step from states[i, k] at b_k lands on states[i, k+1] [RD Thm. 1]. It
+    does not look at x: a sampler whose state leaves the phase's path, or whose steps cross a boundary, misses."""
     K = len(boundaries) - 1
     c = s(boundaries)
     alpha, r = c.alpha.clone(), c.sigma / c.alpha
