@@ -3,13 +3,16 @@
     python train_sd.py                              # everything, offline: built-in captioned shapes, preset auto
     python train_sd.py --stage=teacher              # one stage; every stage resumes and skips what is done
     python train_sd.py --data=cifar10 --cifar=data/cifar10-jpg.tar.gz --inception=data/inception-2015-12-05-fp16.pt
+    python train_sd.py --form=vp-sd-zsnr-v          # another teacher form (schedule + prediction type)
 
 Stages (run folder --out): ae (KL autoencoder, 32 px → 4×8×8 latents, SD's scale factor measured from data) →
-teacher (UNet with cross-attention on a from-scratch text encoder; SD's scaled-linear VP schedule, ε-prediction,
-10 % prompt dropout) → pairs (DPM-Solver++(2M) with the teacher's classifier-free guidance, K phase states kept) →
-rd (the teacher's form on (x̂0, ε)) → rf (flow matching + velocity from the same teacher, same pairs and steps) →
-phased (RD on the K phase pairs) → eval (FID of decoded images when Inception weights are given; prompt fidelity
-= accuracy of an attribute classifier trained on real data; a prompts × methods × steps figure).
+teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form: by
+default SD 1.x's scaled-linear VP schedule with ε-prediction; vp-sd-v, vp-sd-zsnr-v (SD 2: v on the schedule
+rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the teacher's
+classifier-free guidance, K phase states kept) → rd (the teacher's form on (x̂0, ε)) → rf (flow matching + velocity
+from the same teacher, same pairs and steps) → phased (RD on the K phase pairs; sampled with one first-order step per
+phase) → eval (FID of decoded images when Inception weights are given; prompt fidelity = accuracy of an attribute
+classifier trained on real data; a prompts × methods × steps figure). Every sample ends on the clean latent (σ = 0).
 """
 import copy
 import dataclasses
@@ -28,6 +31,7 @@ from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
 from rd.figures import image_table, save_grid
 from rd.io import Laps, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
 from rd.latent import TextUNet, drop_prompts, generate_latents
+from rd.predictions import FORMS, SIGMA_DATA
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
@@ -36,6 +40,9 @@ from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
 
 STAGES = ("ae", "teacher", "pairs", "rd", "rf", "phased", "eval")
+# the teacher forms of rd.predictions.FORMS that suit latents: EDM's preconditioning assumes data of std σ_d = 0.5,
+# SD-scaled latents have std 1
+LATENT_FORMS = tuple(name for name, (_, pred) in FORMS.items() if pred != "edm")
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a small {}", "a photo of the {}")
 
 
@@ -45,8 +52,10 @@ class Args:
     data: str = arg("shapes", "shapes (built-in, procedural, captioned) or cifar10")
     cifar: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: pickles folder, image folder or its .tar.gz (--data=cifar10)")
     inception: str = arg("", "TF-Inception TorchScript file for FID (empty: no FID, fidelity only)")
-    out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>, e.g. "
-                   "runs/sd-cpu, so that presets never share one)")
+    form: str = arg("vp-sd-eps", "teacher form, a schedule and prediction type by name as in rd.cifar: "
+                    + ", ".join(LATENT_FORMS) + "; RD students keep it, RF converts to flow matching")
+    out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>-<form>, e.g. "
+                   "runs/sd-cpu-vp-sd-eps, so that presets and forms never share one)")
     stage: str = arg("all", "all, or one of: ae, teacher, pairs, rd, rf, phased, eval")
     guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
@@ -84,6 +93,10 @@ def parse_args(argv=None) -> Args:
     args = parse(Args, argv, __doc__.split("\n\n")[0], prog="train_sd.py")
     problems = [f"--preset must be auto, {', '.join(PRESETS)}; got {args.preset!r}"] * (args.preset not in ("auto", *PRESETS))
     problems += [f"--data must be shapes or cifar10; got {args.data!r}"] * (args.data not in ("shapes", "cifar10"))
+    if args.form not in LATENT_FORMS:
+        why = (f" (EDM's preconditioning assumes data of std σ_d = {SIGMA_DATA}; these latents have std 1)"
+               if args.form in FORMS else "")
+        problems.append(f"--form must be one of {', '.join(LATENT_FORMS)}; got {args.form!r}{why}")
     problems += [f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}"] * (args.stage not in ("all", *STAGES))
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
@@ -143,23 +156,23 @@ def pipeline(args: Args, ctx: dist.Context):
     say = print if ctx.main else (lambda *a, **k: None)
     preset = args.preset if args.preset != "auto" else ("gpu" if device != "cpu" else "cpu")
     size = PRESETS[preset]
-    out = Path(args.out or f"runs/sd-{preset}")
+    out = Path(args.out or f"runs/sd-{preset}-{args.form}")
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
     # its own), the Inception file (evaluation only) or --preset=auto vs its resolution
     free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None}
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
-    if (out / "config.json").exists() and read_json(out / "config.json", f"delete {out} to start over, or pass "
-                                                    "another --out") != config:
-        raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}); "
-                         f"pass another --out, or delete the folder to start over")
+    if (out / "config.json").exists() and (old := read_json(out / "config.json", f"delete {out} to start over, or "
+                                                             "pass another --out")) != config:
+        raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
+                         f"{config_changes(old, config)}); pass another --out, or delete the folder to start over")
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(config, indent=1), out / "config.json")
     dist.barrier()
-    say(f"train_sd.py: preset {preset} on {device} × {ctx.world} process{'es' * (ctx.world > 1)}, data {args.data}, "
-        f"run folder {out}, stage {args.stage}")
+    say(f"train_sd.py: preset {preset} on {device} × {ctx.world} process{'es' * (ctx.world > 1)}, teacher form "
+        f"{args.form}, data {args.data}, run folder {out}, stage {args.stage}")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     lap = Laps(out / "minutes.json", ctx.main)      # minutes per stage, summed over invocations (SIGTERM'd ones too)
@@ -197,14 +210,16 @@ def pipeline(args: Args, ctx: dist.Context):
     grid_tokens = tokenizer.encode(eval_prompts(args, 64)[1], length).to(device)
     grid_noise = torch.randn(64, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
 
-    def grid(stage, net, sch, pred, calls, w=1.0):
+    def grid(stage, net, sch, pred_type, calls, w=1.0, phased=False):
         """The stage's 8 × 8 samples (process 0, once): the first 64 evaluation prompts, the same noise for all."""
         if ctx.main and not (out / stage / "grid.png").exists():
-            z = generate_latents(net, grid_noise, sch, pred, calls, grid_tokens, guidance=w)
+            z = generate_latents(net, grid_noise, sch, pred_type, calls, grid_tokens, guidance=w, phased=phased)
             save_grid(to_uint8(decode_latents(ae, z, scale)), out / stage / "grid.png")
 
-    # -- teacher: SD's schedule and ε, text tower trained from scratch with it, 10 % of prompts dropped
-    schedule = get_schedule("vp-sd")
+    # -- teacher: the form's schedule and prediction type (both in its checkpoint's config, so a teacher of another form
+    # is refused), text tower trained from scratch with it, 10 % of prompts dropped
+    schedule_name, pred = FORMS[args.form]
+    schedule = get_schedule(schedule_name)
     unet_cfg = UNetConfig(in_channels=latents.shape[1], resolution=latents.shape[-1], channels=size.channels,
                           ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(latents.shape[-1], latents.shape[-1] // 2),
                           dropout=0.0, context_dim=size.text_dim)
@@ -218,12 +233,12 @@ def pipeline(args: Args, ctx: dist.Context):
 
     torch.manual_seed(args.seed)
     with lap("teacher"):
-        teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, "eps", teacher_batches,
+        teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, pred, teacher_batches,
                         cfg(size.teacher_steps, 3e-4, size.minutes[1]), out / "teacher", desc="teacher",
                         require_done=not run("teacher"),
                         model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
                                       "vocab": tokenizer.vocab})
-        grid("teacher", teacher, schedule, "eps", 25, args.guidance)
+        grid("teacher", teacher, schedule, pred, 25, args.guidance)
     if args.stage == "teacher":
         return say("teacher done")
 
@@ -232,7 +247,7 @@ def pipeline(args: Args, ctx: dist.Context):
     shape = tuple(latents.shape[1:])
     with lap("pairs"):
         if run("pairs"):
-            generate_pairs(teacher, schedule, "eps", out / "pairs", size.n_pairs, shape,
+            generate_pairs(teacher, schedule, pred, out / "pairs", size.n_pairs, shape,
                            shard_size=max(16, size.n_pairs // 20), steps=size.pair_steps, phases=args.phases,
                            seed=args.seed, batch=2000, device=device, cond=tokens[prompt_idx.to(device)].cpu(),
                            null_cond=torch.zeros(length, dtype=torch.int64), guidance=args.guidance)
@@ -242,23 +257,25 @@ def pipeline(args: Args, ctx: dist.Context):
     if args.stage == "pairs":
         return say(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
 
-    # -- students: same pairs, same steps; RD and phased RD keep the teacher's form, RF is FM + velocity
+    # -- students: same pairs, same steps; RD and phased RD keep the teacher's form, RF is FM + velocity; phased RD
+    # samples with one first-order step per phase (generate_latents(phased=True))
     fm = get_schedule("fm")
     students = {
-        "RD": (lambda: copy.deepcopy(teacher), schedule, "eps", pair_batches(pairs.endpoints(), schedule)),
+        "RD": (lambda: copy.deepcopy(teacher), schedule, pred, pair_batches(pairs.endpoints(), schedule)),
         "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm)),
-        f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, "eps", pair_batches(pairs, schedule)),
+        f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, pred, pair_batches(pairs, schedule)),
     }
     trained, steps = {}, size.student_steps
-    for (name, (init, sch, pred, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
+    for (name, (init, sch, pred_type, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
         # RD may stop at its minute cap; RF and phased RD then take exactly as many steps, with the same recipe
         # (warm-up, log and checkpoint intervals from the preset's step count)
         student_cfg = dataclasses.replace(cfg(size.student_steps, 1e-4, size.minutes[2]), steps=steps,
                                           max_minutes=size.minutes[2] * args.time_scale if stage == "rd" else 0)
         with lap(stage):
-            trained[name] = train(init().requires_grad_(True), sch, pred, batches, student_cfg, out / stage,
+            trained[name] = train(init().requires_grad_(True), sch, pred_type, batches, student_cfg, out / stage,
                                   desc=stage, require_done=not run(stage))
-            grid(stage, trained[name], sch, pred, args.phases if stage == "phased" else 1)
+            phased = stage == "phased"
+            grid(stage, trained[name], sch, pred_type, args.phases if phased else 1, phased=phased)
         if stage == "rd":
             steps = torch.load(out / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
         if args.stage == stage:
@@ -267,8 +284,10 @@ def pipeline(args: Args, ctx: dist.Context):
     # -- eval (process 0)
     if not ctx.main:
         return
-    models = {"teacher": (teacher, schedule, "eps", args.guidance)} | \
-             {name: (net, sch, pred, 1.0) for (name, net), (_, sch, pred, _) in zip(trained.items(), students.values())}
+    # name: (network, schedule, prediction type, CFG scale, phased)
+    models = {"teacher": (teacher, schedule, pred, args.guidance, False)} | \
+             {name: (net, sch, p, 1.0, name.startswith("phased"))
+              for (name, net), (_, sch, p, _) in zip(trained.items(), students.values())}
     with lap("eval"):
         evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
     print(lap.table())
@@ -307,28 +326,29 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
     noise = torch.randn(size.n_eval, *ae_latent_shape(ae, images, device), generator=torch.Generator().manual_seed(args.seed + 2))
     fig_tokens = tokenizer.encode(list(PROMPTS), length).to(device) if args.data == "shapes" else eval_tokens[:len(PROMPTS)]
     fig_noise = noise[:len(fig_tokens)].to(device)
-    calls = {"teacher": (25, 1, 2, 4)} | {name: ((args.phases,) if name.startswith("phased") else (1, 2, 4))
-                                          for name in models if name != "teacher"}
+    calls = {"teacher": (25, 1, 2, 4)} | {name: ((args.phases,) if phased else (1, 2, 4))
+                                          for name, (*_, phased) in models.items() if name != "teacher"}
     results, figure = {}, {}
     # the floors: real held-out images, and the same encoded and decoded by the autoencoder
     rec = to_uint8(decode_latents(ae, encode_latents(ae, held_out.to(device).float() / 127.5 - 1, scale), scale))
     for name, x in [("real held-out images", held_out.to(device)), ("autoencoder reconstructions", rec)]:
         results[(name, "–")] = (fid(x, *ref, inception, device=device, progress=False) if inception else None,
                                 accuracy(clf, x, held_attrs))
-    for name, (net, sch, pred, w) in models.items():
+    for name, (net, sch, pred, w, phased) in models.items():
         for k in calls[name]:
-            z = generate_latents(net, noise.to(device), sch, pred, k, eval_tokens, guidance=w)
+            z = generate_latents(net, noise.to(device), sch, pred, k, eval_tokens, guidance=w, phased=phased)
             x = to_uint8(decode_latents(ae, z, scale))
             fid_value = fid(x, *ref, inception, device=device, progress=False) if inception else None
             results[(name, k)] = (fid_value, accuracy(clf, x, eval_attrs))
             figure[(name, k)] = to_uint8(decode_latents(ae, generate_latents(net, fig_noise, sch, pred, k, fig_tokens,
-                                                                             guidance=w), scale))
+                                                                             guidance=w, phased=phased), scale))
 
     fmt = lambda v, f: "—" if v is None else f.format(v)                              # noqa: E731
     jpeg = " (CIFAR-10: the JPEG copy)" if args.data == "cifar10" else ""
-    lines = [f"train_sd.py, data {args.data}, {len(images)} training images, CFG scale {args.guidance} for the teacher "
-             f"(students sample unguided: their pairs carry it); {size.n_eval} samples per row; real held-out images "
-             f"score fidelity {real_acc:.3f}; FID against the training images' statistics{jpeg}", "",
+    lines = [f"train_sd.py, teacher form {args.form}, data {args.data}, {len(images)} training images, CFG scale "
+             f"{args.guidance} for the teacher (students sample unguided: their pairs carry it); {size.n_eval} samples "
+             f"per row; real held-out images score fidelity {real_acc:.3f}; FID against the training images' "
+             f"statistics{jpeg}", "",
              "| model | calls | FID | prompt fidelity |", "|---|---|---|---|"]
     lines += [f"| {name} | {k} | {fmt(f, '{:.2f}')} | {a:.3f} |" for (name, k), (f, a) in results.items()]
     table = "\n".join(lines)
@@ -340,6 +360,20 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
     image_table({f"{name}\n{k} call{'s' * (k > 1)}": x for (name, k), x in figure.items()}, prompts,
                 out / "prompts.png")
     print(f"results in {out}/: results.md, results.json, prompts.png")
+
+
+def config_changes(old: dict, new: dict) -> str:
+    """What differs between a run folder's config.json and this one, e.g. "args.form: 'vp-sd-eps' → 'vp-sd-v'"."""
+    changes = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += [f"{section}.{k}: {a[k]!r} → {b[k]!r}" if k in a and k in b else
+                        f"{section}.{k}: {'not set → ' + repr(b[k]) if k in b else repr(a[k]) + ' → not set'}"
+                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) or (k in a) != (k in b)]
+        elif a != b:
+            changes.append(f"{section}: {a!r} → {b!r}")
+    return ", ".join(changes)
 
 
 def ae_latent_shape(ae, images, device) -> tuple:

@@ -2,7 +2,7 @@
 
     python -m rd.cifar                                          # every stage, resumable, into runs/cifar
     python -m rd.cifar --stages=teacher                         # one stage (teacher, pairs, students, eval)
-    python -m rd.cifar --form=vp-sd-eps --out=runs/cifar-eps    # another teacher form (FORMS)
+    python -m rd.cifar --form=vp-sd-eps --out=runs/cifar-eps    # another teacher form (rd.predictions.FORMS)
     python -m rd.cifar --preset=smoke                           # a CPU miniature on random images, minutes
     python -m rd.cifar --help                                   # every flag with its default
 
@@ -35,7 +35,7 @@ from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
 from .io import Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
-from .predictions import LOSSES
+from .predictions import FORMS, LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
@@ -43,13 +43,6 @@ from .solvers import MIN_STEPS
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 
-FORMS = {                                   # teacher form: (schedule, prediction type)
-    "vp-cosine-v": ("vp-cosine", "v"),      # iDDPM's cosine VP schedule, v-prediction
-    "vp-sd-eps": ("vp-sd", "eps"),          # Stable Diffusion 1.x: scaled-linear VP, ε-prediction
-    "vp-sd-v": ("vp-sd", "v"),              # the same schedule, v-prediction
-    "vp-sd-zsnr-v": ("vp-sd-zsnr", "v"),    # Stable Diffusion 2 style: v on the schedule rescaled to zero terminal SNR
-    "edm": ("ve", "edm"),                   # EDM: VE, preconditioned network, log-normal noise levels
-}
 STAGES = ("teacher", "pairs", "students", "eval")
 T_SAMPLINGS = ("schedule", "lognormal")
 EVAL_SAMPLERS = ("dpm++2m", "dpm++3m")     # one network call a step

@@ -1,4 +1,4 @@
-"""Latent text-to-image diffusion: ε̂(z_t, t, prompt) = UNet(z_t, t, TextEncoder(tokens)) on autoencoder latents.  [RD, CFG]
+"""Latent text-to-image diffusion: ŷ(z_t, t, prompt) = UNet(z_t, t, TextEncoder(tokens)) on latents.  [RD, CFG]
 
 The pieces of a Stable-Diffusion-style model that are not an autoencoder (rd/autoencoder.py), a text tower
 (rd/text.py) or a UNet (rd/unet.py): the module that joins the text tower to the UNet, prompt dropout for
@@ -7,6 +7,7 @@ classifier-free guidance, and few-step sampling with or without guidance. train_
 import torch
 from torch import Tensor, nn
 
+from .rectify import sample_phased
 from .sampling import classifier_free_guidance, sample, solver_for
 from .schedules import Schedule
 
@@ -33,15 +34,21 @@ def drop_prompts(tokens: Tensor, p: float, generator: torch.Generator) -> Tensor
 
 @torch.no_grad()
 def generate_latents(net, noise: Tensor, schedule: Schedule, pred_type: str, calls: int, tokens: Tensor,
-                     guidance: float = 1.0, batch: int = 500) -> Tensor:
-    """Latents after `calls` network evaluations per sample (CFG doubles each evaluation's batch, not the count).
+                     guidance: float = 1.0, batch: int = 500, phased: bool = False) -> Tensor:
+    """Clean latents (the last step lands on σ = 0) after `calls` network evaluations per sample (CFG doubles each
+    evaluation's batch, not the count).
 
-    guidance = 1: the conditional model alone (how rectified students sample: their pairs already carry the
-    teacher's guidance); guidance > 1: ε̂_∅ + w·(ε̂_c − ε̂_∅) with the null prompt = all padding."""
+    phased=False: rd.sampling.solver_for(calls) on the λ-uniform grid of `calls` steps. phased=True (a phased RD
+    student of K = calls phases): one first-order step per phase, landing on the phase boundaries of its pairs
+    (rd.rectify.sample_phased). guidance = 1: the conditional model alone (how rectified students sample: their pairs
+    already carry the teacher's guidance); guidance > 1: ŷ_∅ + w·(ŷ_c − ŷ_∅), ŷ the prediction of
+    pred_type, with the null prompt = all padding."""
     out = []
     for z, c in zip(noise.split(batch), tokens.split(batch)):
         fn = (lambda x, t, c=c: net(x, t, c)) if guidance == 1.0 else \
             classifier_free_guidance(net, c, torch.zeros_like(c), guidance)
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=z.device.type == "cuda"):
-            out.append(sample(fn, z, schedule, pred_type, solver_for(calls), calls).float())
+            x = sample_phased(fn, z, schedule, pred_type, calls) if phased else \
+                sample(fn, z, schedule, pred_type, solver_for(calls), calls)
+        out.append(x.float())
     return torch.cat(out)

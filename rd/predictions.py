@@ -1,4 +1,5 @@
-"""Prediction types ε, x0, v and flow velocity u, their exact conversions, and the denoising loss.  [RD §2, VDM]
+"""Prediction types ε, x0, v and flow velocity u, their exact conversions, the denoising loss, and the teacher
+forms (schedule + prediction type) by name.  [RD §2, VDM]
 
 Every network in rd predicts one target from (x_t, t). Given x_t = α·x0 + σ·ε, each target is a linear function
 of the pair (x0, ε), so every conversion goes through that pair:
@@ -24,6 +25,15 @@ from .schedules import Coeffs, Schedule
 PRED_TYPES = ("eps", "x0", "v", "flow", "edm")
 SIGMA_DATA = 0.5        # σ_d of the edm type
 LOSSES = ("mse", "huber")   # the prediction's own squared error; pseudo-Huber on x̂0 (the official RD code's)
+# A model's form: its schedule (rd.schedules) and prediction type. rd.cifar and train_sd.py take one by name (--form);
+# rectified students keep their teacher's form [RD].
+FORMS = {                                   # form: (schedule, prediction type)
+    "vp-cosine-v": ("vp-cosine", "v"),      # iDDPM's cosine VP schedule, v-prediction
+    "vp-sd-eps": ("vp-sd", "eps"),          # Stable Diffusion 1.x: scaled-linear VP, ε-prediction
+    "vp-sd-v": ("vp-sd", "v"),              # the same schedule, v-prediction
+    "vp-sd-zsnr-v": ("vp-sd-zsnr", "v"),    # Stable Diffusion 2 style: v on the schedule rescaled to zero terminal SNR
+    "edm": ("ve", "edm"),                   # EDM: VE, preconditioned network, log-normal noise levels
+}
 
 
 def check_pred_type(pred_type: str) -> str:

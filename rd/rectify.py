@@ -13,6 +13,8 @@
    with K = 1 this is [RD Alg. 4]'s (x̂0, ε), made exact at both ends (see Pairs.phase_pairs).
    The student then keeps the teacher's schedule, prediction type, network and loss: k rounds of this are
    k-rectified. `flow_student` is the Rectified-Flow/InstaFlow baseline: the same pairs in the FM form.
+4. `sample_phased`: a phased student samples with one first-order step per phase, on `phase_boundaries`, the
+   boundaries its pairs were made on.
 """
 import copy
 import hashlib
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from . import dist
 from .io import atomic_save, atomic_write_text, progress_off, read_json, sha256
 from .predictions import Predictor
-from .sampling import classifier_free_guidance, get_grid
+from .sampling import classifier_free_guidance, get_grid, sample
 from .schedules import FlowMatching, Schedule
 from .solvers import MIN_STEPS, get_solver
 
@@ -63,6 +65,23 @@ def fingerprint(net) -> str | None:
 def schedule_params(schedule: Schedule) -> dict:
     """The schedule's name and scalar settings: VE(sigma_max=1) and VE() must not share pairs."""
     return {k: v for k, v in vars(schedule).items() if isinstance(v, (int, float, str))} | {"name": schedule.name}
+
+
+def phase_boundaries(schedule: Schedule, phases: int) -> Tensor:
+    """t_max = b_0 > b_1 > … > b_K = t_min, uniform in λ (float64): where the pairs keep the teacher's states, and
+    where sample_phased steps.  [RD §2.3]"""
+    return get_grid(schedule, phases, "logsnr")
+
+
+def sample_phased(net, noise: Tensor, schedule: Schedule, pred_type: str, phases: int, callback=None) -> Tensor:
+    """A phased student's sample in K = `phases` calls: one first-order step (DPM-Solver++(1)) per phase, from
+    x_{b_0} = σ_{b_0}·noise through x_{b_1}, …, the last one onto σ = 0 (the clean sample).  [RD §2.3, PeRF]
+
+    Inside phase k the student was trained on the forward path through the teacher's states at b_k and b_{k+1},
+    along which its prediction is constant: one first-order step from b_k lands on b_{k+1} exactly (Theorem 1 of
+    [RD]), so a perfect student reproduces the teacher's boundary states. A multistep solver would extrapolate
+    across phases, whose predictions differ. The step grid is phase_boundaries(schedule, K)."""
+    return sample(net, noise, schedule, pred_type, "dpm++1", phases, grid="logsnr", callback=callback)
 
 # ----------------------------------------------------------------------------
 
@@ -120,7 +139,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
     rank, world = dist.rank(), dist.world()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    boundaries = get_grid(schedule, phases, "logsnr")
+    boundaries = phase_boundaries(schedule, phases)
     config = {"schedule": schedule.name, "schedule_params": schedule_params(schedule), "teacher": fingerprint(net),
               "pred_type": pred_type, "shape": list(shape), "n": n,
               "shard_size": shard_size, "solver": solver, "steps": steps, "phases": phases, "seed": seed,

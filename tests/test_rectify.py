@@ -5,11 +5,14 @@ import pytest
 import torch
 
 import rd.rectify as rectify_mod  # generate_pairs looks atomic_save up here: the crash test patches it
+from rd.latent import generate_latents
 from rd.metrics import sliced_wasserstein
 from rd.mixture import ring_mixture
-from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, rectify
+from rd.predictions import target_from_pair
+from rd.rectify import (flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries, rectify,
+                        sample_phased)
 from rd.sampling import get_grid, sample
-from rd.schedules import get_schedule
+from rd.schedules import Coeffs, get_schedule
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 
 
@@ -310,3 +313,100 @@ def test_tqdm_disable_silences_the_pairs_bar(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE")
     generate_pairs(lambda x, t: 0 * x, ve, "edm", tmp_path / "loud", 4, (2,), solver="euler", steps=2)
     assert "pairs →" in capsys.readouterr().err
+
+# ----------------------------------------------------------------------------
+# Phased sampling [RD §2.3]: a perfect phased student, sampled as rdK students are, reproduces the teacher's states at
+# the phase boundaries. EDM form on VE: the schedule and the edm conversions hold no assignment code, so the test
+# reaches only the first-order step (A2).
+
+
+def teacher_states(mix, s, x_T, boundaries, n=120):
+    """The teacher's PF-ODE states at b_0 … b_K for the exact mixture denoiser, the last one at σ = 0 (the clean
+    sample, as the pairs keep it). VE only (α = 1, x = x0 + σ·ε, so dx/dσ = E[ε | x]): classical RK4 with n steps per
+    phase, uniform in u = σ^{1/7} (short steps where σ is small). Shares no code with rd's solvers or samplers."""
+    sigmas = s.sigma(boundaries).tolist()
+    sigmas[-1] = 0.0
+
+    def f(x, u):                                              # dx/du = dx/dσ · dσ/du, σ = u⁷
+        sigma = torch.tensor(u ** 7, dtype=torch.float64)
+        c = Coeffs(torch.ones_like(sigma), sigma, torch.zeros_like(sigma), torch.ones_like(sigma))
+        return 7 * u ** 6 * mix.posterior(x, c)[1]
+    x, states = x_T, [x_T]
+    for s_start, s_end in zip(sigmas[:-1], sigmas[1:]):
+        u0, h = s_start ** (1 / 7), (s_end ** (1 / 7) - s_start ** (1 / 7)) / n
+        for i in range(n):
+            u = u0 + i * h
+            k1 = f(x, u)
+            k2 = f(x + 0.5 * h * k1, u + 0.5 * h)
+            k3 = f(x + 0.5 * h * k2, u + 0.5 * h)
+            k4 = f(x + h * k3, u + h)
+            x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        states.append(x)
+    return torch.stack(states, 1)                                                     # (B, K+1, D)
+
+
+def perfect_phased_student(states, boundaries, s, pred_type):
+    """The optimum of phased RD on these states: in phase k (b_{k+1} < t ≤ b_k) row i predicts, in the teacher's
+    form, the pair (x0_ph, ε_ph) whose forward path α_t·x0 + σ_t·ε passes through states[i, k] at b_k and
+    states[i, k+1] at b_{k+1} (MATH.md (5.1), written out here: z = x/α, r = σ/α, the last state at r = 0). Its x̂0 is
+    constant in the phase, so one first-order step from states[i, k] at b_k lands on states[i, k+1] [RD Thm. 1]. It
+    does not look at x: a sampler whose state leaves the phase's path, or whose steps cross a boundary, misses."""
+    K = len(boundaries) - 1
+    c = s(boundaries)
+    alpha, r = c.alpha.clone(), c.sigma / c.alpha
+    alpha[-1], r[-1] = 1.0, 0.0
+    z = states / alpha[None, :, None]
+    eps_ph = (z[:, :-1] - z[:, 1:]) / (r[:-1] - r[1:])[None, :, None]                # (B, K, D)
+    x0_ph = z[:, 1:] - r[None, 1:, None] * eps_ph
+
+    def net(x_in, t):                                         # row i of the batch is sample i
+        phase = (boundaries[None, 1:] >= t[:, None]).sum(1).clamp(max=K - 1)         # (B,)
+        rows = torch.arange(len(t))
+        return target_from_pair(x0_ph[rows, phase], eps_ph[rows, phase], s(t), pred_type)
+    return net
+
+
+@pytest.fixture(scope="module")
+def teacher_at_four_phases():
+    """VE, the ring mixture, 64 noises: the teacher's states at the boundaries of K = 4 phases (those of K = 2 and 1
+    are among them). The reference solution has converged: halving its steps moves it by ~1e-6, so its own error
+    (order 4) is ~1e-7."""
+    s, mix = get_schedule("ve"), ring_mixture()
+    noise = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    b = phase_boundaries(s, 4)
+    x_T = s.sigma(b[0]).item() * noise
+    states = teacher_states(mix, s, x_T, b, n=120)
+    error = (states - teacher_states(mix, s, x_T, b, n=60)).abs().max().item()
+    assert error < 1e-5, f"the reference ODE solution moves by {error:.1e} from 60 to 120 RK4 steps per phase"
+    return s, noise, b, states
+
+
+# K = 1 is one step straight to σ = 0, the clean end's x̂0 (no DPM-Solver step: no assignment code)
+@pytest.mark.parametrize("phases", [1, pytest.param(2, marks=pytest.mark.a2), pytest.param(4, marks=pytest.mark.a2)])
+def test_perfect_phased_student_reproduces_the_teachers_boundary_states(teacher_at_four_phases, phases):
+    """rdK students sample with K first-order steps (rd.rectify.sample_phased): each must start on a phase boundary of
+    the pairs and land on the next, so a student that is first order inside every phase reproduces the teacher's
+    states there exactly, and its sample is the teacher's clean sample.  [RD §2.3, Thm. 1]"""
+    s, noise, b4, states4 = teacher_at_four_phases
+    b = phase_boundaries(s, phases)                           # where generate_pairs keeps the teacher's states
+    keep = list(range(0, 5, 4 // phases))
+    torch.testing.assert_close(b, b4[keep], rtol=1e-12, atol=0)
+    states = states4[:, keep]
+    net = perfect_phased_student(states, b, s, "edm")
+    seen = []
+    x = sample_phased(net, noise, s, "edm", phases, callback=lambda d: seen.append((d["t"], d["x"])))
+    assert [t for t, _ in seen] == b[:-1].tolist(), (
+        f"K={phases}: the phased sampler must take one step per phase, from each phase boundary of the pairs "
+        f"{b.tolist()}; it called the network at t = {[t for t, _ in seen]}")
+    for k, (_, x_k) in enumerate(seen):
+        torch.testing.assert_close(x_k, states[:, k], rtol=0, atol=1e-10,
+                                   msg=lambda m: f"K={phases}: the sampler is off the teacher's state at b_{k}\n{m}")
+    torch.testing.assert_close(x, states[:, -1], rtol=0, atol=1e-10,
+                               msg=lambda m: f"K={phases}: the sample is not the teacher's clean sample\n{m}")
+    # train_sd.py samples phased students through rd.latent.generate_latents (float32 output): the same sampler
+    tokens = torch.zeros(len(noise), 3, dtype=torch.int64)
+    latents = generate_latents(lambda x, t, c: net(x, t), noise, s, "edm", phases, tokens, phased=True)
+    torch.testing.assert_close(latents, states[:, -1].float(), rtol=1e-6, atol=1e-6)
+    if phases == 4:   # the test can fail: DPM-Solver++(2M) on the same boundaries extrapolates across the phases
+        missed = (sample(net, noise, s, "edm", "dpm++2m", phases) - states[:, -1]).abs().max().item()
+        assert missed > 1e-2, f"DPM-Solver++(2M) should miss the teacher's clean sample; it is {missed:.2e} away"

@@ -1,6 +1,7 @@
 """train_sd.py at its tiny preset: every stage, stage-by-stage = all at once, clear refusals, --help."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +100,28 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path):
     assert proc.returncode != 0 and "run the 'ae' stage first" in proc.stderr
     assert not (tmp_path / "teacher").exists()
     proc = run("--preset=tiny", f"--out={tmp_path}", "--guidance=2.0")
-    assert proc.returncode != 0 and "another configuration" in proc.stderr
-    assert json.loads((tmp_path / "config.json").read_text())["args"]["guidance"] == 3.0, "nothing overwritten"
+    assert proc.returncode != 0 and "another configuration" in proc.stderr and "args.guidance: 3.0 → 2.0" in proc.stderr
+    proc = run("--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-v")
+    assert proc.returncode != 0 and "args.form: 'vp-sd-eps' → 'vp-sd-v'" in proc.stderr, proc.stderr[-2000:]
+    config = json.loads((tmp_path / "config.json").read_text())["args"]
+    assert config["guidance"] == 3.0 and config["form"] == "vp-sd-eps", "nothing overwritten"
+
+
+def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path):
+    """--form=vp-sd-zsnr-v (SD 2's v on the zero-terminal-SNR schedule): teacher, pairs and RD student in that form, on
+    the autoencoder of the default run (it does not depend on the form). The checkpoints keep the form's schedule and
+    prediction type, so rd.train refuses to resume them in another form (tests/test_train.py)."""
+    out, _ = whole
+    shutil.copytree(out / "ae", tmp_path / "ae")
+    for stage in ("teacher", "pairs", "rd"):
+        stdout = ok(run("--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-zsnr-v", f"--stage={stage}"))
+        assert "teacher form vp-sd-zsnr-v" in stdout
+    for stage in ("teacher", "rd"):
+        config = torch.load(tmp_path / stage / "ckpt.pt", weights_only=True)["config"]
+        assert (config["schedule"], config["pred_type"]) == ("vp-sd-zsnr", "v"), stage
+    pairs = json.loads((tmp_path / "pairs" / "manifest.json").read_text())["config"]
+    assert (pairs["schedule"], pairs["pred_type"], pairs["clean"]) == ("vp-sd-zsnr", "v", True)
+    assert (tmp_path / "rd" / "grid.png").stat().st_size > 5_000
 
 
 def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path):
@@ -108,6 +129,11 @@ def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path):
     assert proc.returncode == 2 and "unrecognized arguments: --bogus=1" in proc.stderr
     proc = run("--preset=huge")
     assert proc.returncode == 2 and "--preset must be auto, tiny, cpu, gpu; got 'huge'" in proc.stderr
+    proc = run("--form=vp-sd-x0")
+    assert proc.returncode == 2 and ("--form must be one of vp-cosine-v, vp-sd-eps, vp-sd-v, vp-sd-zsnr-v; got "
+                                     "'vp-sd-x0'") in proc.stderr
+    proc = run("--form=edm")                              # rd.cifar's EDM form: its σ_d does not fit the latents
+    assert proc.returncode == 2 and "got 'edm' (EDM's preconditioning assumes data of std σ_d = 0.5" in proc.stderr
     proc = run("--preset=tiny", "--data=cifar10", f"--cifar={tmp_path / 'nope'}", f"--out={tmp_path / 'c'}")
     assert proc.returncode != 0 and "CIFAR-10 not found" in proc.stderr and "cifar10-jpg.tar.gz" in proc.stderr
     if not torch.cuda.is_available():
@@ -119,7 +145,8 @@ def test_help_lists_every_flag_with_its_default():
     proc = run("--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())                                        # argparse wraps long lines
-    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--out", ""), ("--stage", "all"),
+    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--form", "vp-sd-eps"), ("--out", ""),
+                          ("--stage", "all"),
                           ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
                           ("--cifar", "data/cifar10-jpg.tar.gz")):
         help_of_flag = text.split(f"{flag} ", 2)[-1].split(" --", 1)[0]

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from rd.cifar import FORMS, PRESETS, CifarConfig, run
-from rd.predictions import loss_weight, x0_gain
+from rd.cifar import PRESETS, CifarConfig, run
+from rd.predictions import FORMS, loss_weight, x0_gain
 from rd.schedules import get_schedule
 
 # %% Config
