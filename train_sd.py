@@ -29,7 +29,7 @@ from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encod
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
 from rd.figures import image_table, save_grid
-from rd.io import Laps, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
+from rd.io import ConfigMismatch, Laps, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
 from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.predictions import FORMS, SIGMA_DATA
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
@@ -385,5 +385,5 @@ def ae_latent_shape(ae, images, device) -> tuple:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, UnreadableFile) as err:  # missing data or stage input, a damaged file: say, exit 1
+    except (FileNotFoundError, UnreadableFile, ConfigMismatch) as err:  # missing, damaged, another run's: say, exit 1
         sys.exit(f"train_sd.py: {err}")

@@ -34,7 +34,7 @@ from .cli import arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
-from .io import Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
+from .io import ConfigMismatch, Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
 from .predictions import FORMS, LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS
@@ -328,7 +328,7 @@ def main(argv=None):
         raise SystemExit("rd.cifar: torchrun with WORLD_SIZE > 1 needs CUDA GPUs; on a CPU run one process")
     try:
         run(cfg)
-    except (FileNotFoundError, UnreadableFile) as err:   # missing data or stage input, a damaged file: say, exit 1
+    except (FileNotFoundError, UnreadableFile, ConfigMismatch) as err:   # missing, damaged, another run's: say, exit 1
         raise SystemExit(f"rd.cifar: {err}")
 
 

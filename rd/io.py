@@ -77,6 +77,11 @@ class UnreadableFile(ValueError):
     names the file and what to do. The command lines (rd.cifar, train_sd.py) print it without a traceback."""
 
 
+class ConfigMismatch(ValueError):
+    """A checkpoint written by a run of another configuration, found where this run would resume; the message names
+    the file and the differences. The command lines print it without a traceback."""
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's first line (its first sentence when longer than `limit` characters, as torch's are), at most
     `limit` characters: enough to recognise it inside another message."""

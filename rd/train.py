@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import dist
 from .ema import EMA
-from .io import UnreadableFile, atomic_save, atomic_write_text, first_line, progress_off
+from .io import ConfigMismatch, UnreadableFile, atomic_save, atomic_write_text, first_line, progress_off
 from .predictions import LOSSES, check_pred_type, denoising_loss
 from .schedules import Schedule
 
@@ -158,7 +158,7 @@ def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | 
     if config is not None and _identity(ckpt.get("config", {})) != _identity(config):
         old, new = _identity(ckpt.get("config", {})), _identity(config)
         diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
-        raise ValueError(f"{path} was written with another config (checkpoint, now): {diff}; use another run "
+        raise ConfigMismatch(f"{path} was written with another config (checkpoint, now): {diff}; use another run "
                          f"folder or delete it to start over")
     net.load_state_dict(ckpt["model"])
     if ema is not None:

@@ -89,6 +89,9 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
     proc = run(tmp_path, "--stages=teacher,eval")
     assert proc.returncode != 0 and "run the 'students' stage first" in proc.stderr
+    proc = run(tmp_path, "--stages=teacher", "--form=vp-sd-eps")    # another form where a teacher is: said, no traceback
+    assert proc.returncode != 0 and "was written with another config" in proc.stderr and "'pred_type'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("flags,message", [
