@@ -169,7 +169,7 @@ def check(cfg: CifarConfig) -> list[str]:
         try:
             check_inception_file(cfg.inception)
         except (FileNotFoundError, UnreadableFile) as err:
-            bad("inception", f"{err}; or pass --inception='' to skip FID")
+            bad("inception", f"{str(err).rstrip('.')}; or pass --inception='' to skip FID")
         if cfg.data == "random":
             bad("inception", "FID compares with CIFAR-10 (its test split, its train statistics), which --data=random "
                              "has not: pass --inception='' with random images")
