@@ -54,7 +54,8 @@ class CifarConfig:
     data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
                     ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
-    form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS))
+    form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS) + " (edm diverged at the default steps and "
+                    "learning rate: RESULTS.md)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
@@ -168,8 +169,11 @@ def check(cfg: CifarConfig) -> list[str]:
     if "eval" in stages and cfg.inception:
         try:
             check_inception_file(cfg.inception)
-        except (FileNotFoundError, UnreadableFile) as err:
-            bad("inception", f"{str(err).rstrip('.')}; or pass --inception='' to skip FID")
+        except FileNotFoundError:
+            bad("inception", "no such file; DATA.md says where to get the FID network inception-2015-12-05-fp16.pt, "
+                             "or pass --inception='' to skip FID")
+        except UnreadableFile as err:
+            bad("inception", f"{err}; or pass --inception='' to skip FID")
         if cfg.data == "random":
             bad("inception", "FID compares with CIFAR-10 (its test split, its train statistics), which --data=random "
                              "has not: pass --inception='' with random images")

@@ -99,7 +99,8 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"
     head = f"FID-{cfg.fid_n / 1000:g}k against {data}" if cfg.inception else f"FID skipped (--inception=''), {data}"
-    lines = [f"{head}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}; sampling: dpm++1 at 1 call, {cfg.sampler} "
+    sampler = cfg.sampler + (" (dpm++2m at 2 calls)" if cfg.sampler == "dpm++3m" else "")
+    lines = [f"{head}; {cfg.unet} UNet, teacher form {cfg.form}; {gpu}; sampling: dpm++1 at 1 call, {sampler} "
              f"on the {cfg.grid} grid above, phased students one dpm++1 step per phase", "",
              "| model | " + " | ".join(f"{k} call{'s' * (k > 1)}" for k in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(_fmt(results.get((n, k))) for k in cols) + " |" for n in models]

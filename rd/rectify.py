@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import dist
-from .io import atomic_save, atomic_write_text, progress_off, read_json, sha256
+from .io import ConfigMismatch, atomic_save, atomic_write_text, progress_off, read_json, sha256
 from .predictions import Predictor
 from .sampling import classifier_free_guidance, get_grid, sample
 from .schedules import FlowMatching, Schedule
@@ -150,7 +150,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         old = read_manifest(out)
         if old.get("format") != FORMAT or old.get("config") != config:
             diff = {k: (old.get("config", {}).get(k), v) for k, v in config.items() if old.get("config", {}).get(k) != v}
-            raise ValueError(f"{out} holds pairs made with other settings (old, new): {diff}; "
+            raise ConfigMismatch(f"{out} holds pairs made with other settings (old, new): {diff}; "
                              f"use another directory, or delete this one to regenerate")
         manifest["shards"] = old["shards"]
     n_shards = (n + shard_size - 1) // shard_size

@@ -36,8 +36,8 @@ FIGURES = Path(CONFIG.out)
 # the prediction type, |∂x̂0/∂output| = 1/x0_gain: for ε it is σ_T/α_T (14.6 on SD's schedule, 119 on the cosine
 # schedule at its t_max), for v on a VP schedule σ_T ≤ 1, for EDM's preconditioned output c_out ≤ σ_d.
 # The plain training loss of each form weighs an x̂0 error at time t by x0_gain², so an ε-model is barely asked to be
-# right at t ≈ 1, exactly where a 1-call sampler reads it. Rectified Diffusion keeps the teacher's form and loss:
-# the teacher's form is inherited by the student.
+# right at t ≈ 1, exactly where a 1-call sampler reads it. Rectified Diffusion keeps the teacher's form: the
+# teacher's form is inherited by the student.
 
 # %% The arithmetic, per form
 print("| form | t_max | output error → x̂0 error at t_max | loss weight on an x̂0 error at t_max (relative to x0) |")
@@ -67,7 +67,7 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on the cosine VP
 #   schedule by default; `FORMS` lists the others (SD's ε, SD-2's zero-terminal-SNR v, EDM), each runnable with
-#   `--form=NAME`. bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over 7,000 steps.
+#   `--form=NAME` (EDM failed at the default 7,000 steps with this learning rate: RESULTS.md). bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
 #   the clean sample (the last step lands on σ = 0). One set of pairs serves every student.
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
