@@ -76,7 +76,7 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     proc = run(out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     other = (out / "results-edm-dpmpp3m.md").read_text()
-    assert "dpm++3m on the edm grid" in other and "| rd2 |" in other and "| rf |" not in other
+    assert "dpm++3m (dpm++2m at 2 calls) on the edm grid" in other and "| rd2 |" in other and "| rf |" not in other
     assert table == (out / "results.md").read_text() and logs["rd"] == (out / "rd" / "log.txt").read_text()
 
 
