@@ -8,7 +8,7 @@
 # 3. train one teacher per form (VP/DDPM with ε, sub-VP with ε, VE/EDM with x0, FM with velocity) and show
 #    that their sampled trajectories bend: trained models are not first-order.
 #
-# Run: `python tutorials/01_schedules_2d.py` (≈ 2 min on 2 CPU cores). `RD_SMOKE=1` shrinks it to a few
+# Run: `python tutorials/01_schedules_2d.py` (5 min on 2 CPU cores). `RD_SMOKE=1` shrinks it to a few
 # seconds (the tests run that). Figures and the teachers go to `runs/tutorials/` (used by tutorial 02).
 
 # %% Setup
