@@ -36,6 +36,19 @@ def fit_slope(steps, errors) -> float:
     return ((x * y).sum() / (x * x).sum()).item()
 
 
+def rk4(f, y, s0: float, s1: float, n: int):
+    """y(s1) from y(s0) for dy/ds = f(y, s): classical Runge–Kutta 4, n uniform steps."""
+    h = (s1 - s0) / n
+    for i in range(n):
+        s = s0 + i * h
+        k1 = f(y, s)
+        k2 = f(y + 0.5 * h * k1, s + 0.5 * h)
+        k3 = f(y + 0.5 * h * k2, s + 0.5 * h)
+        k4 = f(y + h * k3, s + h)
+        y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+    return y
+
+
 def rk4_reference(model, x, schedule, n: int = 1000, t_max: float | None = None, t_min: float | None = None):
     """x_{t_min} from x_{t_max} by classical Runge–Kutta 4 on y = x/σ over n uniform steps in λ:
         dy/dλ = e^λ·x̂0(σ_λ·y, t(λ))      (the data-form exact solution's integrand  [DPM++ Eq. 9])
@@ -44,19 +57,11 @@ def rk4_reference(model, x, schedule, n: int = 1000, t_max: float | None = None,
     t_max = schedule.t_max if t_max is None else t_max
     t_min = schedule.t_min if t_min is None else t_min
     lam_0, lam_1 = schedule.lam(t_max).item(), schedule.lam(t_min).item()
-    h = (lam_1 - lam_0) / n
 
     def f(y, lam):
         t = min(max(schedule.inverse_lambda(torch.tensor(lam, dtype=torch.float64)).item(), t_min), t_max)
         return math.exp(lam) * model(schedule.sigma(t).item() * y, t)[0]
-    y = x / schedule.sigma(t_max).item()
-    for i in range(n):
-        lam = lam_0 + i * h
-        k1 = f(y, lam)
-        k2 = f(y + 0.5 * h * k1, lam + 0.5 * h)
-        k3 = f(y + 0.5 * h * k2, lam + 0.5 * h)
-        k4 = f(y + h * k3, lam + h)
-        y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+    y = rk4(f, x / schedule.sigma(t_max).item(), lam_0, lam_1, n)
     return schedule.sigma(t_min).item() * y
 
 

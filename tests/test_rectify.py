@@ -8,6 +8,7 @@ import rd.rectify as rectify_mod  # generate_pairs looks atomic_save up here: th
 from rd.latent import generate_latents
 from rd.metrics import sliced_wasserstein
 from rd.mixture import ring_mixture
+from rd.orders import rk4
 from rd.predictions import target_from_pair
 from rd.rectify import (flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries, rectify,
                         sample_phased)
@@ -333,14 +334,7 @@ def teacher_states(mix, s, x_T, boundaries, n=120):
         return 7 * u ** 6 * mix.posterior(x, c)[1]
     x, states = x_T, [x_T]
     for s_start, s_end in zip(sigmas[:-1], sigmas[1:]):
-        u0, h = s_start ** (1 / 7), (s_end ** (1 / 7) - s_start ** (1 / 7)) / n
-        for i in range(n):
-            u = u0 + i * h
-            k1 = f(x, u)
-            k2 = f(x + 0.5 * h * k1, u + 0.5 * h)
-            k3 = f(x + 0.5 * h * k2, u + 0.5 * h)
-            k4 = f(x + h * k3, u + h)
-            x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        x = rk4(f, x, s_start ** (1 / 7), s_end ** (1 / 7), n)
         states.append(x)
     return torch.stack(states, 1)                                                     # (B, K+1, D)
 
