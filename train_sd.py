@@ -36,7 +36,7 @@ from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, p
 from rd.schedules import get_schedule
 from rd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
 from rd.text import TextEncoder, TextEncoderConfig, Tokenizer
-from rd.train import TrainConfig, train
+from rd.train import TrainConfig, read_checkpoint, train
 from rd.unet import UNet, UNetConfig
 
 STAGES = ("ae", "teacher", "pairs", "rd", "rf", "phased", "eval")
@@ -277,7 +277,7 @@ def pipeline(args: Args, ctx: dist.Context):
             phased = stage == "phased"
             grid(stage, trained[name], sch, pred_type, args.phases if phased else 1, phased=phased)
         if stage == "rd":
-            steps = torch.load(out / "rd" / "ckpt.pt", map_location="cpu", weights_only=True)["step"]
+            steps = read_checkpoint(out / "rd" / "ckpt.pt")["step"]
         if args.stage == stage:
             return say(f"{stage} done")
 
@@ -301,7 +301,11 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
     clf_path = out / "classifier" / "ckpt.pt"
     clf = AttributeClassifier(ClassifierConfig(heads=heads)).to(device)
     if clf_path.exists():
-        clf.load_state_dict(torch.load(clf_path, map_location=device, weights_only=True))
+        try:
+            clf.load_state_dict(torch.load(clf_path, map_location=device, weights_only=True))
+        except Exception as err:                  # truncated, garbage, another classifier's shapes
+            raise UnreadableFile(f"{clf_path} is not a readable classifier of this run ({type(err).__name__}); "
+                                 f"delete it and rerun: the evaluation trains a new one") from err
     else:
         clf = train_classifier(images, attrs, ClassifierConfig(heads=heads), size.clf_steps, device=device,
                                seed=args.seed, flip=args.data == "cifar10")

@@ -21,6 +21,7 @@ With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs ar
 """
 import copy
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -38,13 +39,14 @@ from .io import ConfigMismatch, Laps, UnreadableFile, atomic_write_text, not_a_f
 from .predictions import FORMS, LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS
-from .schedules import get_schedule, lognormal_t
+from .schedules import Schedule, get_schedule, lognormal_t
 from .solvers import MIN_STEPS
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 
 STAGES = ("teacher", "pairs", "students", "eval")
 T_SAMPLINGS = ("schedule", "lognormal")
+STUDENT_TS = ("schedule", "uniform")
 EVAL_SAMPLERS = ("dpm++2m", "dpm++3m")     # one network call a step
 
 
@@ -54,8 +56,8 @@ class CifarConfig:
     data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
                     ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
-    form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS) + " (edm diverged at the default steps and "
-                    "learning rate: RESULTS.md)")
+    form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS) + " (edm needs --lr=5e-4: at 1e-3 it "
+                    "diverged)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
@@ -82,6 +84,9 @@ class CifarConfig:
     student_loss: str = arg("huber", "students' loss: huber (pseudo-Huber on x̂0, the official RD code's) or mse "
                             "(each form's own squared error; students and tables get a suffix -mse)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
+    student_t: str = arg("schedule", "RD students' training times: schedule (the form's own: uniform t on VP, "
+                         "log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts) or uniform "
+                         "(uniform t: log-uniform σ on EDM; students and tables get a suffix -tuniform)")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
                     + ", ".join(GRIDS) + " (phased students keep their phase boundaries)")
@@ -143,6 +148,8 @@ def check(cfg: CifarConfig) -> list[str]:
         bad("grid", f"allowed: {', '.join(GRIDS)}")
     if cfg.sampler not in EVAL_SAMPLERS:
         bad("sampler", f"allowed: {', '.join(EVAL_SAMPLERS)}")
+    if cfg.student_t not in STUDENT_TS:
+        bad("student_t", f"allowed: {', '.join(STUDENT_TS)}")
     if cfg.student_loss not in LOSSES:
         bad("student_loss", f"allowed: {', '.join(LOSSES)}")
     if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
@@ -207,7 +214,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     cache = Path(cfg.cache) if cfg.cache else out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sfx = (f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "huber" else "-mse")
+    sfx = ((f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "huber" else "-mse")
+           + ("" if cfg.student_t == "schedule" else f"-t{cfg.student_t}"))
     esfx = (sfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")     # results of another sampler: beside, not over
             + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
     laps = Laps(out / f"minutes{esfx}.json", write=ctx.main)      # minutes per stage, summed over invocations
@@ -287,7 +295,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             batches = pairs and flow_batches(pairs, sch)
         else:
             sch, p, net = schedule, pred, copy.deepcopy(teacher)
-            batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule)
+            times = None if cfg.student_t == "schedule" else functools.partial(Schedule.sample_t, schedule)
+            batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule, sample_t=times)
         with laps(f"{name}{sfx}"):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**budget), path,
                                 desc=name, require_done=pairs is None and "students"), sch, p)

@@ -302,10 +302,11 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3)
     return torch.where(frac > 1 - handover, (phase + 1).clamp(max=k - 1), phase)
 
 
-def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
+def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3, sample_t=None):
     """(x0_ph, ε_ph, t) batches: t ~ the teacher's training times, the pair of phase_of(t).  [RD Alg. 4, §2.3]
 
-    t outside [t_min, t_max] uses the nearest phase. Conditional pairs give (x0_ph, ε_ph, t, cond)."""
+    sample_t(n, generator, device) → t replaces the training times (default schedule.sample_t); t outside
+    [t_min, t_max] uses the nearest phase. Conditional pairs give (x0_ph, ε_ph, t, cond)."""
     if pairs.config["schedule_params"] != schedule_params(schedule):
         raise ValueError(f"pairs of schedule {pairs.config['schedule']!r} cannot train a {schedule.name!r} student "
                          f"in the teacher's form")
@@ -313,7 +314,7 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3):
 
     def batch(n, generator):
         idx = torch.randint(0, x0_ph.shape[0], (n,), generator=generator, device=x0_ph.device)
-        t = schedule.sample_t(n, generator, device=x0_ph.device)
+        t = (sample_t or schedule.sample_t)(n, generator, device=x0_ph.device)
         phase = phase_of(pairs, schedule, t, handover)
         out = x0_ph[idx, phase], eps_ph[idx, phase], t
         return out if pairs.cond is None else (*out, pairs.cond[idx])

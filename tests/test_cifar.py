@@ -67,10 +67,10 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
                            torch.load(out / "rd" / "ckpt.pt", weights_only=True)["model"][LAST])
     assert logs["rd"] == (out / "rd" / "log.txt").read_text()
     assert json.loads((out / "rd" / "config.json").read_text())["train"]["loss"] == "huber"
-    proc = run(out, "--stages=students,eval", "--student_loss=mse", "--students=rd")
+    proc = run(out, "--stages=students,eval", "--student_loss=mse", "--student_t=uniform", "--students=rd")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    config = json.loads((out / "rd-mse" / "config.json").read_text())["train"]
-    assert config["loss"] == "mse" and (out / "results-mse.md").exists()
+    config = json.loads((out / "rd-mse-tuniform" / "config.json").read_text())["train"]
+    assert config["loss"] == "mse" and (out / "results-mse-tuniform.md").exists()
     # another sampler is evaluated beside the default's results, on the same students, without retraining
     table = (out / "results.md").read_text()
     proc = run(out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")
@@ -109,6 +109,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
     (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
+    (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),
     (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),

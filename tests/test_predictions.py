@@ -42,7 +42,8 @@ def test_closed_forms_of_targets():
     """For FM the flow target is RF's u = ε − x0 [RF]."""
     fm = get_schedule("fm")
     x0, eps, c, _ = noisy_batch(fm)
-    torch.testing.assert_close(target_from_pair(x0, eps, c, "flow"), eps - x0)
+    torch.testing.assert_close(target_from_pair(x0, eps, c, "flow"), eps - x0, msg=lambda m: (
+        f"A1.1: the flow target on fm must be ε − x0 (rectified flow's velocity).\n{m}"))
 
 
 @pytest.mark.parametrize("name", ["vp-linear", "vp-cosine", "subvp", "ve", "fm"])
@@ -53,7 +54,8 @@ def test_flow_target_is_the_velocity_of_the_pair_path(name):
     t = torch.full((64,), 0.5, dtype=torch.float64)
     path = lambda tt: s.alpha(tt)[:, None] * x0 + s.sigma(tt)[:, None] * eps
     torch.testing.assert_close(target_from_pair(x0, eps, s(t), "flow"), (path(t + h) - path(t - h)) / (2 * h),
-                               rtol=1e-6, atol=1e-6)
+                               rtol=1e-6, atol=1e-6, msg=lambda m: (
+        f"A1.1: the flow target on {name} must be dα/dt·x0 + dσ/dt·ε, the velocity of the pair's path.\n{m}"))
 
 
 def test_v_is_the_angular_velocity_on_vp():
@@ -64,7 +66,8 @@ def test_v_is_the_angular_velocity_on_vp():
     x_at = lambda p: torch.cos(p)[:, None] * x0 + torch.sin(p)[:, None] * eps
     t = s.inverse_lambda(torch.log(torch.cos(phi) / torch.sin(phi)))
     torch.testing.assert_close(target_from_pair(x0, eps, s(t), "v"), (x_at(phi + h) - x_at(phi - h)) / (2 * h),
-                               rtol=1e-6, atol=1e-6)
+                               rtol=1e-6, atol=1e-6, msg=lambda m: (
+        f"A1.1: the v target on vp-cosine must be α·ε − σ·x0 (dx_t/dφ with α = cos φ, σ = sin φ).\n{m}"))
 
 
 @pytest.mark.parametrize("pred_type", A1_TYPES)
@@ -137,8 +140,10 @@ def test_predictor_gives_pair_for_any_type():
     for pred_type in PRED_TYPES:
         net = lambda x, tt, p=pred_type: target_from_pair(x0, eps, s(tt.double()), p)
         got = Predictor(net, pred_type, s)(x_t, t)
-        torch.testing.assert_close(got[0], x0)
-        torch.testing.assert_close(got[1], eps)
+        for k, (what, want) in enumerate((("x̂0", x0), ("ε̂", eps))):
+            torch.testing.assert_close(got[k], want, msg=lambda m: (
+                f"A1.2: Predictor with {pred_type}-prediction on subvp gives a wrong {what}: check "
+                f"pair_from_prediction for {pred_type}.\n{m}"))
 
 
 def test_bad_prediction_type():

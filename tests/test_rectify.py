@@ -1,4 +1,5 @@
 """Rectification: reproducible, resumable pair shards; the phased pair formula; a real CPU rectification; bad input."""
+import functools
 import json
 
 import pytest
@@ -10,10 +11,10 @@ from rd.metrics import sliced_wasserstein
 from rd.mixture import ring_mixture
 from rd.orders import rk4
 from rd.predictions import target_from_pair
-from rd.rectify import (flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries, rectify,
-                        sample_phased)
+from rd.rectify import (Pairs, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries,
+                        rectify, sample_phased, schedule_params)
 from rd.sampling import get_grid, sample
-from rd.schedules import Coeffs, get_schedule
+from rd.schedules import Coeffs, Schedule, get_schedule
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 
 
@@ -151,6 +152,20 @@ def test_phase_batches_pick_the_phase_of_t(tmp_path):
         sel = expected == k
         rows = torch.cdist(x0[sel].double(), x0_ph[:, k].double()).min(1).values
         assert sel.sum() > 20 and float(rows.max()) < 1e-6, f"batches expected in phase {k} must use its pairs"
+
+
+@pytest.mark.a3
+def test_students_of_a_log_normal_teacher_reach_sigma_max_only_with_uniform_times():
+    """EDM's own times (log-normal σ) never reach σ_max, where a 1-call sample starts; sample_t=uniform t does."""
+    s = get_schedule("ve")                                   # the edm form's schedule: σ from 0.002 to 80
+    x = torch.randn(1000, 2, 2, dtype=torch.float64)
+    pairs = Pairs(x[:, 0], x, torch.tensor([s.t_max, s.t_min], dtype=torch.float64),
+                  {"schedule_params": schedule_params(s), "clean": True})
+    g = torch.Generator().manual_seed(0)
+    _, _, t_own = pair_batches(pairs, s)(4000, g)
+    _, _, t_uni = pair_batches(pairs, s, sample_t=functools.partial(Schedule.sample_t, s))(4000, g)
+    assert float(t_own.max()) < 0.9 and 0.03 < float((t_uni > 0.95).double().mean()) < 0.07
+    assert float(t_uni.min()) >= s.t_min and float(t_uni.max()) <= s.t_max
 
 
 @pytest.mark.a3
@@ -394,7 +409,8 @@ def test_perfect_phased_student_reproduces_the_teachers_boundary_states(teacher_
         f"{b.tolist()}; it called the network at t = {[t for t, _ in seen]}")
     for k, (_, x_k) in enumerate(seen):
         torch.testing.assert_close(x_k, states[:, k], rtol=0, atol=1e-10,
-                                   msg=lambda m: f"K={phases}: the sampler is off the teacher's state at b_{k}\n{m}")
+                                   msg=lambda m: f"K={phases}: sample_phased (one DPM-Solver++(1) step per phase: "
+                                   f"first_order_update, data form) is off the teacher's state at b_{k}\n{m}")
     torch.testing.assert_close(x, states[:, -1], rtol=0, atol=1e-10,
                                msg=lambda m: f"K={phases}: the sample is not the teacher's clean sample\n{m}")
     # train_sd.py samples phased students through rd.latent.generate_latents (float32 output): the same sampler

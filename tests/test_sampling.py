@@ -142,7 +142,7 @@ def test_split_spends_exactly_the_calls(solver, grid, final):
         x = sample(counted, noise, s, "eps", solver, steps, grid, final=final, split=True)
         assert len(calls) == steps, f"{solver} split over {steps} calls made {len(calls)}"
     if grid == "logsnr" and final == "t_min":
-        ref = rk4_reference(Predictor(net, "eps", s), s.sigma(s.t_max).item() * noise, s)
+        ref = rk4_reference(Predictor(net, "eps", s), s.sigma(s.t_max).item() * noise, s, n=200)   # error ~1e-7
         err = (x - ref).norm(dim=1).mean().item()
         assert err < 0.05, f"{solver} split over 12 calls is {err:.3f} away from the exact solution"
 
@@ -153,7 +153,7 @@ def test_lower_order_final_helps_few_steps():
     s, mix = get_schedule("vp-sd"), ring_mixture()
     model = Predictor(mix.net(s, "eps"), "eps", s)
     x_T = s.sigma(s.t_max).item() * torch.randn(2000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    ref = rk4_reference(model, x_T, s)
+    ref = rk4_reference(model, x_T, s, n=200)                 # RK4 error ~1e-7, the solvers' ≥ 1e-3
     ts = get_grid(s, 6, "time_uniform")
     for order, gain in ((2, 2.5), (3, 8.0)):
         err = [(dpm_multistep(model, x_T, ts, s, order=order, lower_order_final=lof) - ref).norm(dim=1).mean().item()

@@ -39,8 +39,9 @@ def test_derivatives_match_finite_differences(name):
     s, h = get_schedule(name), 1e-6
     t = interior(s, 51)
     c = s(t)
-    torch.testing.assert_close(c.d_alpha, (s.alpha(t + h) - s.alpha(t - h)) / (2 * h), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(c.d_sigma, (s.sigma(t + h) - s.sigma(t - h)) / (2 * h), rtol=1e-5, atol=1e-7)
+    for what, got, f in (("dα/dt", c.d_alpha, s.alpha), ("dσ/dt", c.d_sigma, s.sigma)):
+        torch.testing.assert_close(got, (f(t + h) - f(t - h)) / (2 * h), rtol=1e-5, atol=1e-7, msg=lambda m: (
+            f"A1.5: {what} on {name} differs from the finite difference of the schedule itself.\n{m}"))
 
 
 @pytest.mark.parametrize("name", a1(*VP, "fm"))

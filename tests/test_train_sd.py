@@ -93,6 +93,10 @@ def test_crash_mid_stage_then_rerun_equals_an_uninterrupted_run(whole, tmp_path)
     b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed after a crash = never interrupted"
     assert json.loads((out / "results.json").read_text()) == json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "classifier" / "ckpt.pt").write_bytes(b"not a checkpoint")       # a damaged classifier is named
+    proc = run("--preset=tiny", f"--out={tmp_path}", "--stage=eval")
+    assert proc.returncode == 1 and "is not a readable classifier of this run" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_missing_prerequisite_and_other_config_are_refused(tmp_path):

@@ -67,7 +67,8 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on the cosine VP
 #   schedule by default; `FORMS` lists the others (SD's ε, SD-2's zero-terminal-SNR v, EDM), each runnable with
-#   `--form=NAME` (EDM failed at the default 7,000 steps with this learning rate: RESULTS.md). bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over 7,000 steps.
+#   `--form=NAME` (EDM needs `--lr=5e-4`: at 1e-3 it diverged). bf16, `torch.compile`, learning-rate warm-up
+#   then linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
 #   the clean sample (the last step lands on σ = 0). One set of pairs serves every student.
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
@@ -94,8 +95,21 @@ results = run(CONFIG)
 # the teacher reaches FID-10k 13.3 at 25 calls and is grey blur at 1–2 calls; RD gives 31.2 / 22.8 / 18.1 at
 # 1 / 2 / 4 calls against RF's 34.4 / 21.6 / 18.7 on the same pairs, steps and loss (a second students' seed moves
 # these by at most 0.15); phased RD with K = 2 gives 19.8 at 2 calls. With `--student_loss=mse` (each form's own
-# squared error) both students are worse at 1 call and RD's lead is larger: RD 39.8, RF 66.2. `--form=vp-sd-eps`
-# runs the ε form, whose RD student failed at 1 call in an earlier measurement (RESULTS.md, "ε against v at one call").
+# squared error) both students are worse at 1 call and RD's lead is larger: RD 39.8, RF 66.2.
+#
+# **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, 7,000 teacher
+# steps, pseudo-Huber students; 2 × H200, 2026-11-30; FID-10k, RESULTS.md has both seeds and the grids):
+#
+# | `--form` | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |
+# |---|---|---|---|
+# | vp-sd-eps | 29.3 / 12.2 / 11.5 | 155.0 / 21.5 / 16.0 | 21.6 / 18.2 / 17.1 |
+# | vp-cosine-v | 59.6 / 16.6 / 13.3 | 31.2 / 22.8 / 18.1 | 34.4 / 21.6 / 18.7 |
+#
+# The ε teacher is the better teacher, and its RD student is the better one at 2 and 4 calls; at 1 call it fails,
+# because its one step from t = 1 multiplies ε̂'s error by σ_T/α_T = 14.6 (its grid: the right images under coloured
+# speckle). RF, which converts the pairs to velocity, does not inherit the factor. The v form bounds it by σ_T ≤ 1,
+# so its RD student is the best 1-call RD. (EDM's students fail for another reason: its log-normal training times
+# never reach σ_max, where a 1-call sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
