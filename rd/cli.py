@@ -6,14 +6,26 @@ metadata, its default from the field (or from a named preset), unknown flags ref
         steps: int = arg(1000, "optimiser steps")
 
     cfg = parse(Config, sys.argv[1:], "what the program does", presets={"tiny": {"steps": 10}})
+
+The tutorials read one environment variable instead of flags: smoke_mode() (RD_SMOKE=1, a run of seconds).
 """
 import argparse
 import dataclasses
+import os
 
 
 def arg(default, help: str):
     """A dataclass field with its default and the help text of its flag."""
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def smoke_mode() -> bool:
+    """RD_SMOKE=1: a tutorial's smoke run; unset, empty or 0: the full run; any other value is refused (exit 1)."""
+    value = os.environ.get("RD_SMOKE", "")
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"RD_SMOKE={value!r}: set RD_SMOKE=1 for the smoke run (seconds to minutes), or unset it "
+                         f"for the full run")
+    return value == "1"
 
 
 def _bool(text: str) -> bool:

@@ -23,6 +23,14 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("tutorials")
 
 
+def test_a_smoke_setting_other_than_1_is_refused_not_taken_for_a_full_run(tmp_path):
+    env = dict(os.environ, RD_SMOKE="yes", RD_OUT=str(tmp_path), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "04_fused_groupnorm.py")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "RD_SMOKE='yes': set RD_SMOKE=1 for the smoke run" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
+
+
 def test_01_schedules_2d(out):
     stdout = run_tutorial("01_schedules_2d.py", out)
     for fig in ("01_schedules.png", "01_first_order_paths.png", "01_teacher_paths.png"):

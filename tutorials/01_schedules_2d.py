@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from rd.cli import smoke_mode
 from rd.metrics import first_order_error, path_deviation, sliced_wasserstein, trajectory
 from rd.mixture import ring_mixture
 from rd.predictions import Predictor
@@ -29,7 +30,7 @@ from rd.solvers import SOLVERS
 from rd.toy import ToyTrainConfig, few_step_distances, independent_batches, make_toy, save_toy, train_toy
 
 # %% Config
-SMOKE = os.environ.get("RD_SMOKE") == "1"
+SMOKE = smoke_mode()
 OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 TEACHERS = {                               # label → (schedule, prediction type)
     "VP/eps": ("vp-sd", "eps"),            # Stable Diffusion's discrete scaled-linear VP schedule, ε-prediction

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from rd.cli import smoke_mode
 from rd.metrics import first_order_error, sliced_wasserstein, trajectory
 from rd.mixture import ring_mixture
 from rd.predictions import Predictor
@@ -35,7 +36,7 @@ from rd.solvers import SOLVERS
 from rd.toy import ToyTrainConfig, few_step_distances, independent_batches, load_toy, make_toy, save_toy, train_toy
 
 # %% Config
-SMOKE = os.environ.get("RD_SMOKE") == "1"
+SMOKE = smoke_mode()
 OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 TEACHERS = {"VP/eps": ("vp-sd", "eps"), "VP/v": ("vp-sd", "v"), "subVP/eps": ("subvp", "eps"),
             "VE/x0": ("ve", "x0"), "FM/flow": ("fm", "flow")}   # as in tutorial 01

@@ -19,11 +19,12 @@ import torch
 from matplotlib.figure import Figure
 
 from rd.cifar import PRESETS, CifarConfig, run
+from rd.cli import smoke_mode
 from rd.predictions import FORMS, loss_weight, x0_gain
 from rd.schedules import get_schedule
 
 # %% Config
-SMOKE = os.environ.get("RD_SMOKE") == "1"
+SMOKE = smoke_mode()
 CONFIG = CifarConfig(**PRESETS["smoke"]) if SMOKE else CifarConfig()   # every field: python -m rd.cifar --help
 if "RD_OUT" in os.environ:
     CONFIG.out = os.environ["RD_OUT"]

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 import rd.ops as ops
 from rd.bench import timeit
+from rd.cli import smoke_mode
 from rd.ops.reference import backward_formula, forward_with_stats, group_norm_silu_ref
 
 # %% Config
-SMOKE = os.environ.get("RD_SMOKE") == "1"
+SMOKE = smoke_mode()
 OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 SHAPE = (3, 48, 7, 7)                      # (N, C, H, W) of the correctness checks: odd sizes on purpose
 GROUPS = 16                                # C/G = 3 channels per group

@@ -35,6 +35,7 @@ import torch
 
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import ClassifierConfig, accuracy, train_classifier
+from rd.cli import smoke_mode
 from rd.data import to_uint8
 from rd.figures import image_table
 from rd.latent import TextUNet, drop_prompts, generate_latents
@@ -45,7 +46,7 @@ from rd.text import TextEncoder, TextEncoderConfig, Tokenizer
 from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
 
-SMOKE = os.environ.get("RD_SMOKE") == "1"
+SMOKE = smoke_mode()
 OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/tutorials"))
 RUN = OUT / "05_run"                       # checkpoints and pairs (a second run reuses them)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
