@@ -7,7 +7,7 @@ metadata, its default from the field (or from a named preset), unknown flags ref
 
     cfg = parse(Config, sys.argv[1:], "what the program does", presets={"tiny": {"steps": 10}})
 
-The tutorials read one environment variable instead of flags: smoke_mode() (RD_SMOKE=1, a run of seconds).
+The tutorials take no flags; their smoke switch is smoke_mode() (RD_SMOKE=1, a run of seconds to minutes).
 """
 import argparse
 import dataclasses
