@@ -291,6 +291,9 @@ def pipeline(args: Args, ctx: dist.Context):
     with lap("eval"):
         evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
     print(lap.table())
+    if preset == "tiny":
+        print("preset tiny: a test-sized run (a few steps per stage) that shows the pipeline works end to end; its "
+              "fidelities and losses say nothing about the models (use the cpu or gpu preset for those)")
     where = f"{torch.cuda.get_device_name() if device != 'cpu' else 'CPU'}, {ctx.world} process{'es' * (ctx.world > 1)}"
     atomic_write_text((out / "results.md").read_text() + f"\n{lap.table()} ({where})\n", out / "results.md")
 

@@ -43,6 +43,7 @@ def test_every_stage_runs_and_leaves_a_table_and_a_figure(whole):
     assert all(0 <= v["fidelity"] <= 1 for k, v in results.items() if k != "real_fidelity")
     assert "| phased RD (K=4) | 4 |" in stdout and "prompt fidelity" in (out / "results.md").read_text()
     assert "| autoencoder reconstructions | – |" in stdout and "minutes per stage" in (out / "results.md").read_text()
+    assert "preset tiny: a test-sized run" in stdout, "the tiny preset's numbers must say they mean nothing"
     minutes = json.loads((out / "minutes.json").read_text())
     assert set(minutes) == {"data", "ae", "teacher", "pairs", "rd", "rf", "phased", "eval"}
 
