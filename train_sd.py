@@ -7,8 +7,8 @@
 
 Stages (run folder --out): ae (KL autoencoder, 32 px → 4×8×8 latents, SD's scale factor measured from data) →
 teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form: by
-default SD 1.x's scaled-linear VP schedule with ε-prediction; vp-sd-v, vp-sd-zsnr-v (SD 2: v on the schedule
-rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the teacher's
+default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains; vp-sd-eps (SD 1.x's ε), vp-sd-zsnr-v (v on
+the schedule rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the teacher's
 classifier-free guidance, K phase states kept) → rd (the teacher's form on (x̂0, ε)) → rf (flow matching + velocity
 from the same teacher, same pairs and steps) → phased (RD on the K phase pairs; sampled with one first-order step per
 phase) → eval (FID of decoded images when Inception weights are given; prompt fidelity = accuracy of an attribute
@@ -52,10 +52,10 @@ class Args:
     data: str = arg("shapes", "shapes (built-in, procedural, captioned) or cifar10")
     cifar: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: pickles folder, image folder or its .tar.gz (--data=cifar10)")
     inception: str = arg("", "TF-Inception TorchScript file for FID (empty: no FID, fidelity only)")
-    form: str = arg("vp-sd-eps", "teacher form, a schedule and prediction type by name as in rd.cifar: "
+    form: str = arg("vp-sd-v", "teacher form, a schedule and prediction type by name as in rd.cifar: "
                     + ", ".join(LATENT_FORMS) + "; RD students keep it, RF converts to flow matching")
     out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>-<form>, e.g. "
-                   "runs/sd-cpu-vp-sd-eps, so that presets and forms never share one)")
+                   "runs/sd-cpu-vp-sd-v, so that presets and forms never share one)")
     stage: str = arg("all", "all, or one of: ae, teacher, pairs, rd, rf, phased, eval")
     guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")

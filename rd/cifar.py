@@ -56,7 +56,7 @@ class CifarConfig:
     data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
                     ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
-    form: str = arg("vp-cosine-v", "teacher form: " + ", ".join(FORMS) + " (edm needs --lr=5e-4: at 1e-3 it "
+    form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (edm needs --lr=5e-4: at 1e-3 it "
                     "diverged)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))

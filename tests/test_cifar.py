@@ -50,7 +50,7 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     assert manifest["config"]["clean"] and manifest["config"]["phases"] == 4
     minutes = json.loads((out / "minutes.json").read_text())
     assert list(minutes) == ["data", "teacher", "pairs", "pairs (load)", *students, "eval"]
-    assert json.loads((out / "config.json").read_text())["form"] == "vp-cosine-v"
+    assert json.loads((out / "config.json").read_text())["form"] == "vp-sd-v"
 
 
 def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finished):

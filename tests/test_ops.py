@@ -321,13 +321,37 @@ def test_cuda_unet_fused_matches_reference():
     assert (out - out_ref).norm() / out_ref.norm() < 5e-2
     assert F.cosine_similarity(g, g_ref, dim=0) > 0.99
 
-# ---- GPU: the single-pass path (thread-block clusters, sm_90+) and the multi-pass path it replaces ------------------
+# ---- GPU: the single-pass path (thread-block clusters, sm_90+, a build with RD_OPS_CLUSTER=1) and the multi-pass path
 
 MULTIPASS_FORCED = os.environ.get("RD_OPS_MULTIPASS", "") not in ("", "0")
 sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9
-                          or MULTIPASS_FORCED, reason="needs an sm_90+ GPU (clusters) and RD_OPS_MULTIPASS unset")
+                          or MULTIPASS_FORCED or not fused.cluster_build(),
+                          reason="needs an sm_90+ GPU (clusters), RD_OPS_CLUSTER=1 and RD_OPS_MULTIPASS unset")
+
+
+def test_cluster_build_flag_selects_sources_and_folder(monkeypatch, tmp_path):
+    """RD_OPS_CLUSTER=1 builds group_norm_silu_cluster.cu into a separate extension in its own folder (so the two
+    builds never overwrite each other's cache); unset or "0", the multi-pass kernels alone."""
+    monkeypatch.setenv("RD_OPS_BUILD_DIR", str(tmp_path / "ops"))
+    for value, cluster in [("", False), ("0", False), ("1", True)]:
+        monkeypatch.setenv("RD_OPS_CLUSTER", value)
+        assert fused.cluster_build() is cluster
+        assert fused.build_dir() == tmp_path / ("ops-cluster" if cluster else "ops")
+    assert (fused.SOURCES / "group_norm_silu_cluster.cu").is_file()
+
+
+@cuda
+@pytest.mark.skipif(fused.cluster_build(), reason="the default build (RD_OPS_CLUSTER unset)")
+def test_cuda_default_build_takes_the_multipass_path():
+    """Without RD_OPS_CLUSTER the single-pass kernels are not compiled: every shape takes the multi-pass path."""
+    for (*size, groups), per_dtype in CLUSTER_SHAPES.items():
+        for dtype in per_dtype:
+            x = inputs(*size, groups, dtype, "cuda", channels_last=True)[0]
+            assert cluster_sizes(x, groups) == (0, 0), (tuple(size), dtype)
+
+
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
-# (N, C, H, W, G) → per dtype (S forward, S backward) by the rule in group_norm_silu.cu (0: multi-pass): H·W ≤ 64,
+# (N, C, H, W, G) → per dtype (S forward, S backward) by group_norm_silu_cluster.cu's rule (0: multi-pass): H·W ≤ 64,
 # then the smallest S whose block needs ≤ 64 KB of shared memory, else the largest within the opt-in limit (227 KB
 # on an H100 or H200: other GPUs may choose otherwise, and the S check is then skipped)
 CLUSTER_SHAPES = {

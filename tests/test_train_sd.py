@@ -106,10 +106,10 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path):
     assert not (tmp_path / "teacher").exists()
     proc = run("--preset=tiny", f"--out={tmp_path}", "--guidance=2.0")
     assert proc.returncode != 0 and "another configuration" in proc.stderr and "args.guidance: 3.0 → 2.0" in proc.stderr
-    proc = run("--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-v")
-    assert proc.returncode != 0 and "args.form: 'vp-sd-eps' → 'vp-sd-v'" in proc.stderr, proc.stderr[-2000:]
+    proc = run("--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-eps")
+    assert proc.returncode != 0 and "args.form: 'vp-sd-v' → 'vp-sd-eps'" in proc.stderr, proc.stderr[-2000:]
     config = json.loads((tmp_path / "config.json").read_text())["args"]
-    assert config["guidance"] == 3.0 and config["form"] == "vp-sd-eps", "nothing overwritten"
+    assert config["guidance"] == 3.0 and config["form"] == "vp-sd-v", "nothing overwritten"
 
 
 def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path):
@@ -150,7 +150,7 @@ def test_help_lists_every_flag_with_its_default():
     proc = run("--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())                                        # argparse wraps long lines
-    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--form", "vp-sd-eps"), ("--out", ""),
+    for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--form", "vp-sd-v"), ("--out", ""),
                           ("--stage", "all"),
                           ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
                           ("--cifar", "data/cifar10-jpg.tar.gz")):

@@ -66,8 +66,9 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 # %% [markdown]
 # ## 2. The pipeline
 #
-# - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on the cosine VP
-#   schedule by default; `FORMS` lists the others (SD's ε, SD-2's zero-terminal-SNR v, EDM), each runnable with
+# - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on Stable Diffusion's
+#   schedule by default (as SD 2 trains); `FORMS` lists the others (SD's ε, the cosine schedule's v, SD-2's
+#   zero-terminal-SNR v, EDM), each runnable with
 #   `--form=NAME` (EDM needs `--lr=5e-4`: at 1e-3 it diverged). bf16, `torch.compile`, learning-rate warm-up
 #   then linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
@@ -92,11 +93,12 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (2 × H200, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
-# the teacher reaches FID-10k 13.3 at 25 calls and is grey blur at 1–2 calls; RD gives 31.2 / 22.8 / 18.1 at
-# 1 / 2 / 4 calls against RF's 34.4 / 21.6 / 18.7 on the same pairs, steps and loss (a second students' seed moves
-# these by at most 0.15); phased RD with K = 2 gives 19.8 at 2 calls. With `--student_loss=mse` (each form's own
-# squared error) both students are worse at 1 call and RD's lead is larger: RD 39.8, RF 66.2.
+# What to expect at the defaults (one H200, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
+# the teacher reaches FID-10k 14.1 at 25 calls and is grey blur at 1–2 calls; RD gives 22.5 / 19.9 / 17.7 at
+# 1 / 2 / 4 calls against RF's 29.7 / 20.2 / 17.9 on the same pairs, steps and loss (a second students' seed moves
+# these by at most 0.2). On the cosine schedule's v (`--form=vp-cosine-v`) phased RD with K = 2 gave 19.8 at 2 calls,
+# and `--student_loss=mse` (each form's own squared error) made both students worse at 1 call and RD's lead larger:
+# RD 39.8, RF 66.2.
 #
 # **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, 7,000 teacher
 # steps, pseudo-Huber students; 2 × H200, 2026-11-30; FID-10k, RESULTS.md has both seeds and the grids):
@@ -104,13 +106,15 @@ results = run(CONFIG)
 # | `--form` | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |
 # |---|---|---|---|
 # | vp-sd-eps | 29.3 / 12.2 / 11.5 | 155.0 / 21.5 / 16.0 | 21.6 / 18.2 / 17.1 |
+# | vp-sd-v (the default) | 31.4 / 14.6 / 14.1 | 22.5 / 19.9 / 17.7 | 29.7 / 20.2 / 17.9 |
 # | vp-cosine-v | 59.6 / 16.6 / 13.3 | 31.2 / 22.8 / 18.1 | 34.4 / 21.6 / 18.7 |
 #
 # The ε teacher is the better teacher, and its RD student is the better one at 2 and 4 calls; at 1 call it fails,
 # because its one step from t = 1 multiplies ε̂'s error by σ_T/α_T = 14.6 (its grid: the right images under coloured
-# speckle). RF, which converts the pairs to velocity, does not inherit the factor. The v form bounds it by σ_T ≤ 1,
-# so its RD student is the best 1-call RD. (EDM's students fail for another reason: its log-normal training times
-# never reach σ_max, where a 1-call sample starts.)
+# speckle). RF, which converts the pairs to velocity, does not inherit the factor. The v form on the same schedule
+# bounds it by σ_T ≤ 1: its RD student is the best 1-call model measured, ahead of RF on its own pairs (22.5 against
+# 29.7), at the price of a teacher 2.6 FID worse at 25 calls. (EDM's students fail for another reason: its
+# log-normal training times never reach σ_max, where a 1-call sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())

@@ -63,7 +63,8 @@ print(f"reference vs nn.GroupNorm→scale/shift→SiLU: max |error| {(y_ref - co
 # partial results with Chan's formula: mean = mean_a + d·n_b/n, M2 = M2_a + M2_b + d²·n_a·n_b/n (d = mean_b − mean_a).
 # NCHW: one warp per (n, c) plane; NHWC (channels_last): blocks over (n, a slice of H·W), threads over channel
 # vectors; then one warp per (n, g) merges the partials of its C/G channels.
-# On an sm_90+ GPU, maps of at most 64 positions (the UNet's 8×8 and 4×4 levels) take a single-pass path instead:
+# Built with RD_OPS_CLUSTER=1 (group_norm_silu_cluster.cu), on an sm_90+ GPU maps of at most 64 positions (the
+# UNet's 8×8 and 4×4 levels) take a single-pass path instead:
 # a cluster of blocks holds the whole sample in shared memory, so x is read from DRAM once, and with the data on chip
 # the variance is the exact two-pass Σ(x − μ)². On larger maps that path was slower on an H100 (its load, reduce
 # and write phases do not overlap; the multi-pass kernels' many blocks per SM do): `python -m rd.ops.compare`.

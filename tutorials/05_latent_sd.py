@@ -8,16 +8,16 @@
 #    (1 / std of the latents, measured on data), so the diffusion model sees latents of unit variance.  [LDM]
 # 3. **Text**: a word tokeniser (unknown words → `<unk>`) and a small transformer trained from scratch; the UNet
 #    reads its token features through cross-attention.
-# 4. **Teacher**: SD's scaled-linear VP schedule and ε-prediction on the latents, with 10 % of the prompts dropped
-#    so that one network is both conditional and unconditional: classifier-free guidance
-#    ε̂ = ε̂_∅ + w·(ε̂_c − ε̂_∅).  [CFG]
+# 4. **Teacher**: SD's scaled-linear VP schedule with v-prediction (as SD 2 trains) on the latents, with 10 % of the
+#    prompts dropped so that one network is both conditional and unconditional: classifier-free guidance
+#    v̂ = v̂_∅ + w·(v̂_c − v̂_∅) (for ε, the same on ε̂).  [CFG]
 # 5. **Pairs with guidance**: ε → the teacher's *guided* ODE solution x̂0 (DPM-Solver++(2M)), as [RD] made SD's
 #    pairs: the students learn the guided ODE and then sample unguided, one network call per step.
-# 6. **RD vs RF** on the same pairs for the same steps: RD keeps the teacher's schedule and ε-prediction; RF turns
+# 6. **RD vs RF** on the same pairs for the same steps: RD keeps the teacher's schedule and v-prediction; RF turns
 #    it into flow matching + velocity (InstaFlow's route). Prompt fidelity = accuracy of an attribute classifier
 #    trained on real shapes (the stand-in for a CLIP score).
 #
-#     python tutorials/05_latent_sd.py          # 21 minutes on 2 CPU cores, faster on a GPU; RD_SMOKE=1: seconds
+#     python tutorials/05_latent_sd.py          # 20 minutes on 2 CPU cores, faster on a GPU; RD_SMOKE=1: seconds
 #
 # Outputs in runs/tutorials (runs/tutorials-smoke with RD_SMOKE=1; or RD_OUT): 05_data_autoencoder.png, 05_samples.png, 05_results.md. `python
 # train_sd.py` is the same pipeline at full size, with phased RD, FID and resumable stages.
@@ -106,7 +106,7 @@ print(f"vocabulary of {len(tokenizer.vocab)} words; {demo} → {tokenizer.encode
       f"{tokenizer.decode(tokenizer.encode(demo, length))}  (1 = <unk>: unknown words still give an input)")
 
 # %% 4. The teacher: SD's schedule, ε-prediction, 10 % of prompts dropped (the null prompt = all padding)
-schedule = get_schedule("vp-sd")
+schedule, PRED = get_schedule("vp-sd"), "v"      # train_sd.py's default form, vp-sd-v
 unet_cfg = UNetConfig(in_channels=4, resolution=8, channels=32, ch_mult=(1, 2), num_res_blocks=2,
                       attn_resolutions=(8, 4), dropout=0.0, context_dim=64)     # cross-attention at 8×8 and 4×4
 text_cfg = TextEncoderConfig(vocab_size=len(tokenizer.vocab), length=length, dim=64)
@@ -120,13 +120,13 @@ def teacher_batches(n, g):
 
 
 torch.manual_seed(0)
-teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(DEVICE), schedule, "eps", teacher_batches,
+teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(DEVICE), schedule, PRED, teacher_batches,
                 cfg(TEACHER_STEPS, 3e-4), RUN / "teacher", desc="teacher")
 print(f"teacher: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M parameters (UNet + text encoder)")
 
 # %% 5. Pairs from the guided teacher: (ε, x̂0 = its CFG-guided ODE solution for the pair's prompt)
 prompt_idx = torch.randint(N_TRAIN, (N_PAIRS,), generator=torch.Generator().manual_seed(1))
-generate_pairs(teacher, schedule, "eps", RUN / "pairs", N_PAIRS, (4, 8, 8), shard_size=max(16, N_PAIRS // 4),
+generate_pairs(teacher, schedule, PRED, RUN / "pairs", N_PAIRS, (4, 8, 8), shard_size=max(16, N_PAIRS // 4),
                steps=PAIR_STEPS, seed=0, batch=500, device=DEVICE, cond=tokens[prompt_idx.to(DEVICE)].cpu(),
                null_cond=torch.zeros(length, dtype=torch.int64), guidance=GUIDANCE)
 pairs = load_pairs(RUN / "pairs", schedule, (4, 8, 8)).to(DEVICE)
@@ -134,7 +134,7 @@ print(f"{len(pairs.eps)} guided pairs (w = {GUIDANCE}, {PAIR_STEPS} DPM-Solver++
 
 # %% 6. RD (the teacher's own form) vs RF (flow matching + velocity), same pairs, same steps
 fm = get_schedule("fm")
-rd_student = train(copy.deepcopy(teacher).requires_grad_(True), schedule, "eps", pair_batches(pairs, schedule),
+rd_student = train(copy.deepcopy(teacher).requires_grad_(True), schedule, PRED, pair_batches(pairs, schedule),
                    cfg(STUDENT_STEPS, 1e-4), RUN / "rd", desc="RD")
 rf_student = train(flow_student(teacher).requires_grad_(True), fm, "flow", flow_batches(pairs, fm),
                    cfg(STUDENT_STEPS, 1e-4), RUN / "rf", desc="RF")
@@ -149,12 +149,12 @@ eval_tokens = tokenizer.encode(captions(eval_attrs), length).to(DEVICE)
 noise = torch.randn(N_EVAL, 4, 8, 8, generator=torch.Generator().manual_seed(2)).to(DEVICE)
 fig_tokens = tokenizer.encode(list(PROMPTS), length).to(DEVICE)
 
-rows = [("teacher, no guidance", teacher, schedule, "eps", 25, 1.0),
-        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, "eps", 25, GUIDANCE),
-        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, "eps", 1, GUIDANCE),
-        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, "eps", 2, GUIDANCE),
-        ("RD", rd_student, schedule, "eps", 1, 1.0), ("RF", rf_student, fm, "flow", 1, 1.0),
-        ("RD", rd_student, schedule, "eps", 2, 1.0), ("RF", rf_student, fm, "flow", 2, 1.0)]
+rows = [("teacher, no guidance", teacher, schedule, PRED, 25, 1.0),
+        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, PRED, 25, GUIDANCE),
+        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, PRED, 1, GUIDANCE),
+        (f"teacher, CFG w={GUIDANCE:g}", teacher, schedule, PRED, 2, GUIDANCE),
+        ("RD", rd_student, schedule, PRED, 1, 1.0), ("RF", rf_student, fm, "flow", 1, 1.0),
+        ("RD", rd_student, schedule, PRED, 2, 1.0), ("RF", rf_student, fm, "flow", 2, 1.0)]
 results, grids = [], []
 for name, net, sch, pred, calls, w in rows:
     x = to_uint8(decode_latents(ae, generate_latents(net, noise, sch, pred, calls, eval_tokens, guidance=w), scale))
@@ -181,8 +181,9 @@ print(f"figures and table in {OUT}/ (05_data_autoencoder.png, 05_samples.png, 05
 # %% [markdown]
 # What to look for: CFG makes the teacher follow the prompt far better than no guidance at 25 calls, and at 1–2
 # calls the teacher's samples lose shape and colour. Both students learn the guided ODE from the pairs and sample
-# unguided. On 2 CPU cores (2026-11-26; table in 05_results.md) RF — the same pairs, the flow form — came out well
-# ahead of RD at 1 and 2 calls (fidelity 0.56 / 0.58 against 0.24 / 0.25): at this budget (300 student steps) the
-# ε-form's one-step update x̂0 = (x_T − σ_T·ε̂)/α_T multiplies the error of ε̂ by σ_T/α_T ≈ 15 on SD's schedule.
-# The train_sd.py results in README.md show the same ordering on CIFAR-10 latents; [RD] reports the opposite on
-# SD1.5 after far longer training. `python train_sd.py` runs the full comparison, with FID and phased RD.
+# unguided. On 2 CPU cores (2026-11-30, 19.2 min; table in 05_results.md) RD and RF come out level and close to the
+# guided teacher at 25 calls (fidelity 0.686): RD 0.650 / 0.664 and RF 0.654 / 0.658 at 1 / 2 calls, against the
+# teacher's 0.380 / 0.532. Colour and position are right in every sample; shape is what the small models miss.
+# With ε-prediction (change PRED to "eps"; 2026-11-26) RF was far ahead, 0.56 / 0.58 against RD's 0.24 / 0.25: the
+# ε-form's one-step update x̂0 = (x_T − σ_T·ε̂)/α_T multiplies the error of ε̂ by σ_T/α_T ≈ 15 on SD's schedule,
+# the v form's by σ_T ≤ 1. `python train_sd.py` runs the full comparison, with FID and phased RD.

@@ -2,6 +2,8 @@
 
     python -m rd.ops.compare                  # ≈ 30 s after the extension build (≈ 1 min, cached)
 
+It uses the build with the single-pass kernels (it sets RD_OPS_CLUSTER=1 for itself and its child process).
+
 Per (C, H×W) of the cifar UNet at N=512, bf16, channels_last, G=32, with scale/shift:
   path      S of the single-pass cluster kernels, forward/backward (0: multi-pass)
   errors    max |kernel − reference| of y, dx, dγ, dβ, dscale, dshift; the reference is rd.ops.group_norm_silu_ref
@@ -9,7 +11,7 @@ Per (C, H×W) of the cifar UNet at N=512, bf16, channels_last, G=32, with scale/
   time      GPU µs of one fwd+bwd (the two ops; a CUDA graph replayed, median as rd/bench.py's graph_timeit),
             for this process and for a child process run with RD_OPS_MULTIPASS=1 (the multi-pass kernels), and
             the effective bandwidth of this process's time: 5 × bytes(x) (read x, write y; read x, dy, write dx)
-Shapes with H·W > 64 take the multi-pass path in both processes (rd/ops/group_norm_silu.cu says why); run with
+Shapes with H·W > 64 take the multi-pass path in both processes (rd/ops/group_norm_silu_cluster.cu says why); run with
 RD_OPS_DEBUG=1 to see each decision.
 """
 import argparse
@@ -87,6 +89,7 @@ def main():
     ap.add_argument("--child", action="store_true", help="timing only, JSON on stdout (the RD_OPS_MULTIPASS=1 run)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the multi-pass child process")
     args = ap.parse_args()
+    os.environ["RD_OPS_CLUSTER"] = "1"                 # the build with group_norm_silu_cluster.cu (read at build time)
     if args.child:
         print("JSON " + json.dumps(run(check=False, iters=args.iters)), flush=True)
         return

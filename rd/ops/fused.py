@@ -23,17 +23,25 @@ SOURCES = Path(__file__).resolve().parent
 _STATE = {"ext": None, "error": None}      # the loaded extension, or why it could not be built
 
 
+def cluster_build() -> bool:
+    """RD_OPS_CLUSTER set (and not "0"): the build adds the single-pass kernels (group_norm_silu_cluster.cu, sm_90+)."""
+    return os.environ.get("RD_OPS_CLUSTER", "") not in ("", "0")
+
+
 def build_dir() -> Path:
-    """RD_OPS_BUILD_DIR, else build/rd_ops/<torch>-<cuda>-sm<cc> under the repo (ignored by git)."""
+    """RD_OPS_BUILD_DIR, else build/rd_ops/<torch>-<cuda>-sm<cc> under the repo (ignored by git); + "-cluster" for a
+    build with the single-pass kernels."""
+    suffix = "-cluster" if cluster_build() else ""
     if os.environ.get("RD_OPS_BUILD_DIR"):
-        return Path(os.environ["RD_OPS_BUILD_DIR"])
+        return Path(os.environ["RD_OPS_BUILD_DIR"] + suffix)
     major, minor = torch.cuda.get_device_capability()
     tag = f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-sm{major}{minor}"
-    return SOURCES.parents[1] / "build" / "rd_ops" / tag
+    return SOURCES.parents[1] / "build" / "rd_ops" / (tag + suffix)
 
 
 def _build():
-    """torch.utils.cpp_extension.load of the two sources, for this GPU's architecture only (≈ 1 min, then cached)."""
+    """torch.utils.cpp_extension.load of the sources, for this GPU's architecture only (≈ 1 min, then cached); with
+    RD_OPS_CLUSTER=1 also the single-pass cluster kernels (a separate extension and build folder)."""
     from torch.utils.cpp_extension import load
     if not torch.cuda.is_available():
         raise RuntimeError("torch.cuda.is_available() is False")
@@ -45,9 +53,13 @@ def _build():
     try:
         folder = build_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        return load(name="rd_group_norm_silu", sources=[str(SOURCES / "group_norm_silu.cpp"),
-                                                        str(SOURCES / "group_norm_silu.cu")],
-                    build_directory=str(folder), extra_cflags=["-O3"], extra_cuda_cflags=["-O3"], verbose=False)
+        sources = [SOURCES / "group_norm_silu.cpp", SOURCES / "group_norm_silu.cu"]
+        name, flags = "rd_group_norm_silu", ["-O3"]
+        if cluster_build():
+            sources.append(SOURCES / "group_norm_silu_cluster.cu")
+            name, flags = name + "_cluster", flags + ["-DRD_OPS_CLUSTER"]
+        return load(name=name, sources=[str(s) for s in sources], build_directory=str(folder), extra_cflags=["-O3"],
+                    extra_cuda_cflags=flags, verbose=False)
     finally:
         if arch_set:
             del os.environ["TORCH_CUDA_ARCH_LIST"]

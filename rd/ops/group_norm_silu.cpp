@@ -1,5 +1,6 @@
 // Python binding of the fused GroupNorm + SiLU kernels: checks the inputs, allocates outputs and workspace, launches.
-// Called by the torch.library custom ops in rd/ops/fused.py; the kernels are in group_norm_silu.cu.
+// Called by the torch.library custom ops in rd/ops/fused.py; the kernels are in group_norm_silu.cu (and, built with
+// RD_OPS_CLUSTER=1, group_norm_silu_cluster.cu).
 #include <optional>
 #include <tuple>
 

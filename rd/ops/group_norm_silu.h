@@ -43,6 +43,10 @@ inline int64_t gns_workspace_floats(const GnsParams& p) {
 
 void gns_forward(const GnsParams& p, cudaStream_t stream);
 void gns_backward(const GnsParams& p, cudaStream_t stream);
-// The cluster size S of the single-pass path that gns_forward/gns_backward (backward = true) take for p; 0 when they
-// run the multi-pass kernels. Decided once per device and shape (queries the device the first time).
+// The optional single-pass path (group_norm_silu_cluster.cu, compiled only with RD_OPS_CLUSTER=1; without it these
+// return 0 / false). gns_cluster_size: the cluster size S that gns_forward/gns_backward (backward = true) take for p,
+// 0 when they run the multi-pass kernels; decided once per device and shape (queries the device the first time).
+// gns_cluster_forward/backward launch the single-pass kernels and return true when that path applies to p.
 int gns_cluster_size(const GnsParams& p, bool backward);
+bool gns_cluster_forward(const GnsParams& p, cudaStream_t stream);
+bool gns_cluster_backward(const GnsParams& p, cudaStream_t stream);
