@@ -8,11 +8,12 @@
 Stages (run folder --out): ae (KL autoencoder, 32 px → 4×8×8 latents, SD's scale factor measured from data) →
 teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form: by
 default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains; vp-sd-eps (SD 1.x's ε), vp-sd-zsnr-v (v on
-the schedule rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the teacher's
-classifier-free guidance, K phase states kept) → rd (the teacher's form on (x̂0, ε)) → rf (flow matching + velocity
-from the same teacher, same pairs and steps) → phased (RD on the K phase pairs; sampled with one first-order step per
-phase) → eval (FID of decoded images when Inception weights are given; prompt fidelity = accuracy of an attribute
-classifier trained on real data; a prompts × methods × steps figure). Every sample ends on the clean latent (σ = 0).
+the schedule rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the
+teacher's classifier-free guidance, K phase states kept) → rd (the teacher's form on (x̂0, ε)) → rf (flow matching
++ velocity from the same teacher, same pairs and steps) → phased (RD on the K phase pairs; sampled with one
+first-order step per phase) → eval (FID of decoded images when Inception weights are given; prompt fidelity =
+accuracy of an attribute classifier trained on real data; a prompts × methods × steps figure). Every sample ends on
+the clean latent (σ = 0).
 """
 import copy
 import dataclasses

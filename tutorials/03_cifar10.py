@@ -68,9 +68,8 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on Stable Diffusion's
 #   schedule by default (as SD 2 trains); `FORMS` lists the others (SD's ε, the cosine schedule's v, SD-2's
-#   zero-terminal-SNR v, EDM), each runnable with
-#   `--form=NAME` (EDM needs `--lr=5e-4`: at 1e-3 it diverged). bf16, `torch.compile`, learning-rate warm-up
-#   then linear decay to 0 over 7,000 steps.
+#   zero-terminal-SNR v, EDM), each runnable with `--form=NAME` (EDM needs `--lr=5e-4`: at 1e-3 it diverged).
+#   bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
 #   the clean sample (the last step lands on σ = 0). One set of pairs serves every student.
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
