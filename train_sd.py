@@ -29,6 +29,7 @@ from rd.cli import arg, parse
 from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
+from rd.fid import check_inception_file, fid, load_inception, reference_stats
 from rd.figures import image_table, save_grid
 from rd.io import ConfigMismatch, Laps, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
 from rd.latent import TextUNet, drop_prompts, generate_latents
@@ -62,6 +63,10 @@ class Args:
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)")
+    latent_channels: int = arg(0, "channels of the autoencoder's latents (0: the preset's; SD has 4)")
+    batch_per_process: bool = arg(False, "under torchrun, the preset's batch is each process's (the global batch "
+                                  "grows with the processes); default: it is the global batch, split over them")
+    compile: bool = arg(True, "torch.compile the teacher and students on a GPU (a minute once, then faster steps)")
 
 
 @dataclass
@@ -79,13 +84,18 @@ class Preset:
     clf_steps: int                # attribute-classifier steps
     n_eval: int                   # samples per (model, calls) in the evaluation
     minutes: tuple = (0, 0, 0)    # training-time caps of (ae, teacher, each student) in minutes (0: none)
+    latent_channels: int = 4      # channels of the autoencoder's latents
 
 
 PRESETS = {
-    "tiny": Preset(256, "tiny", 12, 32, 32, 16, 12, 48, 8, 6, 10, 24),
-    "cpu": Preset(20_000, "tiny", 800, 32, 64, 64, 3000, 2000, 28, 400, 300, 1000),
-    # ≈ 25 H100-minutes in all: the minute caps bind before the step counts
-    "gpu": Preset(50_000, "base", 20_000, 128, 256, 256, 100_000, 25_000, 28, 20_000, 2000, 10_000, (2, 12, 2.5)),
+    "tiny": Preset(n_train=256, ae="tiny", ae_steps=12, channels=32, text_dim=32, batch=16, teacher_steps=12,
+                   n_pairs=48, pair_steps=8, student_steps=6, clf_steps=10, n_eval=24),
+    "cpu": Preset(n_train=20_000, ae="tiny", ae_steps=800, channels=32, text_dim=64, batch=64, teacher_steps=3000,
+                  n_pairs=2000, pair_steps=28, student_steps=400, clf_steps=300, n_eval=1000),
+    # ≈ 25 GPU-minutes in all: the minute caps bind before the step counts
+    "gpu": Preset(n_train=50_000, ae="base", ae_steps=20_000, channels=128, text_dim=256, batch=256,
+                  teacher_steps=100_000, n_pairs=25_000, pair_steps=28, student_steps=20_000, clf_steps=2000,
+                  n_eval=10_000, minutes=(2, 12, 2.5)),
 }
 
 
@@ -99,13 +109,12 @@ def parse_args(argv=None) -> Args:
                if args.form in FORMS else "")
         problems.append(f"--form must be one of {', '.join(LATENT_FORMS)}; got {args.form!r}{why}")
     problems += [f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}"] * (args.stage not in ("all", *STAGES))
-    if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
-        problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
-                        f"{args.time_scale}")
+    if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0 or args.latent_channels < 0:
+        problems.append(f"need --phases ≥ 1, --guidance ≥ 1, --time_scale > 0 and --latent_channels ≥ 0; got "
+                        f"{args.phases}, {args.guidance}, {args.time_scale}, {args.latent_channels}")
     if args.out and (file := not_a_folder(args.out)):
         problems.append(f"--out={args.out!r}: {file} is a file, not a folder; pass a folder (it is made if missing)")
-    if args.inception and args.stage in ("all", "eval"):     # checked now, not after an hour of training
-        from rd.fid import check_inception_file
+    if args.inception and args.stage in ("all", "ae", "eval"):     # checked now, not after an hour of training
         try:
             check_inception_file(args.inception)
         except FileNotFoundError:
@@ -160,8 +169,8 @@ def pipeline(args: Args, ctx: dist.Context):
     out = Path(args.out or f"runs/sd-{preset}-{args.form}")
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
-    # its own), the Inception file (evaluation only) or --preset=auto vs its resolution
-    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None}
+    # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling
+    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None, "compile": None}
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
     if (out / "config.json").exists() and (old := read_json(out / "config.json", f"delete {out} to start over, or "
@@ -187,14 +196,16 @@ def pipeline(args: Args, ctx: dist.Context):
     length = max(len(tokenizer.words(c)) for c in caps) + 2
     tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
     def cfg(steps, lr, minutes):
-        return TrainConfig(steps=steps, batch=size.batch, lr=lr, warmup=min(200, steps // 5 + 1), ema_decay=0.999,
-                           amp="fp32" if device == "cpu" else "bf16", channels_last=False,
+        return TrainConfig(steps=steps, batch=global_batch(args, size, ctx.world), lr=lr,
+                           warmup=min(200, steps // 5 + 1), ema_decay=0.999, amp="fp32" if device == "cpu" else "bf16",
+                           channels_last=False, compile=args.compile and device != "cpu",
                            log_every=max(1, min(100, steps // 10)), ckpt_every=max(1, min(500, steps // 4)),
                            max_minutes=minutes * args.time_scale, seed=args.seed)
 
     # -- ae: the first stage, trained on images; latents = scale · E[q(z|x)]
     loader = GPULoader(images, attrs[:, 0], size.batch, device, flip=args.data == "cifar10", seed=args.seed)
-    ae_cfg = AutoencoderConfig.preset(size.ae)
+    ae_cfg = dataclasses.replace(AutoencoderConfig.preset(size.ae),
+                                 latent_channels=args.latent_channels or size.latent_channels)
     torch.manual_seed(args.seed)
     with lap("ae"):
         ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0],
@@ -206,6 +217,12 @@ def pipeline(args: Args, ctx: dist.Context):
         if ctx.main and not (out / "ae" / "grid.png").exists():      # 32 images above their reconstructions
             recon = decode_latents(ae, latents[:32], scale)
             save_grid(to_uint8(torch.cat([x_all[:32], recon])), out / "ae" / "grid.png")
+        if ctx.main and args.inception and run("ae") and not (out / "ae" / "floor.json").exists():
+            inception, ref = fid_reference(args, images, out, device)
+            held_out, _ = held_out_images(args, size, out)
+            floor = fid(reconstruct(ae, held_out, scale, device), *ref, inception, device=device, progress=False)
+            atomic_write_text(json.dumps({"fid": floor, "images": len(held_out)}), out / "ae" / "floor.json")
+            say(f"ae: reconstructions of {len(held_out)} held-out images score FID {floor:.2f} (every latent model's floor)")
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     grid_tokens = tokenizer.encode(eval_prompts(args, 64)[1], length).to(device)
@@ -315,19 +332,9 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
                                seed=args.seed, flip=args.data == "cifar10")
         atomic_save(clf.state_dict(), clf_path)
     clf.eval()
-    if args.data == "shapes":
-        held_out, held_attrs = make_shapes(size.n_eval, seed=args.seed + 1000)
-    else:
-        held_out, held_labels = load_cifar10(args.cifar, "test", cache_dir=out / "cache", strict=False, verbose=False)
-        held_out, held_attrs = held_out[:size.n_eval], held_labels[:size.n_eval, None]
+    held_out, held_attrs = held_out_images(args, size, out)
     real_acc = accuracy(clf, held_out, held_attrs)
-
-    inception = None
-    if args.inception:
-        from rd.fid import fid, load_inception, reference_stats
-        inception = load_inception(args.inception, device=device)
-        ref = reference_stats(f"{args.data}-train-{len(images)}", lambda: images, inception, cache_dir=out / "cache",
-                              device=device)
+    inception, ref = fid_reference(args, images, out, device)
 
     eval_attrs, eval_caps = eval_prompts(args, size.n_eval)
     eval_tokens = tokenizer.encode(eval_caps, length).to(device)
@@ -338,7 +345,7 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
                                           for name, (*_, phased) in models.items() if name != "teacher"}
     results, figure = {}, {}
     # the floors: real held-out images, and the same encoded and decoded by the autoencoder
-    rec = to_uint8(decode_latents(ae, encode_latents(ae, held_out.to(device).float() / 127.5 - 1, scale), scale))
+    rec = reconstruct(ae, held_out, scale, device)
     for name, x in [("real held-out images", held_out.to(device)), ("autoencoder reconstructions", rec)]:
         results[(name, "–")] = (fid(x, *ref, inception, device=device, progress=False) if inception else None,
                                 accuracy(clf, x, held_attrs))
@@ -368,6 +375,36 @@ def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scal
     image_table({f"{name}\n{k} call{'s' * (k > 1)}": x for (name, k), x in figure.items()}, prompts,
                 out / "prompts.png")
     print(f"results in {out}/: results.md, results.json, prompts.png")
+
+
+def global_batch(args: Args, size: Preset, world: int) -> int:
+    """Images per optimiser step over all processes: the preset's batch, split over the `world` processes, or with
+    --batch_per_process that batch on each of them."""
+    return size.batch * (world if args.batch_per_process else 1)
+
+
+def held_out_images(args: Args, size: Preset, out: Path):
+    """size.n_eval images no model trained on, uint8 (N, 3, 32, 32), with their attributes (N, A): new shapes, or the
+    first CIFAR-10 test images."""
+    if args.data == "shapes":
+        return make_shapes(size.n_eval, seed=args.seed + 1000)
+    held_out, labels = load_cifar10(args.cifar, "test", cache_dir=out / "cache", strict=False, verbose=False)
+    return held_out[:size.n_eval], labels[:size.n_eval, None]
+
+
+def fid_reference(args: Args, images, out: Path, device):
+    """(Inception network, (μ, Σ) of the training images' features, cached in the run folder); (None, None) without
+    --inception."""
+    if not args.inception:
+        return None, None
+    inception = load_inception(args.inception, device=device)
+    return inception, reference_stats(f"{args.data}-train-{len(images)}", lambda: images, inception,
+                                      cache_dir=out / "cache", device=device)
+
+
+def reconstruct(ae, images, scale: float, device):
+    """uint8 images (N, 3, H, W) → encoded to scaled latents and decoded back, uint8 on `device`."""
+    return to_uint8(decode_latents(ae, encode_latents(ae, images.to(device).float() / 127.5 - 1, scale), scale))
 
 
 def config_changes(old: dict, new: dict) -> str:

@@ -130,10 +130,10 @@ _NEUTRAL = {"weight_like": None, "lr_decay": "none", "loss": "mse", "huber_c": 1
 
 
 def _identity(config: dict) -> dict:
-    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes), with
-    the settings of _NEUTRAL left out where they have their neutral value."""
+    """The config a checkpoint must match to be resumed: all of it but how long to train (steps, max_minutes) and
+    whether the network is compiled, with the settings of _NEUTRAL left out where they have their neutral value."""
     train = {k: v for k, v in config.get("train", {}).items()
-             if k not in ("steps", "max_minutes") and not (k in _NEUTRAL and v == _NEUTRAL[k])}
+             if k not in ("steps", "max_minutes", "compile") and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     return config | {"train": train}
 
 

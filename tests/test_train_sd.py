@@ -129,6 +129,34 @@ def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_pa
     assert (tmp_path / "rd" / "grid.png").stat().st_size > 5_000
 
 
+class PooledFeatures(torch.nn.Module):
+    """A stand-in for the Inception network: (B, 3, 299, 299) → (B, 2048) average-pooled pixels."""
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, (26, 27)).flatten(1)[:, :2048]
+
+
+def test_latent_channels_and_the_autoencoders_floor(tmp_path):
+    """--latent_channels sets the autoencoder's z channels; with --inception the ae stage scores its reconstructions
+    of held-out images (the floor of every latent model) and keeps the number in ae/floor.json."""
+    net = tmp_path / "features.pt"
+    torch.jit.script(PooledFeatures()).save(str(net))
+    stdout = ok(run("--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=ae", "--latent_channels=8",
+                    f"--inception={net}"))
+    floor = json.loads((tmp_path / "run" / "ae" / "floor.json").read_text())
+    assert floor["images"] == 24 and floor["fid"] > 0, floor
+    assert f"score FID {floor['fid']:.2f}" in stdout and "latents (256, 8, 8, 8)" in stdout, stdout[-2000:]
+    assert torch.load(tmp_path / "run" / "ae" / "ckpt.pt", weights_only=True)["config"]["model"]["latent_channels"] == 8
+
+
+def test_the_global_batch_is_split_or_per_process():
+    from train_sd import PRESETS, global_batch, parse_args
+    gpu = PRESETS["gpu"]
+    assert global_batch(parse_args([]), gpu, 2) == gpu.batch                          # split: 128 per process
+    assert global_batch(parse_args(["--batch_per_process=true"]), gpu, 2) == 2 * gpu.batch
+    assert global_batch(parse_args(["--batch_per_process=true"]), gpu, 1) == gpu.batch
+
+
 def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path):
     proc = run("--bogus=1")
     assert proc.returncode == 2 and "unrecognized arguments: --bogus=1" in proc.stderr
@@ -163,7 +191,8 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path):
     out = tmp_path / "run"
     for flags, status, message in [
             (["--time_scale=nan"], 2, "argument --time_scale: expected a finite number, got 'nan'"),
-            (["--time_scale=0"], 2, "--time_scale > 0; got 4, 3.0, 0.0"),
+            (["--time_scale=0"], 2, "--time_scale > 0 and --latent_channels ≥ 0; got 4, 3.0, 0.0, 0"),
+            (["--latent_channels=-4"], 2, "--latent_channels ≥ 0; got 4, 3.0, 1.0, -4"),
             (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
             (["--inception=README.md"], 2, "README.md is not a TorchScript file"),
