@@ -26,18 +26,19 @@ import torch
 
 from rd import dist
 from rd.cli import arg, parse
-from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
-from rd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
 from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid, load_inception, reference_stats
 from rd.figures import image_table, save_grid
-from rd.io import ConfigMismatch, Laps, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
-from rd.latent import TextUNet, drop_prompts, generate_latents
+from rd.io import ConfigMismatch, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
 from rd.predictions import FORMS, SIGMA_DATA
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
-from rd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
-from rd.text import TextEncoder, TextEncoderConfig, Tokenizer
+from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
+from rd.sd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from rd.sd.latent import TextUNet, drop_prompts, generate_latents
+from rd.sd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
+from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
+from rd.timing import Laps
 from rd.train import TrainConfig, read_checkpoint, train
 from rd.unet import UNet, UNetConfig
 

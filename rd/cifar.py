@@ -35,7 +35,8 @@ from .cli import arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
-from .io import ConfigMismatch, Laps, UnreadableFile, atomic_write_text, not_a_folder, synchronize
+from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
+from .timing import Laps, synchronize
 from .predictions import FORMS, LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .layers import Upsample2x
 
 
 def group_norm_silu(x, norm: nn.GroupNorm, scale=None, shift=None):
@@ -35,27 +36,6 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angle = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([angle.cos(), angle.sin()], dim=1)
-
-
-def _dense_format(t):
-    """channels_last for a channels_last tensor (that is not also NCHW-contiguous), else NCHW."""
-    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
-
-
-class Upsample2x(nn.Module):
-    """Nearest-neighbour ×2 of (B, C, H, W), as nn.Upsample(scale_factor=2, mode="nearest"): each pixel becomes a 2×2
-    block. Written as expand + reshape, whose gradient is a sum over each 2×2 block; under torch.compile
-    interpolate's is a scatter-add (index_put), a slow op in a compiled training step (RESULTS.md has the
-    measurement). The output is dense, in x's
-    memory format (.contiguous() is a no-op except on 1×1 maps, where reshape may return an overlapping view)."""
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        if _dense_format(x) == torch.channels_last:          # expand in (B, H, W, C) order: the result is NHWC-dense
-            y = x.permute(0, 2, 3, 1)[:, :, None, :, None].expand(b, h, 2, w, 2, c)
-            return y.reshape(b, 2 * h, 2 * w, c).contiguous().permute(0, 3, 1, 2)
-        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w).contiguous()
 
 
 class ResBlock(nn.Module):

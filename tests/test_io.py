@@ -1,10 +1,9 @@
-"""rd.io: a failed write leaves the old file; Laps sums a pipeline's minutes over invocations, interrupted ones too."""
-import json
+"""rd.io: a failed write leaves the old file, temporaries of dead writers are removed, damaged files are named."""
 import os
 
 import pytest
 
-from rd.io import Laps, atomic_write, atomic_write_text
+from rd.io import atomic_write, atomic_write_text
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -18,26 +17,6 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, crash)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
-
-
-def test_laps_sum_over_invocations_and_count_a_stage_that_ends_by_an_exception(tmp_path, monkeypatch):
-    clock = iter([0.0, 60.0, 100.0, 130.0, 200.0, 320.0])             # perf_counter at each stage's start and end
-    monkeypatch.setattr("rd.io.time.perf_counter", lambda: next(clock))
-    laps = Laps(tmp_path / "minutes.json")
-    with laps("teacher"):
-        pass
-    with pytest.raises(SystemExit), laps("pairs"):                     # e.g. rd.train stopped by SIGTERM
-        raise SystemExit("stopped by SIGTERM")
-    again = Laps(tmp_path / "minutes.json")                            # the next invocation goes on
-    with again("pairs"):
-        pass
-    assert json.loads((tmp_path / "minutes.json").read_text()) == {"teacher": 1.0, "pairs": 0.5 + 2.0}
-    assert again.table() == "minutes per stage (summed over runs): teacher 1.00, pairs 2.50; total 3.50"
-    quiet = Laps(tmp_path / "other.json", write=False)                 # processes other than 0 only count
-    monkeypatch.setattr("rd.io.time.perf_counter", iter([0.0, 6.0]).__next__)
-    with quiet("x"):
-        pass
-    assert quiet.minutes == {"x": 0.1} and not (tmp_path / "other.json").exists()
 
 
 def test_a_write_removes_the_temporaries_of_dead_writers_only(tmp_path):
@@ -56,13 +35,9 @@ def test_a_write_removes_the_temporaries_of_dead_writers_only(tmp_path):
 
 
 def test_damaged_json_folder_checks_and_tqdm_disable(tmp_path, monkeypatch):
-    """A truncated JSON file (minutes.json, config.json) names itself and the fix; a file where a folder
+    """A truncated JSON file (config.json) names itself and the fix; a file where a folder
     should be is found before any work; TQDM_DISABLE turns rd's bars off, although they pass `disable`."""
-    from rd.io import UnreadableFile, not_a_folder, progress_off, read_json
-    path = tmp_path / "minutes.json"
-    path.write_text('{"teacher": 1.')
-    with pytest.raises(UnreadableFile, match=r"minutes.json is not valid JSON .*delete it to count the minutes"):
-        Laps(path)
+    from rd.io import not_a_folder, progress_off, read_json
     (tmp_path / "config.json").write_text('{"args": {')
     with pytest.raises(ValueError, match=r"config.json is not valid JSON .*; start over"):   # a ValueError too
         read_json(tmp_path / "config.json", "start over")

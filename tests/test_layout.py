@@ -1,13 +1,14 @@
 """The import graph of rd/ points one way, as README.md's layout section says: the method core never imports the
-UNet, the training loop, data, FID or the latent stack; helpers import nothing from rd; ops/ imports only itself
-(but for its benchmark command); nothing in the library imports a pipeline or a benchmark."""
+UNet, the training loop, data, FID or the latent stack; helpers import nothing from rd (timing only rd.io); ops/
+imports only itself (but for its benchmark command); the latent stack rd/sd builds on the core, the UNet and the
+shared layers, and nothing else in rd imports it; nothing in the library imports a pipeline or a benchmark."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"schedules", "predictions", "solvers", "sampling", "rectify", "mixture", "orders", "metrics", "toy"}
-LEAVES = {"io", "dist", "ema", "cli", "assignments"}                  # import nothing from rd
-LATENT = {"shapes", "text", "autoencoder", "latent", "classifier"}
+LEAVES = {"io", "dist", "ema", "cli", "assignments", "layers"}        # import nothing from rd
+HELPERS = LEAVES | {"timing"}                                         # timing keeps its laps with rd.io
 TOPS = {"cifar", "bench", "evaluate"}                                 # pipelines and benchmarks: imported by no one ...
 TOP_USERS = {("cifar", "evaluate"), ("ops.compare", "bench")}         # ... but these
 
@@ -43,6 +44,7 @@ def test_the_graph_is_read_from_every_module():
     assert {"schedules", "cifar", "ops.fused", "ops.compare"} <= set(graph)
     assert {"schedules", "predictions", "solvers"} <= graph["sampling"] and graph["schedules"] == set()
     assert "ops.reference" in graph["ops.fused"], "relative imports inside rd.ops are resolved"
+    assert graph["sd.autoencoder"] == {"layers"} and "rectify" in graph["sd.latent"], "and two levels up from rd.sd"
 
 
 def test_imports_point_one_way():
@@ -51,14 +53,16 @@ def test_imports_point_one_way():
     for module, deps in graph.items():
         for dep in deps:
             t, d = top(module), top(dep)
-            if t in CORE and d not in CORE | {"io", "dist", "ema"}:
+            if t in CORE and d not in CORE | {"io", "dist", "ema", "timing"}:
                 wrong.append(f"the method core's {module} imports {dep}")
-            if t in LEAVES:
+            if t in LEAVES or (t == "timing" and d != "io"):
                 wrong.append(f"the helper {module} imports {dep} (helpers import nothing from rd)")
             if t == "ops" and d != "ops" and (module, dep) not in TOP_USERS:
                 wrong.append(f"{module} imports {dep} (rd.ops imports only itself)")
-            if t in LATENT and d not in CORE | LATENT | {"io", "dist", "ema", "unet", "ops"}:
+            if t == "sd" and d not in CORE | HELPERS | {"sd", "unet", "ops"}:
                 wrong.append(f"the latent stack's {module} imports {dep}")
+            if d == "sd" and t != "sd":
+                wrong.append(f"{module} imports the latent stack's {dep}")
             if d in TOPS and (module, dep) not in TOP_USERS:
                 wrong.append(f"{module} imports the pipeline or benchmark {dep}")
     assert not wrong, "imports against the grain (README.md, Layout):\n" + "\n".join(sorted(wrong))

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import rd.rectify as rectify_mod  # generate_pairs looks atomic_save up here: the crash test patches it
-from rd.latent import generate_latents
 from rd.metrics import sliced_wasserstein
 from rd.mixture import ring_mixture
 from rd.orders import rk4
@@ -15,6 +14,7 @@ from rd.rectify import (Pairs, flow_batches, flow_student, generate_pairs, load_
                         rectify, sample_phased, schedule_params)
 from rd.sampling import get_grid, sample
 from rd.schedules import Coeffs, Schedule, get_schedule
+from rd.sd.latent import generate_latents
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 
 
@@ -413,7 +413,7 @@ def test_perfect_phased_student_reproduces_the_teachers_boundary_states(teacher_
                                    f"first_order_update, data form) is off the teacher's state at b_{k}\n{m}")
     torch.testing.assert_close(x, states[:, -1], rtol=0, atol=1e-10,
                                msg=lambda m: f"K={phases}: the sample is not the teacher's clean sample\n{m}")
-    # train_sd.py samples phased students through rd.latent.generate_latents (float32 output): the same sampler
+    # train_sd.py samples phased students through rd.sd.latent.generate_latents (float32 output): the same sampler
     tokens = torch.zeros(len(noise), 3, dtype=torch.int64)
     latents = generate_latents(lambda x, t, c: net(x, t), noise, s, "edm", phases, tokens, phased=True)
     torch.testing.assert_close(latents, states[:, -1].float(), rtol=1e-6, atol=1e-6)

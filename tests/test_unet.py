@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rd.unet import UNet, UNetConfig, Upsample2x, describe, group_norm_silu, timestep_embedding
+from rd.unet import UNet, UNetConfig, describe, group_norm_silu, timestep_embedding
 
 
 def tiny(**kw):
@@ -93,26 +93,6 @@ def test_presets_and_flop_count():
     assert d["gflops"] * 1e9 > 2 * 9 * 3 * 32 * 1024
     with pytest.raises(ValueError, match="allowed: cifar"):
         UNetConfig.preset("imagenet")
-
-
-@pytest.mark.parametrize("size", [(3, 4), (1, 1)], ids=["3x4", "1x1"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample2x_is_nearest_interpolation(channels_last, size):
-    """Same values and gradient as nn.Upsample(scale_factor=2, mode="nearest"), dense in x's memory format."""
-    h, w = size
-    x = torch.randn(2, 5, h, w, dtype=torch.float64)
-    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    dy = torch.randn(2, 5, 2 * h, 2 * w, dtype=torch.float64)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y, want = Upsample2x()(a), torch.nn.Upsample(scale_factor=2, mode="nearest")(b)
-    assert torch.equal(y, want)
-    cl = channels_last and h * w > 1                                # a 1×1 map is NCHW-contiguous too: NCHW out
-    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    y.add_(0)                                                     # dense: no element is stored twice
-    (y * dy).sum().backward()
-    (want * dy).sum().backward()
-    torch.testing.assert_close(a.grad, b.grad)
-    torch.testing.assert_close(a.grad, dy.unflatten(2, (h, 2)).unflatten(4, (w, 2)).sum((3, 5)))  # 2×2 block sums
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -33,16 +33,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from rd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
-from rd.classifier import ClassifierConfig, accuracy, train_classifier
 from rd.cli import smoke_mode
 from rd.data import to_uint8
 from rd.figures import image_table
-from rd.latent import TextUNet, drop_prompts, generate_latents
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
-from rd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
-from rd.text import TextEncoder, TextEncoderConfig, Tokenizer
+from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
+from rd.sd.classifier import ClassifierConfig, accuracy, train_classifier
+from rd.sd.latent import TextUNet, drop_prompts, generate_latents
+from rd.sd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
+from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
 from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
 

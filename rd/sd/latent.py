@@ -1,15 +1,15 @@
 """Latent text-to-image diffusion: ŷ(z_t, t, prompt) = UNet(z_t, t, TextEncoder(tokens)) on latents.  [RD, CFG]
 
-The pieces of a Stable-Diffusion-style model that are not an autoencoder (rd/autoencoder.py), a text tower
-(rd/text.py) or a UNet (rd/unet.py): the module that joins the text tower to the UNet, prompt dropout for
+The pieces of a Stable-Diffusion-style model that are not an autoencoder (rd/sd/autoencoder.py), a text tower
+(rd/sd/text.py) or a UNet (rd/unet.py): the module that joins the text tower to the UNet, prompt dropout for
 classifier-free guidance, and few-step sampling with or without guidance. train_sd.py and tutorials/05 use them.
 """
 import torch
 from torch import Tensor, nn
 
-from .rectify import sample_phased
-from .sampling import classifier_free_guidance, sample, solver_for
-from .schedules import Schedule
+from ..rectify import sample_phased
+from ..sampling import classifier_free_guidance, sample, solver_for
+from ..schedules import Schedule
 
 
 class TextUNet(nn.Module):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import Upsample2x
+from ..layers import Upsample2x
 
 LOGVAR_RANGE = (-30.0, 20.0)         # clamp of log σ², as SD's DiagonalGaussianDistribution
 

@@ -5,7 +5,7 @@
 
 The stand-in for a text-to-image data set: every image is one filled shape on a dark, smooth, slightly noisy
 background, and all three attributes of the caption are visible in it, so a text-conditional model can be checked
-for prompt fidelity (rd.classifier reads the attributes back). 4 colours × 3 shapes × 4 positions = 48 prompts.
+for prompt fidelity (rd.sd.classifier reads the attributes back). 4 colours × 3 shapes × 4 positions = 48 prompts.
 Drawing: each shape is a signed distance d(p) (negative inside) and its coverage clamp(0.5 − d, 0, 1) is a
 1-pixel anti-aliased ramp; image = background·(1 − coverage) + colour·coverage.
 Positions: the centre sits off the image centre by an offset D along the named direction and by at most D − 2 px
