@@ -26,7 +26,7 @@ import torch
 
 from rd import dist
 from rd.cli import arg, parse
-from rd.data import CIFAR_CLASSES, GPULoader, load_cifar10, to_uint8
+from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid, load_inception, reference_stats
 from rd.figures import image_table, save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
@@ -212,7 +212,7 @@ def pipeline(args: Args, ctx: dist.Context):
         ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0],
                    cfg(size.ae_steps, 1e-3, size.minutes[0]), out / "ae", model_config=dataclasses.asdict(ae_cfg),
                    desc="ae", require_done=not run("ae"), loss_fn=lambda model, x: model.loss(x)[0])
-        x_all = images.to(device).float() / 127.5 - 1
+        x_all = from_uint8(images.to(device))
         scale = latent_scale(ae, x_all[:5000])
         latents = encode_latents(ae, x_all, scale)                                       # (N, 4, 8, 8)
         if ctx.main and not (out / "ae" / "grid.png").exists():      # 32 images above their reconstructions
@@ -405,7 +405,7 @@ def fid_reference(args: Args, images, out: Path, device):
 
 def reconstruct(ae, images, scale: float, device):
     """uint8 images (N, 3, H, W) → encoded to scaled latents and decoded back, uint8 on `device`."""
-    return to_uint8(decode_latents(ae, encode_latents(ae, images.to(device).float() / 127.5 - 1, scale), scale))
+    return to_uint8(decode_latents(ae, encode_latents(ae, from_uint8(images.to(device)), scale), scale))
 
 
 def config_changes(old: dict, new: dict) -> str:
@@ -425,7 +425,7 @@ def config_changes(old: dict, new: dict) -> str:
 def ae_latent_shape(ae, images, device) -> tuple:
     """(C, h, w) of the autoencoder's latents for these images."""
     with torch.no_grad():
-        return tuple(ae.encode(images[:1].to(device).float() / 127.5 - 1)[0].shape[1:])
+        return tuple(ae.encode(from_uint8(images[:1].to(device)))[0].shape[1:])
 
 
 if __name__ == "__main__":

@@ -264,8 +264,13 @@ def _check(images, labels, split, strict, source, verbose):
 
 
 def to_uint8(x):
-    """Images in [−1, 1] (model samples) → uint8 0..255: round((clamp(x) + 1)·127.5), the inverse of x/127.5 − 1."""
+    """Images in [−1, 1] (model samples) → uint8 0..255: round((clamp(x) + 1)·127.5), the inverse of from_uint8."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(x):
+    """uint8 images 0..255 → float32 in [−1, 1]: x/127.5 − 1 (what every model here trains on)."""
+    return x.float() / 127.5 - 1
 
 #----------------------------------------------------------------------------
 
@@ -314,7 +319,7 @@ class GPULoader:
         if self.flip:
             mirror = torch.rand(len(idx), generator=gen, device=gen.device).to(x.device) < 0.5   # (B,) bool
             x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-        x = x.float() / 127.5 - 1
+        x = from_uint8(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[idx]

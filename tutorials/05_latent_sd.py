@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.cli import smoke_mode
-from rd.data import to_uint8
+from rd.data import from_uint8, to_uint8
 from rd.figures import image_table
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -74,7 +74,7 @@ print(f"{N_TRAIN} captioned shapes, e.g. {texts[:3]}")
 # %% 2. Autoencoder: 32×32×3 → 8×8×4, then SD's scale factor from the data
 torch.manual_seed(0)
 ae_cfg = AutoencoderConfig.preset("tiny")
-x_all = images.to(DEVICE).float() / 127.5 - 1                 # images in [−1, 1]
+x_all = from_uint8(images.to(DEVICE))                # images in [−1, 1]
 ae = train(Autoencoder(ae_cfg).to(DEVICE), None, None,        # batches(n, generator) → n random training images
            lambda n, g: x_all[torch.randint(N_TRAIN, (n,), generator=g, device=g.device)], cfg(AE_STEPS, 1e-3),
            RUN / "ae", desc="autoencoder", loss_fn=lambda model, x: model.loss(x)[0])

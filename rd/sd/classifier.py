@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data import from_uint8
+
 
 @dataclass
 class ClassifierConfig:
@@ -72,7 +74,7 @@ def train_classifier(images_uint8: Tensor, attrs: Tensor, cfg: ClassifierConfig,
     bar = tqdm(range(steps), desc="classifier", leave=False)
     for _ in bar:
         idx = torch.randint(len(images), (batch,), generator=gen, device=images.device)   # (B,)
-        x = images[idx].float() / 127.5 - 1                                # (B, 3, 32, 32) in [-1, 1]
+        x = from_uint8(images[idx])                                       # (B, 3, 32, 32) in [-1, 1]
         if flip:
             mirror = torch.rand(batch, generator=gen, device=images.device) < 0.5
             x = torch.where(mirror[:, None, None, None], x.flip(3), x)
@@ -96,7 +98,7 @@ def accuracy(clf: AttributeClassifier, images_uint8: Tensor, attrs: Tensor, batc
     device = next(clf.parameters()).device
     right = []                                                              # (n, A) bool per batch
     for i in range(0, len(images_uint8), batch):
-        x = images_uint8[i:i + batch].to(device).float() / 127.5 - 1
+        x = from_uint8(images_uint8[i:i + batch].to(device))
         pred = torch.stack([logits.argmax(1) for logits in clf(x)], dim=1)  # (n, A)
         right.append((pred == attrs[i:i + batch].to(device)).cpu())
     right = torch.cat(right)                                                # (N, A)
