@@ -39,9 +39,8 @@ from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
 from .timing import Laps, synchronize
 from .predictions import FORMS, LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
-from .sampling import GRIDS
+from .sampling import GRIDS, solver_for
 from .schedules import Schedule, get_schedule, lognormal_t
-from .solvers import MIN_STEPS
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 
@@ -313,7 +312,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
 
     # %% evaluation
     def solver(calls):
-        return "dpm++1" if calls == 1 else cfg.sampler if calls >= MIN_STEPS[cfg.sampler] else "dpm++2m"
+        return solver_for(calls, cfg.sampler)
 
     models = {"teacher": (teacher, schedule, pred, _ints(cfg.teacher_calls), solver, cfg.grid)}
     for name, (net, sch, p) in nets.items():

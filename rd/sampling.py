@@ -65,9 +65,10 @@ def classifier_free_guidance(net, cond, null_cond, scale: float):
 FINALS = ("x0", "t_min")
 
 
-def solver_for(calls: int) -> str:
-    """The few-step sampler: DPM-Solver++(1) for one network call, DPM-Solver++(2M) for more (one call a step)."""
-    return "dpm++1" if calls == 1 else "dpm++2m"
+def solver_for(calls: int, multistep: str = "dpm++2m") -> str:
+    """The few-step sampler of `calls` network calls, one a step: DPM-Solver++(1) for one call, else `multistep` (a
+    multistep solver) where `calls` reaches its order's start-up, else DPM-Solver++(2M)."""
+    return "dpm++1" if calls == 1 else multistep if calls >= MIN_STEPS.get(multistep, 1) else "dpm++2m"
 
 
 def solver_grid(schedule: Schedule, solver: str, steps: int, grid: str = "logsnr", final: str = "x0",

@@ -116,6 +116,6 @@ def load_toy(path) -> TimeMLP:
 def few_step_distances(net, schedule: Schedule, pred_type: str, noise, target, nfes=(1, 2, 4, 25)) -> dict:
     """Sliced-W₂ to `target` after k model calls: DPM-Solver++(1) for k = 1, DPM-Solver++(2M) with k steps else."""
     from .metrics import sliced_wasserstein
-    from .sampling import sample
-    return {k: sliced_wasserstein(sample(net, noise, schedule, pred_type, "dpm++1" if k == 1 else "dpm++2m", k),
+    from .sampling import sample, solver_for
+    return {k: sliced_wasserstein(sample(net, noise, schedule, pred_type, solver_for(k), k),
                                   target) for k in nfes}

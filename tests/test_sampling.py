@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rd.sampling import GRIDS, classifier_free_guidance, get_grid
+from rd.sampling import GRIDS, classifier_free_guidance, get_grid, solver_for
 from rd.schedules import SCHEDULES, get_schedule
 
 
@@ -186,3 +186,8 @@ def test_non_finite_or_integer_noise_is_refused_before_any_call():
         sample(net, torch.ones(8, 2, dtype=torch.int64), s, "edm", "euler", 4)
     assert not calls
     assert torch.isfinite(sample(net, noise.nan_to_num(0.0, 0.0, 0.0), s, "edm", "euler", 4)).all()
+
+
+def test_the_few_step_solver_by_calls():
+    assert [solver_for(k) for k in (1, 2, 4)] == ["dpm++1", "dpm++2m", "dpm++2m"]
+    assert [solver_for(k, "dpm++3m") for k in (1, 2, 3, 10)] == ["dpm++1", "dpm++2m", "dpm++3m", "dpm++3m"]
