@@ -16,6 +16,8 @@ A solver is a plain function  solver(model, x, ts, schedule, callback=None, *, d
 Coefficients are Python floats (float64), computed on the host: no device synchronisation per step.
 """
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 FORMS = ("noise", "data")
@@ -269,27 +271,43 @@ def heun(model, x, ts, schedule, callback=None, *, denoise_last: bool = False):
 
 # ----------------------------------------------------------------------------
 
-SOLVERS = {
-    "euler": euler,
-    "heun": heun,
-    "ddim": partial(dpm_singlestep, order=1, form="noise"),
-    "dpm1": partial(dpm_singlestep, order=1, form="noise"),
-    "dpm2s": partial(dpm_singlestep, order=2, form="noise"),
-    "dpm3s": partial(dpm_singlestep, order=3, form="noise"),
-    "dpm2m": partial(dpm_multistep, order=2, form="noise"),
-    "dpm3m": partial(dpm_multistep, order=3, form="noise"),
-    "dpm++1": partial(dpm_singlestep, order=1, form="data"),
-    "dpm++2s": partial(dpm_singlestep, order=2, form="data"),
-    "dpm++3s": partial(dpm_singlestep, order=3, form="data"),
-    "dpm++2m": partial(dpm_multistep, order=2, form="data"),
-    "dpm++3m": partial(dpm_multistep, order=3, form="data"),
+@dataclass(frozen=True)
+class Solver:
+    """One entry of the solver table: the step function and what the tests and samplers need to know of it."""
+    step: Callable
+    order: int                  # the global order of accuracy (what tests/test_solvers.py measures)
+    calls_per_step: int = 1     # model calls per step
+    min_steps: int = 1          # the fewest steps at which it reaches its order (a multistep solver's start-up)
+
+
+def _single(order: int, form: str) -> Solver:
+    return Solver(partial(dpm_singlestep, order=order, form=form), order, calls_per_step=order)
+
+
+def _multi(order: int, form: str) -> Solver:
+    return Solver(partial(dpm_multistep, order=order, form=form), order, min_steps=order)
+
+
+TABLE = {
+    "euler": Solver(euler, 1),
+    "heun": Solver(heun, 2, calls_per_step=2),
+    "ddim": _single(1, "noise"),
+    "dpm1": _single(1, "noise"),
+    "dpm2s": _single(2, "noise"),
+    "dpm3s": _single(3, "noise"),
+    "dpm2m": _multi(2, "noise"),
+    "dpm3m": _multi(3, "noise"),
+    "dpm++1": _single(1, "data"),
+    "dpm++2s": _single(2, "data"),
+    "dpm++3s": _single(3, "data"),
+    "dpm++2m": _multi(2, "data"),
+    "dpm++3m": _multi(3, "data"),
 }
-# the global order of accuracy of each solver (what tests/test_solvers.py measures)
-ORDERS = {"euler": 1, "heun": 2, "ddim": 1, "dpm1": 1, "dpm2s": 2, "dpm3s": 3, "dpm2m": 2, "dpm3m": 3,
-          "dpm++1": 1, "dpm++2s": 2, "dpm++3s": 3, "dpm++2m": 2, "dpm++3m": 3}
-# model calls per step, and the fewest steps at which the solver reaches its nominal order
-CALLS_PER_STEP = {"heun": 2, "dpm2s": 2, "dpm3s": 3, "dpm++2s": 2, "dpm++3s": 3}
-MIN_STEPS = {"dpm2m": 2, "dpm3m": 3, "dpm++2m": 2, "dpm++3m": 3}
+# views of the table by field; CALLS_PER_STEP and MIN_STEPS list only the entries other than 1 (look up with .get(name, 1))
+SOLVERS = {name: s.step for name, s in TABLE.items()}
+ORDERS = {name: s.order for name, s in TABLE.items()}
+CALLS_PER_STEP = {name: s.calls_per_step for name, s in TABLE.items() if s.calls_per_step > 1}
+MIN_STEPS = {name: s.min_steps for name, s in TABLE.items() if s.min_steps > 1}
 
 
 def get_solver(name: str):
