@@ -5,7 +5,8 @@
     python train_sd.py --data=cifar10 --cifar=data/cifar10-jpg.tar.gz --inception=data/inception-2015-12-05-fp16.pt
     python train_sd.py --form=vp-sd-zsnr-v          # another teacher form (schedule + prediction type)
 
-Stages (run folder --out): ae (KL autoencoder, 32 px → 4×8×8 latents, SD's scale factor measured from data) →
+Stages (run folder --out): ae (KL autoencoder, 32 px → c×8×8 latents, c = 4 as SD or 8 on the gpu preset, SD's
+scale factor measured from data; with --inception its reconstruction FID, every latent model's floor) →
 teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form: by
 default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains; vp-sd-eps (SD 1.x's ε), vp-sd-zsnr-v (v on
 the schedule rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the
@@ -64,7 +65,7 @@ class Args:
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)")
-    latent_channels: int = arg(0, "channels of the autoencoder's latents (0: the preset's; SD has 4)")
+    latent_channels: int = arg(0, "channels of the autoencoder's latents (0: the preset's: 4 as SD, 8 on gpu)")
     batch_per_process: bool = arg(False, "under torchrun, the preset's batch is each process's (the global batch "
                                   "grows with the processes); default: it is the global batch, split over them")
     compile: bool = arg(True, "torch.compile the teacher and students on a GPU (a minute once, then faster steps)")
@@ -96,7 +97,7 @@ PRESETS = {
     # ≈ 25 GPU-minutes in all: the minute caps bind before the step counts
     "gpu": Preset(n_train=50_000, ae="base", ae_steps=20_000, channels=128, text_dim=256, batch=256,
                   teacher_steps=100_000, n_pairs=25_000, pair_steps=28, student_steps=20_000, clf_steps=2000,
-                  n_eval=10_000, minutes=(2, 12, 2.5)),
+                  n_eval=10_000, minutes=(2, 12, 2.5), latent_channels=8),
 }
 
 
