@@ -1,10 +1,19 @@
 """Markers of the course assignments: `python -m pytest -m a2 tests` runs A2's checks (rd/assignments.py): the tests
 marked in the test files, and those listed in assignment_reach.json, which reach the assignment's code through the
-library (a sampler needs the solver steps) — measured in the student copies by tests/test_assignments.py."""
+library (a sampler needs the solver steps).
+
+Which tests reach which blocks is measured, not kept by hand: while the suite runs, a trace function records every
+line executed inside a marked block (`# BEGIN ASSIGNMENT` … `# END ASSIGNMENT`) by each test, its fixtures included,
+into `config.rd_reach` (node id → block ids); tests/test_assignments.py runs last and checks the markers against it.
+`RD_REACH_OUT=<file>` writes the measurement to a JSON file at the end of the session."""
 import json
 import os
+import sys
 from pathlib import Path
 
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 REACH = Path(__file__).with_name("assignment_reach.json")
 
 MARKERS = {
@@ -15,19 +24,111 @@ MARKERS = {
 }
 
 
+def node_id(item) -> str:
+    """The test's node id as seen from the repo root, wherever pytest was started."""
+    return f"{Path(item.path).resolve().relative_to(ROOT).as_posix()}::{item.nodeid.split('::', 1)[1]}"
+
+
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    config.rd_reach, config.rd_deselected = {}, False
+
+
+def pytest_deselected(items):
+    if items:
+        items[0].config.rd_deselected = True
 
 
 def pytest_collection_modifyitems(config, items):
+    # the assignment checks last: they read what the other tests reached
+    items.sort(key=lambda item: Path(item.path).name == "test_assignments.py")
     if os.environ.get("RD_NO_REACH") or not REACH.exists():          # RD_NO_REACH: the markers in the files only
         return
     reach = {marker: set(nodes) for marker, nodes in json.loads(REACH.read_text()).items()}
     for item in items:
-        # the node id as seen from the repo root, wherever pytest was started
-        where = Path(item.path).resolve().relative_to(REACH.parent.parent).as_posix()
-        node = f"{where}::{item.nodeid.split('::', 1)[1]}"
+        node = node_id(item)
         for marker, nodes in reach.items():
             if node in nodes:
                 item.add_marker(marker)
+
+
+# -- which blocks each test reaches -----------------------------------------------------------------------------------
+
+class _Tracer:
+    """sys.settrace hook: line events only in the files that hold blocks; reached block ids go to the innermost open
+    record (a test, or a fixture being set up inside it)."""
+
+    def __init__(self):
+        from rd.assignments import all_blocks
+        self.blocks = {}                                         # real path → {1-based line: block id}
+        for b in all_blocks(ROOT, complete=False):               # (a student copy lacks its assignment's blocks)
+            lines = range(b.start + 2, b.end + 1)                # between the markers (b.start, b.end are 0-based)
+            self.blocks.setdefault(os.path.realpath(b.path), {}).update(dict.fromkeys(lines, b.id))
+        self.files = {}                                          # co_filename → its lines dict, or None
+        self.records = []
+
+    def __call__(self, frame, event, arg):
+        name = frame.f_code.co_filename
+        lines = self.files.get(name, False)
+        if lines is False:
+            lines = self.files[name] = self.blocks.get(os.path.realpath(name))
+        if lines is None:
+            return None                                          # no line events in this frame
+
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno in lines and self.records:
+                self.records[-1].add(lines[frame.f_lineno])
+            return local
+        return local
+
+
+def _tracer():
+    try:
+        return _Tracer()
+    except ValueError:                       # malformed markers: tests/test_assignments.py names them
+        return None
+
+
+_TRACER = _tracer()
+_FIXTURE_REACH = {}                                              # FixtureDef → blocks its last setup reached
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if _TRACER is None:
+        yield
+        return
+    if sys.gettrace() is not None:           # a debugger or coverage holds the hook: this test goes unmeasured
+        yield
+        return
+    _TRACER.records.append(set())
+    sys.settrace(_TRACER)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
+        reached = _TRACER.records.pop()
+        for name in item.fixturenames:                           # fixtures set up for an earlier test count too
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
+                reached |= _FIXTURE_REACH.get(fixturedef, set())
+        item.config.rd_reach[node_id(item)] = sorted(reached)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    if _TRACER is None or not _TRACER.records:
+        yield
+        return
+    _TRACER.records.append(set())
+    try:
+        yield
+    finally:
+        reached = _TRACER.records.pop()
+        _FIXTURE_REACH[fixturedef] = reached
+        _TRACER.records[-1] |= reached
+
+
+def pytest_sessionfinish(session):
+    if out := os.environ.get("RD_REACH_OUT"):
+        Path(out).write_text(json.dumps(session.config.rd_reach, indent=0))

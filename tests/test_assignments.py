@@ -1,15 +1,16 @@
 """The assignment tool, and the CI check of every student copy: it fails exactly its own tests (-m a<n>: marked in
 the test files, or listed in assignment_reach.json because they reach its blocks through the library), each with
 the NotImplementedError of one of its blanked blocks, and passes every other test. The repo itself passing
-everything is the rest of this suite. `RD_UPDATE_REACH=1` rewrites assignment_reach.json from the copies' results.
+everything is the rest of this suite. `RD_UPDATE_REACH=1` rewrites assignment_reach.json from what the tests reach.
 
-In the copies the end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out: each
-reaches nearly every block, and their minutes would double the CI time; the repo's own run covers them. The copies'
-outcomes come from a copy with every block blank and then copies with fewer blank assignments, each running only the
-tests that met a blank block in the one before (student_suites)."""
+Which blocks each test reaches is measured while the suite runs (tests/conftest.py traces the lines between the
+markers; this file runs last). A test that reaches none of an assignment's blocks runs the same code in that
+assignment's copy as in the repo, so it passes there as it passes here; the markers must therefore equal the
+measured reach, and only the marked tests are run in the copies, where each must stop at a blank block. The
+end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out: each reaches nearly every
+block through subprocesses the trace does not see, and the repo's own run covers them."""
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MARKERS
 from rd.assignments import ASSIGNMENTS, all_blocks, blank, find_blocks, main, student_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +131,8 @@ def run_in_parallel(jobs: dict, base: Path) -> dict[str, dict]:
             while todo and len(running) < 2:
                 name = todo.pop(0)
                 folder, args = jobs[name]
-                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={base / name}.xml",
+                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line",   # (the junit
+                       f"--junitxml={base / name}.xml",                                 # message keeps the error)
                        f"--basetemp={base / name}-tmp", *args]
                 running[name] = subprocess.Popen(cmd, cwd=folder, env=env | {"RD_STUDENT_COPY": folder.name},
                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,85 +149,64 @@ def run_in_parallel(jobs: dict, base: Path) -> dict[str, dict]:
     return results
 
 
-def blank_copy(assignments, dest: Path) -> Path:
-    """A copy of the repo with every block of the given assignments blank (a student copy has one assignment)."""
-    first, *more = sorted(assignments)
-    student_copy(first, dest)
-    for path, blocks in _by_file(b for b in all_blocks(dest, complete=False) if b.assignment in more).items():
-        path.write_text(blank(path.read_text(), blocks))
-    return dest
-
-
-def _by_file(blocks) -> dict[Path, list]:
-    by_file = {}
-    for b in blocks:
-        by_file.setdefault(b.path, []).append(b)
-    return by_file
+def checked_files() -> list[str]:
+    return sorted(f"tests/{f.name}" for f in (ROOT / "tests").glob("test_*.py") if f.name not in END_TO_END)
 
 
 @pytest.fixture(scope="module")
-def student_suites(tmp_path_factory):
-    """The outcome of every test in each assignment's student copy, found without running the suite four times.
+def reach_and_markers(request, tmp_path_factory):
+    """({node id: block ids it reaches}, {marker: node ids it selects}) for every test outside END_TO_END: as measured
+    while this session ran them all, or else (this file run alone, or with -k) by a run of those files now."""
+    from conftest import node_id
+    files = checked_files()
+    items = [item for item in request.session.items if node_id(item).split("::")[0] in files]
+    measured = request.config.rd_reach
+    if {node_id(item).split("::")[0] for item in items} == set(files) and not request.config.rd_deselected \
+            and all(node_id(item) in measured for item in items):
+        reach = {node_id(item): set(measured[node_id(item)]) for item in items}
+        markers = {m: {node_id(item) for item in items if item.get_closest_marker(m)} for m in MARKERS}
+        return reach, markers
+    out = tmp_path_factory.mktemp("reach") / "reach.json"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT,
+                   env=dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", RD_REACH_OUT=str(out)),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reach = {node: set(ids) for node, ids in json.loads(out.read_text()).items()}
+    return reach, {m: marked_tests(m) for m in MARKERS}
 
-    A copy runs exactly as the repo until a test reaches its first blank block. So in a copy where the assignments
-    of a set S are blank: a test that passes reaches no block of S and passes in the copy of each assignment in S;
-    a test whose first blank block is A's fails with that NotImplementedError in A's own copy too, and in the copy
-    of any other B in S it runs on past A's (solved) block as in the copy where S − {A} is blank. Starting from S =
-    all assignments (the whole suite), each test is run once more for each further assignment whose block it meets."""
+
+@pytest.fixture(scope="module")
+def student_runs(reach_and_markers, tmp_path_factory):
+    """Each assignment's student copy running its own marked tests: node id → (outcome, failure text)."""
     base = tmp_path_factory.mktemp("students")
-    results = {a: {} for a in ASSIGNMENTS}
-    files = sorted(f"tests/{f.name}" for f in (ROOT / "tests").glob("test_*.py") if f.name not in END_TO_END)
-    everything = frozenset(ASSIGNMENTS)
-    copy = blank_copy(everything, base / "all")
-    pending = {(everything, f"all_{i}"): (copy, files[i::2]) for i in range(2)}    # two halves: two cores
-    while pending:
-        runs = run_in_parallel({name: job for (_, name), job in pending.items()}, base)
-        later = {}
-        for (blanked, name), outcomes in ((key, runs[key[1]]) for key in pending):
-            for node, (outcome, text) in outcomes.items():
-                named = set(re.findall(r"NotImplementedError: (A\d+)\.", text)) & blanked
-                if outcome != "failed" or len(named) != 1:      # passed, skipped, or failed for another reason
-                    for a in blanked:
-                        results[a][node] = (outcome, text)
-                    continue
-                (a,) = named
-                results[a][node] = (outcome, text)
-                if rest := blanked - {a}:
-                    later.setdefault(rest, []).append(node)
-        pending = {}
-        for rest, nodes in later.items():
-            name, nodes = "-".join(sorted(rest)), sorted(nodes)   # each set has one size, so it comes up once
-            copy, halves = blank_copy(rest, base / name), 2 if len(nodes) > 50 else 1
-            pending |= {(rest, f"{name}_{i}"): (copy, nodes[i::halves]) for i in range(halves)}
-    return results
+    jobs = {}
+    for a in ASSIGNMENTS:
+        copy = base / a
+        student_copy(a, copy)
+        jobs[a] = (copy, ["-m", f"a{a[1:]}", *checked_files()])
+    return run_in_parallel(jobs, base)
 
 
 @pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
-def test_student_copy_fails_exactly_its_own_tests_with_not_implemented(student_suites, assignment):
-    results, marker = student_suites[assignment], f"a{assignment[1:]}"
-    blanked = f"NotImplementedError: {assignment}."
-    if os.environ.get("RD_UPDATE_REACH"):
-        reach = json.loads(REACH.read_text()) if REACH.exists() else {}
+def test_student_copy_fails_exactly_its_own_tests_with_not_implemented(reach_and_markers, student_runs, assignment):
+    reach, markers = reach_and_markers
+    marker, blanked = f"a{assignment[1:]}", f"NotImplementedError: {assignment}."
+    reaching = {node for node, ids in reach.items() if any(i.split(".")[0] == assignment for i in ids)}
+    own, results = markers[marker], student_runs[assignment]
+    if os.environ.get("RD_UPDATE_REACH"):                 # the file lists what reaches and is not marked in the tests
         direct = marked_tests(marker, reach=False)
-        reach[marker] = sorted(node for node, (outcome, text) in results.items()
-                               if outcome == "failed" and blanked in text and node not in direct)
-        REACH.write_text(json.dumps(dict(sorted(reach.items())), indent=1) + "\n")
-    own = marked_tests(marker)
+        table = json.loads(REACH.read_text()) if REACH.exists() else {}
+        table[marker] = sorted(reaching - direct)
+        REACH.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+        own = direct | reaching
     assert own, f"no tests carry the marker {marker}"
-    problems = []
-    for node in sorted(own):
+    problems = [f"{node}: reaches a block of {assignment} but is not marked {marker}: list it in {REACH.name} "
+                f"(RD_UPDATE_REACH=1 rewrites the file)" for node in sorted(reaching - own)]
+    problems += [f"{node}: marked {marker} but reaches no block of {assignment}" for node in sorted(own - reaching)]
+    for node in sorted(markers[marker] & reaching):       # (the markers the copies ran with)
         outcome, text = results.get(node, ("missing", ""))
         if outcome != "failed" or blanked not in text:
-            problems.append(f"{node}: marked {marker} but {outcome} in the student copy"
+            problems.append(f"{node}: reaches a block of {assignment} but {outcome} in its student copy"
                             + ("" if outcome != "failed" else f" with another error: {text[:200]!r}"))
-    for node, (outcome, text) in sorted(results.items()):
-        if node in own or outcome != "failed":
-            continue
-        if blanked in text:
-            problems.append(f"{node}: reaches a blanked block of {assignment} but is not marked {marker}: list it "
-                            f"in {REACH.name} (RD_UPDATE_REACH=1 rewrites the file)")
-        else:
-            problems.append(f"{node}: fails in the {assignment} copy for another reason: {text[:300]!r}")
-    passed = sum(outcome == "passed" for outcome, _ in results.values())
     assert not problems, f"{assignment}: {len(problems)} problems\n" + "\n".join(problems[:20])
-    print(f"{assignment}: its {len(own)} tests fail with NotImplementedError, the other {passed} pass")
+    print(f"{assignment}: its {len(own)} tests fail with NotImplementedError; the other {len(reach) - len(own)} "
+          f"reach none of its blocks")

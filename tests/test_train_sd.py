@@ -18,6 +18,14 @@ def run(*flags, env=None):
                           text=True, timeout=600, cwd=ROOT)
 
 
+def refused(capsys, *flags) -> tuple:
+    """train_sd.main(flags) in this process, expected to stop: (exit status or message, stderr)."""
+    import train_sd
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(list(flags))
+    return stop.value.code, capsys.readouterr().err
+
+
 def ok(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -100,14 +108,15 @@ def test_crash_mid_stage_then_rerun_equals_an_uninterrupted_run(whole, tmp_path)
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_prerequisite_and_other_config_are_refused(tmp_path):
-    proc = run("--preset=tiny", f"--out={tmp_path}", "--stage=teacher")
-    assert proc.returncode != 0 and "run the 'ae' stage first" in proc.stderr
+def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
+    import train_sd
+    with pytest.raises(FileNotFoundError, match="run the 'ae' stage first"):         # the script exits 1 with it
+        train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stage=teacher"])
     assert not (tmp_path / "teacher").exists()
-    proc = run("--preset=tiny", f"--out={tmp_path}", "--guidance=2.0")
-    assert proc.returncode != 0 and "another configuration" in proc.stderr and "args.guidance: 3.0 → 2.0" in proc.stderr
-    proc = run("--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-eps")
-    assert proc.returncode != 0 and "args.form: 'vp-sd-v' → 'vp-sd-eps'" in proc.stderr, proc.stderr[-2000:]
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--guidance=2.0")
+    assert "another configuration" in code and "args.guidance: 3.0 → 2.0" in code
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-eps")
+    assert "args.form: 'vp-sd-v' → 'vp-sd-eps'" in code, code
     config = json.loads((tmp_path / "config.json").read_text())["args"]
     assert config["guidance"] == 3.0 and config["form"] == "vp-sd-v", "nothing overwritten"
 
@@ -157,27 +166,31 @@ def test_the_global_batch_is_split_or_per_process():
     assert global_batch(parse_args(["--batch_per_process=true"]), gpu, 1) == gpu.batch
 
 
-def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path):
-    proc = run("--bogus=1")
-    assert proc.returncode == 2 and "unrecognized arguments: --bogus=1" in proc.stderr
-    proc = run("--preset=huge")
-    assert proc.returncode == 2 and "--preset must be auto, tiny, cpu, gpu; got 'huge'" in proc.stderr
-    proc = run("--form=vp-sd-x0")
-    assert proc.returncode == 2 and ("--form must be one of vp-cosine-v, vp-sd-eps, vp-sd-v, vp-sd-zsnr-v; got "
-                                     "'vp-sd-x0'") in proc.stderr
-    proc = run("--form=edm")                              # rd.cifar's EDM form: its σ_d does not fit the latents
-    assert proc.returncode == 2 and "got 'edm' (EDM's preconditioning assumes data of std σ_d = 0.5" in proc.stderr
-    proc = run("--preset=tiny", "--data=cifar10", f"--cifar={tmp_path / 'nope'}", f"--out={tmp_path / 'c'}")
-    assert proc.returncode != 0 and "CIFAR-10 not found" in proc.stderr and "cifar10-jpg.tar.gz" in proc.stderr
+def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path, capsys, monkeypatch):
+    import train_sd
+    for flags, message in [
+            (["--bogus=1"], "unrecognized arguments: --bogus=1"),
+            (["--preset=huge"], "--preset must be auto, tiny, cpu, gpu; got 'huge'"),
+            (["--form=vp-sd-x0"], "--form must be one of vp-cosine-v, vp-sd-eps, vp-sd-v, vp-sd-zsnr-v; got 'vp-sd-x0'"),
+            (["--form=edm"], "got 'edm' (EDM's preconditioning assumes data of std σ_d = 0.5")]:   # σ_d ≠ the latents'
+        code, err = refused(capsys, *flags)
+        assert code == 2 and message in err, (flags, err)
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found") as err:
+        train_sd.main(["--preset=tiny", "--data=cifar10", f"--cifar={tmp_path / 'nope'}", f"--out={tmp_path / 'c'}"])
+    assert "cifar10-jpg.tar.gz" in str(err.value)
     if not torch.cuda.is_available():
-        proc = run("--preset=tiny", f"--out={tmp_path / 'd'}", env={"WORLD_SIZE": "2", "RANK": "0"})
-        assert proc.returncode != 0 and "needs CUDA" in proc.stderr and not (tmp_path / "d").exists()
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path / 'd'}")
+        assert "needs CUDA" in code and not (tmp_path / "d").exists()
 
 
-def test_help_lists_every_flag_with_its_default():
-    proc = run("--help")
-    assert proc.returncode == 0
-    text = " ".join(proc.stdout.split())                                        # argparse wraps long lines
+def test_help_lists_every_flag_with_its_default(capsys):
+    import train_sd
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())                           # argparse wraps long lines
     for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--form", "vp-sd-v"), ("--out", ""),
                           ("--stage", "all"),
                           ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
@@ -186,7 +199,7 @@ def test_help_lists_every_flag_with_its_default():
         assert f"(default: {default})" in help_of_flag, (flag, help_of_flag)
 
 
-def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path):
+def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, capsys):
     """Non-finite numbers, a wrong --inception or --out, a damaged config.json: a clear message, no work."""
     out = tmp_path / "run"
     for flags, status, message in [
@@ -195,12 +208,12 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path):
             (["--latent_channels=-4"], 2, "--latent_channels ≥ 0; got 4, 3.0, 1.0, -4"),
             (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
-            (["--inception=README.md"], 2, "README.md is not a TorchScript file"),
+            ([f"--inception={ROOT / 'README.md'}"], 2, "README.md is not a TorchScript file"),
             ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder")]:
-        proc = run("--preset=tiny", f"--out={out}", *flags)
-        assert proc.returncode == status and message in proc.stderr, (flags, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr and not out.exists(), flags
-    out.mkdir()
+        code, err = refused(capsys, "--preset=tiny", f"--out={out}", *flags)
+        assert code == status and message in err, (flags, err[-2000:])
+        assert not out.exists(), flags
+    out.mkdir()                               # the script itself: exit status 1, the message, no traceback
     (out / "config.json").write_text('{"args": {"preset": "ti')
     proc = run("--preset=tiny", f"--out={out}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
