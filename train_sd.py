@@ -175,8 +175,8 @@ def pipeline(args: Args, ctx: dist.Context):
     free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None, "compile": None}
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
-    if (out / "config.json").exists() and (old := read_json(out / "config.json", f"delete {out} to start over, or "
-                                                             "pass another --out")) != config:
+    if (out / "config.json").exists() and (old := with_defaults(read_json(out / "config.json", f"delete {out} to "
+                                                                          "start over, or pass another --out"), free)) != config:
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
                          f"{config_changes(old, config)}); pass another --out, or delete the folder to start over")
     if ctx.main:
@@ -407,6 +407,15 @@ def fid_reference(args: Args, images, out: Path, device):
 def reconstruct(ae, images, scale: float, device):
     """uint8 images (N, 3, H, W) → encoded to scaled latents and decoded back, uint8 on `device`."""
     return to_uint8(decode_latents(ae, encode_latents(ae, from_uint8(images.to(device)), scale), scale))
+
+
+def with_defaults(old: dict, free: dict) -> dict:
+    """A config.json written before a field of Args or Preset existed, read with the field at its default value (what
+    that run used) — or, for a field that does not tie a run folder (`free`), as None."""
+    args = {f.name: None if f.name in free else f.default for f in dataclasses.fields(Args)}
+    size = {f.name: f.default for f in dataclasses.fields(Preset)}
+    size = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}                # as JSON reads back
+    return old | {"args": args | old.get("args", {}), "size": size | old.get("size", {})}
 
 
 def config_changes(old: dict, new: dict) -> str:

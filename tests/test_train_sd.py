@@ -121,6 +121,23 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
     assert config["guidance"] == 3.0 and config["form"] == "vp-sd-v", "nothing overwritten"
 
 
+def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
+    """A config.json without the fields added since (here --latent_channels, --batch_per_process, --compile) is the
+    same run when the new fields are at their defaults."""
+    import train_sd
+    out, _ = whole
+    shutil.copytree(out / "ae", tmp_path / "ae")
+    config = json.loads((out / "config.json").read_text())
+    for key in ("latent_channels", "batch_per_process", "compile"):
+        del config["args"][key]
+    del config["size"]["latent_channels"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stage=ae"])
+    assert "ae done" in capsys.readouterr().out
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stage=ae", "--latent_channels=8")
+    assert "args.latent_channels: 0 → 8" in code
+
+
 def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path):
     """--form=vp-sd-zsnr-v (SD 2's v on the zero-terminal-SNR schedule): teacher, pairs and RD student in that form, on
     the autoencoder of the default run (it does not depend on the form). The checkpoints keep the form's schedule and
