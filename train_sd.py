@@ -175,8 +175,9 @@ def pipeline(args: Args, ctx: dist.Context):
     free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None, "compile": None}
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
-    if (out / "config.json").exists() and (old := with_defaults(read_json(out / "config.json", f"delete {out} to "
-                                                                          "start over, or pass another --out"), free)) != config:
+    old = (with_defaults(read_json(out / "config.json", f"delete {out} to start over, or pass another --out"), free)
+           if (out / "config.json").exists() else config)
+    if old != config:
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
                          f"{config_changes(old, config)}); pass another --out, or delete the folder to start over")
     if ctx.main:
@@ -215,7 +216,7 @@ def pipeline(args: Args, ctx: dist.Context):
                    desc="ae", require_done=not run("ae"), loss_fn=lambda model, x: model.loss(x)[0])
         x_all = from_uint8(images.to(device))
         scale = latent_scale(ae, x_all[:5000])
-        latents = encode_latents(ae, x_all, scale)                                       # (N, 4, 8, 8)
+        latents = encode_latents(ae, x_all, scale)                                       # (N, c, 8, 8)
         if ctx.main and not (out / "ae" / "grid.png").exists():      # 32 images above their reconstructions
             recon = decode_latents(ae, latents[:32], scale)
             save_grid(to_uint8(torch.cat([x_all[:32], recon])), out / "ae" / "grid.png")
@@ -224,7 +225,8 @@ def pipeline(args: Args, ctx: dist.Context):
             held_out, _ = held_out_images(args, size, out)
             floor = fid(reconstruct(ae, held_out, scale, device), *ref, inception, device=device, progress=False)
             atomic_write_text(json.dumps({"fid": floor, "images": len(held_out)}), out / "ae" / "floor.json")
-            say(f"ae: reconstructions of {len(held_out)} held-out images score FID {floor:.2f} (every latent model's floor)")
+            say(f"ae: reconstructions of {len(held_out)} held-out images score FID {floor:.2f} (every latent "
+                "model's floor)")
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     grid_tokens = tokenizer.encode(eval_prompts(args, 64)[1], length).to(device)

@@ -24,6 +24,12 @@ MARKERS = {
 }
 
 
+# the end-to-end runs (whole pipelines and tutorials in subprocesses, torchrun, the student copies): marked e2e, so that
+# `python -m pytest -m "not e2e" tests` is the quick run
+END_TO_END = ("test_tutorials.py", "test_cifar.py", "test_train_sd.py", "test_bench.py", "test_dist.py",
+              "test_assignments.py")
+
+
 def node_id(item) -> str:
     """The test's node id as seen from the repo root, wherever pytest was started."""
     return f"{Path(item.path).resolve().relative_to(ROOT).as_posix()}::{item.nodeid.split('::', 1)[1]}"
@@ -32,6 +38,7 @@ def node_id(item) -> str:
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    config.addinivalue_line("markers", "e2e: an end-to-end run (tests/conftest.py, END_TO_END); -m 'not e2e' skips them")
     config.rd_reach, config.rd_deselected = {}, False
 
 
@@ -43,6 +50,9 @@ def pytest_deselected(items):
 def pytest_collection_modifyitems(config, items):
     # the assignment checks last: they read what the other tests reached
     items.sort(key=lambda item: Path(item.path).name == "test_assignments.py")
+    for item in items:
+        if Path(item.path).name in END_TO_END:
+            item.add_marker("e2e")
     if os.environ.get("RD_NO_REACH") or not REACH.exists():          # RD_NO_REACH: the markers in the files only
         return
     reach = {marker: set(nodes) for marker, nodes in json.loads(REACH.read_text()).items()}

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MARKERS
+from conftest import END_TO_END, MARKERS
 from rd.assignments import ASSIGNMENTS, all_blocks, blank, find_blocks, main, student_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 REACH = ROOT / "tests" / "assignment_reach.json"         # tests that reach an assignment's blocks through the library
 IN_A_COPY = os.environ.get("RD_STUDENT_COPY")         # set while this check runs the suite inside a student copy
-END_TO_END = ["test_tutorials.py", "test_cifar.py", "test_train_sd.py", "test_bench.py", "test_dist.py",
-              "test_assignments.py"]
 pytestmark = pytest.mark.skipif(bool(IN_A_COPY), reason="checks the repo, not a student copy")
 
 

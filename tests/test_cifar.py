@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rd.cli import parse
-from rd.cifar import PRESETS, CifarConfig, main
+from rd.cifar import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LAST = "out.weight"   # the UNet's last layer
@@ -20,6 +19,20 @@ def run(out, *flags):
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "rd.cifar", "--preset=smoke", f"--out={out}", *flags], env=env,
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+class Run:
+    """What a run in this process left: exit status (0, or the SystemExit's message), stdout, stderr."""
+
+    def __init__(self, capsys, out, *flags):
+        try:
+            main(["--preset=smoke", f"--out={out}", *flags])
+            self.returncode = 0
+        except SystemExit as stop:
+            self.returncode = stop.code or 0
+        said = capsys.readouterr()
+        self.stdout = said.out
+        self.stderr = said.err + (self.returncode if isinstance(self.returncode, str) else "")
 
 
 @pytest.fixture(scope="module")
@@ -53,41 +66,41 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     assert json.loads((out / "config.json").read_text())["form"] == "vp-sd-v"
 
 
-def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finished):
+def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finished, capsys):
     out, _ = finished
     logs = {s: (out / s / "log.txt").read_text() for s in ("teacher", "rd", "rf", "rd2", "rd4")}
-    proc = run(out, "--stages=eval")
+    proc = Run(capsys, out, "--stages=eval")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("is finished") == 5 and "pairs/s" in proc.stdout
     assert logs == {s: (out / s / "log.txt").read_text() for s in logs}, "nothing was retrained"
-    proc = run(out, "--stages=students,eval", "--student_seed=1", "--students=rd,rf")
+    proc = Run(capsys, out, "--stages=students,eval", "--student_seed=1", "--students=rd,rf")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "rd-s1" / "ckpt.pt").exists() and (out / "results-s1.md").exists()
     assert not torch.equal(torch.load(out / "rd-s1" / "ckpt.pt", weights_only=True)["model"][LAST],
                            torch.load(out / "rd" / "ckpt.pt", weights_only=True)["model"][LAST])
     assert logs["rd"] == (out / "rd" / "log.txt").read_text()
     assert json.loads((out / "rd" / "config.json").read_text())["train"]["loss"] == "huber"
-    proc = run(out, "--stages=students,eval", "--student_loss=mse", "--student_t=uniform", "--students=rd")
+    proc = Run(capsys, out, "--stages=students,eval", "--student_loss=mse", "--student_t=uniform", "--students=rd")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     config = json.loads((out / "rd-mse-tuniform" / "config.json").read_text())["train"]
     assert config["loss"] == "mse" and (out / "results-mse-tuniform.md").exists()
     # another sampler is evaluated beside the default's results, on the same students, without retraining
     table = (out / "results.md").read_text()
-    proc = run(out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")
+    proc = Run(capsys, out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     other = (out / "results-edm-dpmpp3m.md").read_text()
     assert "dpm++3m (dpm++2m at 2 calls) on the edm grid" in other and "| rd2 |" in other and "| rf |" not in other
     assert table == (out / "results.md").read_text() and logs["rd"] == (out / "rd" / "log.txt").read_text()
 
 
-def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path):
-    proc = run(tmp_path, "--stages=students")
+def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
+    proc = Run(capsys, tmp_path, "--stages=students")
     assert proc.returncode != 0 and "run the 'teacher' stage first" in proc.stderr
-    proc = run(tmp_path, "--stages=teacher")
+    proc = Run(capsys, tmp_path, "--stages=teacher")
     assert proc.returncode == 0 and "stage teacher done" in proc.stdout and not (tmp_path / "pairs").exists()
-    proc = run(tmp_path, "--stages=students")
+    proc = Run(capsys, tmp_path, "--stages=students")
     assert proc.returncode != 0 and "manifest.json" in proc.stderr, "pairs missing: the error names the pair directory"
-    proc = run(tmp_path, "--stages=teacher,eval")
+    proc = Run(capsys, tmp_path, "--stages=teacher,eval")
     assert proc.returncode != 0 and "run the 'students' stage first" in proc.stderr
     proc = run(tmp_path, "--stages=teacher", "--form=vp-sd-eps")    # another form where a teacher is: said, no traceback
     assert proc.returncode != 0 and "was written with another config" in proc.stderr and "'pred_type'" in proc.stderr
@@ -122,22 +135,6 @@ def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message)
     said = f"{exit_.value.code}\n{capsys.readouterr().err}"
     assert exit_.value.code not in (0, None) and message in said, said
     assert not (tmp_path / "out").exists()
-
-
-def test_cli_presets_and_overrides():
-    cfg = parse(CifarConfig, ["--preset=smoke", "--batch=4", "--compile=true"], "", presets=PRESETS)
-    assert cfg.batch == 4 and cfg.compile and cfg.unet == "tiny" and cfg.data == "random"
-    assert parse(CifarConfig, [], "", presets=PRESETS) == CifarConfig()
-
-
-def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
-    import dataclasses
-    from rd.cli import arg
-
-    @dataclasses.dataclass
-    class Args:
-        preset: str = arg("auto", "a field that happens to be called preset")
-    assert parse(Args, ["--preset=gpu"], "").preset == "gpu"
 
 
 def test_fid_of_random_images_is_refused_before_any_work(tmp_path, capsys):

@@ -26,6 +26,13 @@ def refused(capsys, *flags) -> tuple:
     return stop.value.code, capsys.readouterr().err
 
 
+def here(capsys, *flags) -> str:
+    """train_sd.main(flags) in this process, expected to succeed: its stdout."""
+    import train_sd
+    train_sd.main(list(flags))
+    return capsys.readouterr().out
+
+
 def ok(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -56,10 +63,10 @@ def test_every_stage_runs_and_leaves_a_table_and_a_figure(whole):
     assert set(minutes) == {"data", "ae", "teacher", "pairs", "rd", "rf", "phased", "eval"}
 
 
-def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path):
+def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path, capsys):
     out, _ = whole
     for stage in ("ae", "teacher", "pairs", "rd"):
-        ok(run("--preset=tiny", f"--out={tmp_path}", f"--stage={stage}"))
+        here(capsys, "--preset=tiny", f"--out={tmp_path}", f"--stage={stage}")
     a = torch.load(out / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "a stage-wise run is the same run"
@@ -67,7 +74,7 @@ def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path):
     # a moved run folder and another --time_scale are the same run (each stage's checkpoint keeps its own caps)
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     tmp_path.rename(moved)
-    stdout = ok(run("--preset=tiny", f"--out={moved}", "--stage=rd", "--time_scale=0.5"))
+    stdout = here(capsys, "--preset=tiny", f"--out={moved}", "--stage=rd", "--time_scale=0.5")
     assert "is finished" in stdout and (moved / "teacher" / "log.txt").read_text() == log, "nothing retrained"
 
 

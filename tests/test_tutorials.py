@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,54 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_tutorial(name, out):
-    env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg",
-               PYTHONPATH=str(ROOT))                           # this clone's rd, whichever clone is installed
-    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / name)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+# the smoke runs, longest first; two run at a time with one thread each (CI has two cores), each in its own folder
+TUTORIALS = ("03_cifar10.py", "05_latent_sd.py", "02_rectification_2d.py", "01_schedules_2d.py",
+             "04_fused_groupnorm.py")
+
+
+class SmokeRuns:
+    """Every tutorial's smoke run in a subprocess, started two at a time on first use; run(name) waits for its own."""
+
+    def __init__(self, base: Path):
+        self.base, self.todo, self.running, self.done = base, list(TUTORIALS), {}, {}
+
+    def _start(self):
+        while self.todo and len(self.running) < 2:
+            name = self.todo.pop(0)
+            env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(self.base / name[:2]), TQDM_DISABLE="1", MPLBACKEND="Agg",
+                       OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))   # this clone's rd, whichever clone is installed
+            log = open(self.base / f"{name}.log", "w+")
+            self.running[name] = (subprocess.Popen([sys.executable, str(ROOT / "tutorials" / name)], env=env,
+                                                   stdout=log, stderr=subprocess.STDOUT, text=True), log, time.time())
+
+    def run(self, name: str) -> tuple[Path, str]:
+        """(the tutorial's output folder, its printout); fails with the printout's end if it failed."""
+        while name not in self.done:
+            self._start()
+            for other, (proc, log, start) in list(self.running.items()):
+                if proc.poll() is None and time.time() - start > 600:
+                    proc.kill()
+                if proc.poll() is not None:
+                    log.seek(0)
+                    self.done[other] = (proc.returncode, log.read())
+                    log.close()
+                    del self.running[other]
+            time.sleep(0.2)
+        code, text = self.done[name]
+        assert code == 0, f"{name} failed:\n{text[-5000:]}"
+        return self.base / name[:2], text
+
+    def close(self):
+        for proc, log, _ in self.running.values():             # nothing left running after a failure
+            proc.kill()
+            log.close()
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    return tmp_path_factory.mktemp("tutorials")
+def smoke(tmp_path_factory):
+    runs = SmokeRuns(tmp_path_factory.mktemp("tutorials"))
+    yield runs
+    runs.close()
 
 
 def test_a_smoke_setting_other_than_1_is_refused_not_taken_for_a_full_run(tmp_path):
@@ -31,15 +68,15 @@ def test_a_smoke_setting_other_than_1_is_refused_not_taken_for_a_full_run(tmp_pa
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
 
 
-def test_01_schedules_2d(out):
-    stdout = run_tutorial("01_schedules_2d.py", out)
+def test_01_schedules_2d(smoke):
+    out, stdout = smoke.run("01_schedules_2d.py")
     for fig in ("01_schedules.png", "01_first_order_paths.png", "01_teacher_paths.png"):
         assert (out / fig).stat().st_size > 10_000, fig
     assert "FM/flow" in stdout and "first-order paths" in stdout
 
 
-def test_02_rectification_2d(out):
-    stdout = run_tutorial("02_rectification_2d.py", out)
+def test_02_rectification_2d(smoke):
+    out, stdout = smoke.run("02_rectification_2d.py")
     assert (out / "02_samples.png").stat().st_size > 10_000
     table = (out / "02_results.md").read_text()
     for row in ("| VP/eps RD |", "| VP/eps RF (FM, velocity) |", "| VP/eps RD, loss weighted like v |",
@@ -47,16 +84,16 @@ def test_02_rectification_2d(out):
         assert row in table and row in stdout
 
 
-def test_04_fused_groupnorm(out):
-    stdout = run_tutorial("04_fused_groupnorm.py", out)
+def test_04_fused_groupnorm(smoke):
+    out, stdout = smoke.run("04_fused_groupnorm.py")
     assert (out / "04_variance_error.png").stat().st_size > 10_000
     assert "backward formula vs autograd, dx" in stdout and "bytes per element" in stdout
     errors = [float(line.rsplit(" ", 1)[1]) for line in stdout.splitlines() if "max |error|" in line and "kernel" not in line]
     assert len(errors) == 7 and max(errors) < 1e-12, errors
 
 
-def test_05_latent_sd(out):
-    stdout = run_tutorial("05_latent_sd.py", out)
+def test_05_latent_sd(smoke):
+    out, stdout = smoke.run("05_latent_sd.py")
     for fig in ("05_data_autoencoder.png", "05_samples.png"):
         assert (out / fig).stat().st_size > 10_000, fig
     table = (out / "05_results.md").read_text()
@@ -65,8 +102,8 @@ def test_05_latent_sd(out):
     assert "<unk>" in stdout                                    # the unknown-word demonstration ran
 
 
-def test_03_cifar10(out):
-    stdout = run_tutorial("03_cifar10.py", out / "cifar")
-    assert (out / "cifar" / "03_form_weights.png").stat().st_size > 10_000
+def test_03_cifar10(smoke):
+    out, stdout = smoke.run("03_cifar10.py")
+    assert (out / "03_form_weights.png").stat().st_size > 10_000
     for row in ("| vp-sd-eps |", "| edm |", "| rd |", "| RD ÷ RF at 1 call |"):
         assert row in stdout, row

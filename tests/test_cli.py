@@ -1,0 +1,19 @@
+"""rd.cli: a dataclass's fields as --flags, presets as named keyword sets, unknown flags refused."""
+from rd.cifar import PRESETS, CifarConfig
+from rd.cli import parse
+
+
+def test_cli_presets_and_overrides():
+    cfg = parse(CifarConfig, ["--preset=smoke", "--batch=4", "--compile=true"], "", presets=PRESETS)
+    assert cfg.batch == 4 and cfg.compile and cfg.unet == "tiny" and cfg.data == "random"
+    assert parse(CifarConfig, [], "", presets=PRESETS) == CifarConfig()
+
+
+def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
+    import dataclasses
+    from rd.cli import arg
+
+    @dataclasses.dataclass
+    class Args:
+        preset: str = arg("auto", "a field that happens to be called preset")
+    assert parse(Args, ["--preset=gpu"], "").preset == "gpu"

@@ -1,0 +1,18 @@
+"""rd.ema: the EMA update and its warm-up."""
+import torch
+
+from rd.ema import EMA
+
+
+def test_ema_decay_takes_over_from_the_warm_up_only_after_9_over_1_minus_decay_steps():
+    """EMA(0.999) and EMA(0.9995) agree exactly while the warm-up (1 + n)/(10 + n) is the smaller (n < 8,990)."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    emas = [EMA(net, 0.999), EMA(net, 0.9995)]
+    g = torch.Generator().manual_seed(0)
+    for n in range(9500):
+        net.weight.data.copy_(torch.randn(1, 1, generator=g))
+        for e in emas:
+            e.update(net)
+        if n == 8988:
+            assert torch.equal(emas[0].model.weight, emas[1].model.weight)
+    assert not torch.equal(emas[0].model.weight, emas[1].model.weight)
