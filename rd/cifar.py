@@ -36,11 +36,11 @@ from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
-from .timing import Laps, synchronize
 from .predictions import FORMS, LOSSES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS, solver_for
 from .schedules import Schedule, get_schedule, lognormal_t
+from .timing import Laps, synchronize
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 

@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 from .data import load_cifar10, to_uint8
 from .figures import tile
 from .io import atomic_write, atomic_write_text
-from .timing import synchronize
 from .sampling import sample
+from .timing import synchronize
 
 
 @torch.no_grad()

@@ -11,10 +11,9 @@ def _dense_format(t):
 
 class Upsample2x(nn.Module):
     """Nearest-neighbour ×2 of (B, C, H, W), as nn.Upsample(scale_factor=2, mode="nearest"): each pixel becomes a 2×2
-    block. Written as expand + reshape, whose gradient is a sum over each 2×2 block; under torch.compile
-    interpolate's is a scatter-add (index_put), a slow op in a compiled training step (RESULTS.md has the
-    measurement). The output is dense, in x's
-    memory format (.contiguous() is a no-op except on 1×1 maps, where reshape may return an overlapping view)."""
+    block. Written as expand + reshape, whose gradient is a sum over each 2×2 block (under torch.compile,
+    interpolate's is a scatter-add, slow in a compiled training step). The output is dense, in x's memory format
+    (.contiguous() is a no-op except on 1×1 maps, where reshape may return an overlapping view)."""
 
     def forward(self, x):
         b, c, h, w = x.shape

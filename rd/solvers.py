@@ -303,7 +303,7 @@ TABLE = {
     "dpm++2m": _multi(2, "data"),
     "dpm++3m": _multi(3, "data"),
 }
-# views of the table by field; CALLS_PER_STEP and MIN_STEPS list only the entries other than 1 (look up with .get(name, 1))
+# the table by field; CALLS_PER_STEP and MIN_STEPS list only the entries other than 1 (look up with .get(name, 1))
 SOLVERS = {name: s.step for name, s in TABLE.items()}
 ORDERS = {name: s.order for name, s in TABLE.items()}
 CALLS_PER_STEP = {name: s.calls_per_step for name, s in TABLE.items() if s.calls_per_step > 1}
