@@ -171,8 +171,11 @@ def pipeline(args: Args, ctx: dist.Context):
     out = Path(args.out or f"runs/sd-{preset}-{args.form}")
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
-    # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling
-    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None, "compile": None}
+    # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling; the latent
+    # channels are tied by their resolved value
+    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None, "compile": None,
+            "latent_channels": None}                 # (kept resolved, in size)
+    size = dataclasses.replace(size, latent_channels=args.latent_channels or size.latent_channels)
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
     old = (with_defaults(read_json(out / "config.json", f"delete {out} to start over, or pass another --out"), free)
@@ -207,12 +210,12 @@ def pipeline(args: Args, ctx: dist.Context):
 
     # -- ae: the first stage, trained on images; latents = scale · E[q(z|x)]
     loader = GPULoader(images, attrs[:, 0], size.batch, device, flip=args.data == "cifar10", seed=args.seed)
-    ae_cfg = dataclasses.replace(AutoencoderConfig.preset(size.ae),
-                                 latent_channels=args.latent_channels or size.latent_channels)
+    ae_cfg = dataclasses.replace(AutoencoderConfig.preset(size.ae), latent_channels=size.latent_channels)
     torch.manual_seed(args.seed)
     with lap("ae"):
         ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0],
-                   cfg(size.ae_steps, 1e-3, size.minutes[0]), out / "ae", model_config=dataclasses.asdict(ae_cfg),
+                   dataclasses.replace(cfg(size.ae_steps, 1e-3, size.minutes[0]), compile=False), out / "ae",
+                   model_config=dataclasses.asdict(ae_cfg),
                    desc="ae", require_done=not run("ae"), loss_fn=lambda model, x: model.loss(x)[0])
         x_all = from_uint8(images.to(device))
         scale = latent_scale(ae, x_all[:5000])
@@ -227,6 +230,7 @@ def pipeline(args: Args, ctx: dist.Context):
             atomic_write_text(json.dumps({"fid": floor, "images": len(held_out)}), out / "ae" / "floor.json")
             say(f"ae: reconstructions of {len(held_out)} held-out images score FID {floor:.2f} (every latent "
                 "model's floor)")
+        dist.barrier()                               # the other processes wait for process 0's floor
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     grid_tokens = tokenizer.encode(eval_prompts(args, 64)[1], length).to(device)
@@ -249,7 +253,7 @@ def pipeline(args: Args, ctx: dist.Context):
 
     def teacher_batches(n, g):
         idx = torch.randint(len(latents), (n,), generator=g, device=g.device).to(device)
-        z0 = latents[idx]                                                                # (B, 4, 8, 8)
+        z0 = latents[idx]                                                                # (B, c, 8, 8)
         return z0, torch.randn(z0.shape, generator=g, device=device), schedule.sample_t(n, g, device=device), \
             drop_prompts(tokens[idx], 0.1, g)
 

@@ -4,7 +4,8 @@ library (a sampler needs the solver steps).
 
 Which tests reach which blocks is measured, not kept by hand: while the suite runs, a trace function records every
 line executed inside a marked block (`# BEGIN ASSIGNMENT` … `# END ASSIGNMENT`) by each test, its fixtures included,
-into `config.rd_reach` (node id → block ids); tests/test_assignments.py runs last and checks the markers against it.
+into `config.rd_reach` (node id → block ids), skipped tests into `config.rd_skipped`; tests/test_assignments.py runs
+last and checks the markers against it. The trace follows the test's own thread only.
 `RD_REACH_OUT=<file>` writes the measurement to a JSON file at the end of the session."""
 import json
 import os
@@ -39,7 +40,7 @@ def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.addinivalue_line("markers", "e2e: an end-to-end run (tests/conftest.py, END_TO_END); -m 'not e2e' skips them")
-    config.rd_reach, config.rd_deselected = {}, False
+    config.rd_reach, config.rd_skipped, config.rd_deselected = {}, set(), False
 
 
 def pytest_deselected(items):
@@ -120,8 +121,8 @@ def pytest_runtest_protocol(item, nextitem):
         sys.settrace(None)
         reached = _TRACER.records.pop()
         for name in item.fixturenames:                           # fixtures set up for an earlier test count too
-            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
-                reached |= _FIXTURE_REACH.get(fixturedef, set())
+            if fixturedefs := item._fixtureinfo.name2fixturedefs.get(name):
+                reached |= _FIXTURE_REACH.get(fixturedefs[-1], set())       # the definition in use
         item.config.rd_reach[node_id(item)] = sorted(reached)
 
 
@@ -139,6 +140,14 @@ def pytest_fixture_setup(fixturedef, request):
         _TRACER.records[-1] |= reached
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.skipped:                       # what a skipped test would reach is unknown here (a GPU test on a CPU)
+        item.config.rd_skipped.add(node_id(item))
+
+
 def pytest_sessionfinish(session):
     if out := os.environ.get("RD_REACH_OUT"):
-        Path(out).write_text(json.dumps(session.config.rd_reach, indent=0))
+        Path(out).write_text(json.dumps({"reach": session.config.rd_reach,
+                                         "skipped": sorted(session.config.rd_skipped)}, indent=0))

@@ -21,6 +21,13 @@ def run(out, *flags):
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
+@pytest.fixture(autouse=True)
+def tf32_as_it_was(monkeypatch):
+    """rd.cifar turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+
+
 class Run:
     """What a run in this process left: exit status (0, or the SystemExit's message), stdout, stderr."""
 

@@ -243,6 +243,7 @@ def test_cuda_odd_memory():
     check_against_reference(x, weight, bias, scale.bfloat16(), shift.bfloat16(), 8)
 
 
+@pytest.mark.a4                      # it compares the kernel with backward_formula
 @cuda
 def test_cuda_backward_with_dy_in_another_layout_and_deterministic():
     x, weight, bias, scale, shift = inputs(4, 64, 8, 8, 32, torch.bfloat16, "cuda", channels_last=True)

@@ -18,6 +18,13 @@ def run(*flags, env=None):
                           text=True, timeout=600, cwd=ROOT)
 
 
+@pytest.fixture(autouse=True)
+def tf32_as_it_was(monkeypatch):
+    """train_sd.py turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+
+
 def refused(capsys, *flags) -> tuple:
     """train_sd.main(flags) in this process, expected to stop: (exit status or message, stderr)."""
     import train_sd
@@ -141,8 +148,9 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(config))
     train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stage=ae"])
     assert "ae done" in capsys.readouterr().out
+    here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stage=ae", "--latent_channels=4")   # = the preset's 4
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stage=ae", "--latent_channels=8")
-    assert "args.latent_channels: 0 → 8" in code
+    assert "size.latent_channels: 4 → 8" in code, code
 
 
 def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path):

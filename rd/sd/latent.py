@@ -13,7 +13,7 @@ from ..schedules import Schedule
 
 
 class TextUNet(nn.Module):
-    """(z_t (B, 4, h, w), t (B,), tokens (B, L)) → UNet(z_t, t, TextEncoder(tokens)): one module, trained together.
+    """(z_t (B, c, h, w), t (B,), tokens (B, L)) → UNet(z_t, t, TextEncoder(tokens)): one module, trained together.
 
     SD freezes a pretrained CLIP text tower; here it is trained from scratch with the denoiser (and frozen with it
     for the students, which copy both)."""
