@@ -64,6 +64,17 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(marker)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): OpenMP
+    barriers on a shared 2-core machine made their training steps 100× slower. Restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- which blocks each test reaches -----------------------------------------------------------------------------------
 
 class _Tracer:

@@ -5,14 +5,7 @@ import torch
 from rd.sd.shapes import ATTRIBUTES, COLOURS, POSITIONS, PROMPTS, SHAPES, caption, captions, make_shapes, parse_caption
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids OpenMP barriers, which on a shared 2-core machine made a training
-    step 100× slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")     # tests/conftest.py
 
 
 
