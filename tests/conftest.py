@@ -4,9 +4,12 @@ library (a sampler needs the solver steps).
 
 Which tests reach which blocks is measured, not kept by hand: while the suite runs, a trace function records every
 line executed inside a marked block (`# BEGIN ASSIGNMENT` … `# END ASSIGNMENT`) by each test, its fixtures included,
-into `config.rd_reach` (node id → block ids), skipped tests into `config.rd_skipped`; tests/test_assignments.py runs
-last and checks the markers against it. The trace follows the test's own thread only.
-`RD_REACH_OUT=<file>` writes the measurement to a JSON file at the end of the session."""
+into `config.rd_reach` (node id → block ids), skipped tests into `config.rd_skipped`. At the end of a session that
+ran every checked file (all but END_TO_END, no -k or -m), the markers are compared with that measurement: a test that
+reaches an assignment's block must carry its marker and a marked test must reach one; a difference fails the session
+and is listed in the summary. With `-n 2` (pytest-xdist) each worker measures its tests and the controller compares.
+The trace follows the test's own thread only. `RD_UPDATE_REACH=1` rewrites assignment_reach.json from the
+measurement instead of comparing; `RD_REACH_OUT=<file>` writes the measurement to a JSON file."""
 import json
 import os
 import sys
@@ -29,6 +32,17 @@ MARKERS = {
 # `python -m pytest -m "not e2e" tests` is the quick run
 END_TO_END = ("test_tutorials.py", "test_cifar.py", "test_train_sd.py", "test_bench.py", "test_dist.py",
               "test_assignments.py")
+# the files whose markers are compared with the measured reach
+CHECKED = sorted(f"tests/{f.name}" for f in Path(__file__).parent.glob("test_*.py") if f.name not in END_TO_END)
+# the longest files first: with -n 2 (--dist=loadscope, pyproject.toml) each goes whole to one worker, and the two
+# workers finish together
+LONGEST = ("test_train_sd.py", "test_solvers.py", "test_cifar.py", "test_assignments.py", "test_tutorials.py")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):           # -n N: the cores shared among the workers and the runs they start
+    import torch
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 def node_id(item) -> str:
@@ -41,6 +55,7 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{name}: {text}")
     config.addinivalue_line("markers", "e2e: an end-to-end run (tests/conftest.py, END_TO_END); -m 'not e2e' skips them")
     config.rd_reach, config.rd_skipped, config.rd_deselected = {}, set(), False
+    config.rd_markers, config.rd_complete, config.rd_problems = {}, False, None
 
 
 def pytest_deselected(items):
@@ -49,11 +64,11 @@ def pytest_deselected(items):
 
 
 def pytest_collection_modifyitems(config, items):
-    # the assignment checks last: they read what the other tests reached
-    items.sort(key=lambda item: Path(item.path).name == "test_assignments.py")
+    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
     for item in items:
         if Path(item.path).name in END_TO_END:
             item.add_marker("e2e")
+        item.rd_direct = [m for m in MARKERS if item.get_closest_marker(m)]             # the markers in the files
     if os.environ.get("RD_NO_REACH") or not REACH.exists():          # RD_NO_REACH: the markers in the files only
         return
     reach = {marker: set(nodes) for marker, nodes in json.loads(REACH.read_text()).items()}
@@ -121,8 +136,8 @@ def pytest_runtest_protocol(item, nextitem):
     if _TRACER is None:
         yield
         return
-    if sys.gettrace() is not None:           # a debugger or coverage holds the hook: this test goes unmeasured
-        yield
+    if sys.gettrace() is not None or item.path.name in END_TO_END:   # a debugger or coverage holds the hook, or an
+        yield                                                        # end-to-end run: this test goes unmeasured
         return
     _TRACER.records.append(set())
     sys.settrace(_TRACER)
@@ -158,7 +173,74 @@ def pytest_runtest_makereport(item, call):
         item.config.rd_skipped.add(node_id(item))
 
 
+# -- the markers against the reach, at the end of the session -------------------------------------------------------
+
+def pytest_collection_finish(session):
+    """Whether this session runs every checked file whole, and each checked test's markers (in its file, in all)."""
+    config = session.config
+    checked = [item for item in session.items if node_id(item).split("::")[0] in CHECKED]
+    config.rd_complete = {node_id(item).split("::")[0] for item in checked} == set(CHECKED) and not config.rd_deselected
+    config.rd_markers = {node_id(item): (item.rd_direct, [m for m in MARKERS if item.get_closest_marker(m)])
+                         for item in checked}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """(xdist controller) A worker's measurement joins the others'; a worker lost on the way makes it incomplete."""
+    config, part = node.config, getattr(node, "workeroutput", {}).get("rd_reach")
+    if part is None:
+        config.rd_markers, config.rd_complete = {}, None
+        return
+    part = json.loads(part)
+    config.rd_reach.update(part["reach"])
+    config.rd_skipped |= set(part["skipped"])
+    if config.rd_complete is not None:
+        config.rd_markers, config.rd_complete = part["markers"], part["complete"]
+
+
 def pytest_sessionfinish(session):
+    config = session.config
+    if hasattr(config, "workerinput"):                           # an xdist worker: its part goes to the controller
+        config.workeroutput["rd_reach"] = json.dumps({"reach": config.rd_reach, "skipped": sorted(config.rd_skipped),
+                                                      "complete": config.rd_complete, "markers": config.rd_markers})
+        return
     if out := os.environ.get("RD_REACH_OUT"):
-        Path(out).write_text(json.dumps({"reach": session.config.rd_reach,
-                                         "skipped": sorted(session.config.rd_skipped)}, indent=0))
+        Path(out).write_text(json.dumps({"reach": config.rd_reach, "skipped": sorted(config.rd_skipped)}, indent=0))
+    if config.rd_complete and _TRACER is not None and all(node in config.rd_reach for node in config.rd_markers):
+        config.rd_problems = reach_problems(config.rd_reach, config.rd_markers, config.rd_skipped)
+        if config.rd_problems and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def reach_problems(reach: dict, markers: dict, skipped: set) -> list[str]:
+    """What differs between the markers (node id → (in its file, in all)) and the measured reach (node id → block ids),
+    skipped tests left out (what a GPU test reaches is unknown on a CPU); with RD_UPDATE_REACH, rewrite REACH to the
+    measurement instead (its entries for tests skipped here stay)."""
+    old = json.loads(REACH.read_text()) if REACH.exists() else {}
+    problems, table = [], {}
+    for marker in MARKERS:
+        assignment = f"A{marker[1:]}"
+        reaching = {node for node in markers if any(i.split(".")[0] == assignment for i in reach[node])} - skipped
+        own = {node for node, (_, every) in markers.items() if marker in every} - skipped
+        direct = {node for node, (in_file, _) in markers.items() if marker in in_file}
+        table[marker] = sorted((reaching - direct) | (set(old.get(marker, ())) & skipped))
+        problems += [f"{node}: reaches a block of {assignment} but is not marked {marker}: list it in {REACH.name}"
+                     for node in sorted(reaching - own)]
+        problems += [f"{node}: marked {marker} but reaches no block of {assignment}" for node in sorted(own - reaching)]
+    if os.environ.get("RD_UPDATE_REACH"):
+        REACH.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
+        return []
+    return problems
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.rd_problems:
+        terminalreporter.write_sep("=", f"assignment markers: {len(config.rd_problems)} differ from the measured reach",
+                                   red=True)
+        for line in config.rd_problems[:20]:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"RD_UPDATE_REACH=1 python -m pytest -q -n 2 tests rewrites {REACH.name} from the "
+                                    "measurement (tutorials/assignments/README.md)")
+    elif config.rd_problems is not None:
+        terminalreporter.write_line(f"assignment markers: equal to the measured reach of {len(config.rd_markers)} tests"
+                                    + (f" ({REACH.name} rewritten)" if os.environ.get("RD_UPDATE_REACH") else ""))

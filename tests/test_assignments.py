@@ -1,17 +1,11 @@
-"""The assignment tool, and the CI check of every student copy: it fails exactly its own tests (-m a<n>: marked in
-the test files, or listed in assignment_reach.json because they reach its blocks through the library), each with
-the NotImplementedError of one of its blanked blocks, and passes every other test. The repo itself passing
-everything is the rest of this suite. `RD_UPDATE_REACH=1` rewrites assignment_reach.json from what the tests reach.
-
-Which blocks each test reaches is measured while the suite runs (tests/conftest.py traces the lines between the
-markers in the test's thread; this file runs last). A test that reaches none of an assignment's blocks runs the
-same code in that assignment's copy as in the repo, so it is inferred to pass there as it passes here (what the
-trace cannot see: other threads, subprocesses); the markers must therefore equal the measured reach, and only the
-marked tests are run in the copies, where each must stop at a blank block. Skipped tests (the GPU tests on a CPU)
-are left out of the comparison: what they reach is unknown here. The end-to-end runs (END_TO_END: tutorials,
-train_sd.py, rd.bench, torchrun) are left out too: they reach nearly every block, much of it in subprocesses, and the
-repo's own run covers them. After RD_UPDATE_REACH=1 run the check again: its copies ran with the old markers."""
-import json
+"""The assignment tool, and the CI check of every student copy: in each copy, every test of its marker (-m a<n>:
+marked in the test files, or listed in assignment_reach.json because it reaches the assignment's blocks through the
+library) fails with the NotImplementedError of one of its blanked blocks. That the markers equal what the tests reach
+is checked by tests/conftest.py at the end of a session that ran every checked file (it traces the lines between the
+markers in each test's thread): a test that reaches none of an assignment's blocks runs the same code in that
+assignment's copy as in the repo, so it passes there as it passes here, and only the marked tests run in the copies.
+The end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out of both: they reach nearly
+every block, much of it in subprocesses, and the repo's own run covers them."""
 import os
 import subprocess
 import sys
@@ -21,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import END_TO_END, MARKERS
+from conftest import CHECKED
 from rd.assignments import ASSIGNMENTS, all_blocks, blank, find_blocks, main, student_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,16 +90,20 @@ def test_handouts_exist_and_name_their_tasks():
         assert f"pytest -m a{a[1:]}" in text and "Stretch" in text
 
 
+def test_the_session_check_names_unmarked_and_unreaching_tests(monkeypatch):
+    """tests/conftest.py's comparison of the markers with the measured reach, on a made-up measurement."""
+    from conftest import reach_problems
+    monkeypatch.delenv("RD_UPDATE_REACH", raising=False)
+    reach = {"tests/t.py::a": ["A2.1"], "tests/t.py::b": [], "tests/t.py::c": ["A1.2"], "tests/t.py::gpu": []}
+    markers = {"tests/t.py::a": ([], []), "tests/t.py::b": (["a3"], ["a3"]),      # node id → (in its file, in all)
+               "tests/t.py::c": ([], ["a1"]), "tests/t.py::gpu": (["a4"], ["a4"])}
+    assert reach_problems(reach, markers, skipped={"tests/t.py::gpu"}) == [
+        "tests/t.py::a: reaches a block of A2 but is not marked a2: list it in assignment_reach.json",
+        "tests/t.py::b: marked a3 but reaches no block of A3"]
+    assert reach_problems({**reach, "tests/t.py::a": []}, {**markers, "tests/t.py::b": ([], [])}, {"tests/t.py::gpu"}) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------
-
-def marked_tests(marker: str, reach: bool = True) -> set[str]:
-    """Node ids of the tests selected by -m marker (reach=False: by the markers in the test files alone)."""
-    env = dict(os.environ) | ({} if reach else {"RD_NO_REACH": "1"})
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m",
-                          marker, *(f"--ignore=tests/{f}" for f in END_TO_END), "tests"], cwd=ROOT,
-                         capture_output=True, text=True, env=env).stdout
-    return {line.strip() for line in out.splitlines() if "::" in line}
-
 
 def junit_results(path: Path) -> dict[str, tuple[str, str]]:
     """node id → (passed | failed | skipped, failure text)."""
@@ -149,73 +147,26 @@ def run_in_parallel(jobs: dict, base: Path) -> dict[str, dict]:
     return results
 
 
-def checked_files() -> list[str]:
-    return sorted(f"tests/{f.name}" for f in (ROOT / "tests").glob("test_*.py") if f.name not in END_TO_END)
-
-
 @pytest.fixture(scope="module")
-def reach_and_markers(request, tmp_path_factory):
-    """({node id: block ids it reaches}, {marker: node ids it selects}, skipped node ids) for every test outside
-    END_TO_END: as measured while this session ran them all, or else (this file run alone, or with -k) by a run of
-    those files now."""
-    from conftest import node_id
-    files = checked_files()
-    items = [item for item in request.session.items if node_id(item).split("::")[0] in files]
-    measured = request.config.rd_reach
-    if {node_id(item).split("::")[0] for item in items} == set(files) and not request.config.rd_deselected \
-            and all(node_id(item) in measured for item in items):
-        reach = {node_id(item): set(measured[node_id(item)]) for item in items}
-        markers = {m: {node_id(item) for item in items if item.get_closest_marker(m)} for m in MARKERS}
-        return reach, markers, set(request.config.rd_skipped)
-    out = tmp_path_factory.mktemp("reach") / "reach.json"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT,
-                          env=dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", RD_REACH_OUT=str(out)),
-                          capture_output=True, text=True)
-    if proc.returncode not in (0, 1) or not out.exists():       # 1: some tests failed, the rest is measured
-        pytest.fail(f"measuring what the tests reach failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
-    measured = json.loads(out.read_text())
-    reach = {node: set(ids) for node, ids in measured["reach"].items()}
-    markers = {m: marked_tests(m) for m in MARKERS}
-    unmeasured = set().union(*markers.values()) - set(reach)
-    assert not unmeasured, f"marked tests the run did not measure: {sorted(unmeasured)[:10]}"
-    return reach, markers, set(measured["skipped"])
-
-
-@pytest.fixture(scope="module")
-def student_runs(reach_and_markers, tmp_path_factory):
+def student_runs(tmp_path_factory):
     """Each assignment's student copy running its own marked tests: node id → (outcome, failure text)."""
     base = tmp_path_factory.mktemp("students")
     jobs = {}
     for a in ASSIGNMENTS:
         copy = base / a
         student_copy(a, copy)
-        jobs[a] = (copy, ["-m", f"a{a[1:]}", *checked_files()])
+        jobs[a] = (copy, ["-m", f"a{a[1:]}", *CHECKED])
     return run_in_parallel(jobs, base)
 
 
 @pytest.mark.parametrize("assignment", list(ASSIGNMENTS))
-def test_student_copy_fails_exactly_its_own_tests_with_not_implemented(reach_and_markers, student_runs, assignment):
-    reach, markers, skipped = reach_and_markers
-    marker, blanked = f"a{assignment[1:]}", f"NotImplementedError: {assignment}."
-    reaching = {node for node, ids in reach.items() if any(i.split(".")[0] == assignment for i in ids)} - skipped
-    own, results = markers[marker] - skipped, student_runs[assignment]
-    if os.environ.get("RD_UPDATE_REACH"):                 # the file lists what reaches and is not marked in the tests
-        direct = marked_tests(marker, reach=False)
-        table = json.loads(REACH.read_text()) if REACH.exists() else {}
-        kept = set(table.get(marker, ())) & skipped                   # entries this machine cannot measure stay
-        table[marker] = sorted((reaching - direct) | kept)
-        REACH.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
-        own = (direct | reaching) - skipped
-    assert own, f"no tests carry the marker {marker}"
-    problems = [f"{node}: reaches a block of {assignment} but is not marked {marker}: list it in {REACH.name} "
-                f"(RD_UPDATE_REACH=1 rewrites the file)" for node in sorted(reaching - own)]
-    problems += [f"{node}: marked {marker} but reaches no block of {assignment} (listed in {REACH.name}? "
-                 f"RD_UPDATE_REACH=1 rewrites the file)" for node in sorted(own - reaching)]
-    for node in sorted(markers[marker] & reaching):       # (the markers the copies ran with)
-        outcome, text = results.get(node, ("missing", ""))
-        if outcome != "failed" or blanked not in text:
-            problems.append(f"{node}: reaches a block of {assignment} but {outcome} in its student copy"
-                            + ("" if outcome != "failed" else f" with another error: {text[:200]!r}"))
+def test_student_copy_fails_exactly_its_own_tests_with_not_implemented(student_runs, assignment):
+    marker, blanked, results = f"a{assignment[1:]}", f"NotImplementedError: {assignment}.", student_runs[assignment]
+    assert results, f"no tests carry the marker {marker}"
+    problems = [f"{node}: marked {marker} but {outcome} in its student copy"
+                + (f" with another error: {text[:200]!r}" if outcome == "failed" else
+                   f": it reaches no block of {assignment} (remove the marker, or its line in {REACH.name})")
+                for node, (outcome, text) in sorted(results.items())
+                if outcome != "skipped" and (outcome != "failed" or blanked not in text)]    # skipped: no GPU here
     assert not problems, f"{assignment}: {len(problems)} problems\n" + "\n".join(problems[:20])
-    print(f"{assignment}: its {len(own)} tests fail with NotImplementedError; the other {len(reach) - len(own)} "
-          f"reach none of its blocks")
+    print(f"{assignment}: its {len(results)} tests fail with NotImplementedError in its student copy")

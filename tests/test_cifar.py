@@ -1,5 +1,5 @@
-"""rd.cifar, the CIFAR-10 pipeline, at smoke size (random images, tiny UNet): every stage, one stage at a time,
-resume, another students' seed, and the refusals that come before any work."""
+"""rd.cifar, the CIFAR-10 pipeline, at smoke size (random images, tiny UNet), run by tutorial 03: every stage, one stage
+at a time, resume, another students' seed, and the refusals that come before any work."""
 import json
 import os
 import subprocess
@@ -44,10 +44,20 @@ class Run:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """Tutorial 03's smoke run: its section 1 (the forms' arithmetic and figure), then rd.cifar at --preset=smoke."""
     out = tmp_path_factory.mktemp("cifar")
-    proc = run(out)
+    env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "03_cifar10.py")], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
+
+
+def test_tutorial_03_explains_the_forms_and_runs_the_pipeline(finished):
+    out, stdout = finished
+    assert (out / "03_form_weights.png").stat().st_size > 10_000
+    for row in ("| vp-sd-eps |", "| edm |", "| rd |", "| RD ÷ RF at 1 call |"):
+        assert row in stdout, row
 
 
 def test_whole_pipeline_leaves_tables_grids_and_logs(finished):

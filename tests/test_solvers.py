@@ -17,6 +17,9 @@ from rd.solvers import SOLVERS, dpm_multistep, euler
 TABLE = solver_table()
 DPM = [name for name in TABLE if name.startswith("dpm") or name == "ddim"]
 CONTINUOUS = ["vp-linear", "vp-cosine", "subvp", "ve", "fm"]
+# the DPM solvers' orders are fitted over 16, 32, 64 steps (rd.orders' table adds 128: half the cost again, the
+# same verdicts); the reference solution's error is ≥ 20× below the smallest error at 64 steps
+STEPS = (16, 32, 64)
 
 
 @pytest.mark.a2
@@ -24,10 +27,11 @@ CONTINUOUS = ["vp-linear", "vp-cosine", "subvp", "ve", "fm"]
 @pytest.mark.parametrize("solver", [n for n in DPM if n not in ("dpm3m", "dpm++3m")])
 def test_dpm_solver_convergence_order(schedule, solver):
     fn, order = TABLE[solver]
-    slope, errors = measure_order(fn, schedule)
-    # A wrong coefficient costs a whole order (the lower bound); faster-than-nominal decay over 16–128 steps is
-    # pre-asymptotic (the noise-form 3M's h³ and h⁴ error terms partly cancel there), not a defect.
-    assert order - 0.25 < slope < order + 0.85, (
+    slope, errors = measure_order(fn, schedule, steps=STEPS)
+    # A wrong coefficient costs a whole order (the lower bound; the lowest seen is 2.76, DPM-Solver++(3S) on subVP);
+    # faster-than-nominal decay over 16–64 steps is pre-asymptotic (the noise-form 3M's h³ and h⁴ error terms partly
+    # cancel there: up to 3.93), not a defect.
+    assert order - 0.4 < slope < order + 1.0, (
         f"{solver} on {schedule}: measured order {slope:.2f}, expected {order} (errors {errors}). If order 1 passes "
         f"but this fails, check the φ coefficients and the r = h_prev/h ratios of the higher-order updates.")
 
@@ -37,7 +41,7 @@ def test_dpm_solver_convergence_order(schedule, solver):
 @pytest.mark.parametrize("solver", ["dpm3m", "dpm++3m"])
 def test_multistep_3_with_lower_order_warmup_is_at_least_second_order(schedule, solver):
     """The reference warm-up (order 1, then 2) leaves one O(h²) local error: order ≥ 2, not 3."""
-    slope, errors = measure_order(TABLE[solver][0], schedule)
+    slope, errors = measure_order(TABLE[solver][0], schedule, steps=STEPS)
     assert slope > 1.75, (f"{solver} on {schedule}: measured order {slope:.2f}, expected ≥ 2 (errors {errors}); if "
                           f"dpm2m passes, check the third-order multistep step (A2.5)")
 
@@ -47,8 +51,8 @@ def test_multistep_3_with_lower_order_warmup_is_at_least_second_order(schedule, 
 def test_euler_heun_convergence_order(schedule, solver):
     """Baselines in t. (On the discrete schedules log α has kinks at every step, which costs Heun its order.)"""
     fn, order = TABLE[solver]
-    slope, _ = measure_order(fn, schedule)
-    assert abs(slope - order) < 0.3 if solver == "heun" else 0.8 < slope < 1.2
+    slope, _ = measure_order(fn, schedule, steps=STEPS)
+    assert abs(slope - order) < 0.4 if solver == "heun" else 0.8 < slope < 1.2        # seen: 1.85–2.34, 0.83–1.01
 
 
 @pytest.mark.a2
@@ -117,11 +121,12 @@ def test_euler_is_exact_on_first_order_paths_only_where_they_are_straight():
 SAMPLING_STEPS = {"euler": 100, "heun": 40}
 
 
-@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("name", ["vp-sd", "vp-cosine", "ve", "fm"])     # the orders above cover every schedule
 @pytest.mark.parametrize("solver", [pytest.param(n, marks=() if n in ("euler", "heun") else pytest.mark.a2)
                                     for n in SOLVERS])   # Euler and Heun are given code, not an assignment
 def test_every_solver_samples_the_mixture(name, solver):
-    """Sliced-W₂ to exact samples within 2× the noise floor of two exact sample sets (0.057 at n = 2000)."""
+    """Sliced-W₂ to exact samples within 2× the noise floor of two exact sample sets (0.057 at n = 2000): a discrete
+    VP schedule, a continuous one, VE and flow matching."""
     s, mix, n = get_schedule(name), ring_mixture(), 2000
     target = mix.sample(n, torch.Generator().manual_seed(10))
     floor = sliced_wasserstein(target, mix.sample(n, torch.Generator().manual_seed(11)))

@@ -70,21 +70,6 @@ def test_every_stage_runs_and_leaves_a_table_and_a_figure(whole):
     assert set(minutes) == {"data", "ae", "teacher", "pairs", "rd", "rf", "phased", "eval"}
 
 
-def test_stage_by_stage_equals_all_at_once_and_reruns_skip(whole, tmp_path, capsys):
-    out, _ = whole
-    for stage in ("ae", "teacher", "pairs", "rd"):
-        here(capsys, "--preset=tiny", f"--out={tmp_path}", f"--stage={stage}")
-    a = torch.load(out / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
-    b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "a stage-wise run is the same run"
-    log = (tmp_path / "teacher" / "log.txt").read_text()
-    # a moved run folder and another --time_scale are the same run (each stage's checkpoint keeps its own caps)
-    moved = tmp_path.parent / f"{tmp_path.name}-moved"
-    tmp_path.rename(moved)
-    stdout = here(capsys, "--preset=tiny", f"--out={moved}", "--stage=rd", "--time_scale=0.5")
-    assert "is finished" in stdout and (moved / "teacher" / "log.txt").read_text() == log, "nothing retrained"
-
-
 CRASH = """
 import runpy, sys
 import rd.train
@@ -102,7 +87,7 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
-def test_crash_mid_stage_then_rerun_equals_an_uninterrupted_run(whole, tmp_path):
+def test_crash_mid_stage_then_stage_by_stage_reruns_equal_an_uninterrupted_run(whole, tmp_path, capsys):
     out, _ = whole
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
     proc = subprocess.run([sys.executable, "-c", CRASH.format(script=str(ROOT / "train_sd.py")), str(tmp_path)],
@@ -110,14 +95,23 @@ def test_crash_mid_stage_then_rerun_equals_an_uninterrupted_run(whole, tmp_path)
     assert proc.returncode != 0 and "simulated crash" in proc.stderr
     assert torch.load(tmp_path / "teacher" / "ckpt.pt", weights_only=True)["step"] == 3, "the last checkpoint kept"
     assert not (tmp_path / "pairs").exists()
-    stdout = ok(run("--preset=tiny", f"--out={tmp_path}"))
+    stdout = "".join(here(capsys, "--preset=tiny", f"--out={tmp_path}", f"--stage={stage}")
+                     for stage in ("teacher", "pairs", "rd"))
     assert "teacher: resumed from" in stdout and "at step 3" in stdout
     a = torch.load(out / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed after a crash = never interrupted"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
+        "resumed after a crash, stage by stage = never interrupted, all at once"
+    ok(run("--preset=tiny", f"--out={tmp_path}"))                              # the rest, as the script itself
     assert json.loads((out / "results.json").read_text()) == json.loads((tmp_path / "results.json").read_text())
-    (tmp_path / "classifier" / "ckpt.pt").write_bytes(b"not a checkpoint")       # a damaged classifier is named
-    proc = run("--preset=tiny", f"--out={tmp_path}", "--stage=eval")
+    # a moved run folder and another --time_scale are the same run (each stage's checkpoint keeps its own caps)
+    log = (tmp_path / "teacher" / "log.txt").read_text()
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    stdout = here(capsys, "--preset=tiny", f"--out={moved}", "--stage=rd", "--time_scale=0.5")
+    assert "is finished" in stdout and (moved / "teacher" / "log.txt").read_text() == log, "nothing retrained"
+    (moved / "classifier" / "ckpt.pt").write_bytes(b"not a checkpoint")          # a damaged classifier is named
+    proc = run("--preset=tiny", f"--out={moved}", "--stage=eval")
     assert proc.returncode == 1 and "is not a readable classifier of this run" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
@@ -153,14 +147,14 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     assert "size.latent_channels: 4 → 8" in code, code
 
 
-def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path):
+def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path, capsys):
     """--form=vp-sd-zsnr-v (SD 2's v on the zero-terminal-SNR schedule): teacher, pairs and RD student in that form, on
     the autoencoder of the default run (it does not depend on the form). The checkpoints keep the form's schedule and
     prediction type, so rd.train refuses to resume them in another form (tests/test_train.py)."""
     out, _ = whole
     shutil.copytree(out / "ae", tmp_path / "ae")
     for stage in ("teacher", "pairs", "rd"):
-        stdout = ok(run("--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-zsnr-v", f"--stage={stage}"))
+        stdout = here(capsys, "--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-zsnr-v", f"--stage={stage}")
         assert "teacher form vp-sd-zsnr-v" in stdout
     for stage in ("teacher", "rd"):
         config = torch.load(tmp_path / stage / "ckpt.pt", weights_only=True)["config"]
@@ -177,13 +171,13 @@ class PooledFeatures(torch.nn.Module):
         return torch.nn.functional.adaptive_avg_pool2d(x, (26, 27)).flatten(1)[:, :2048]
 
 
-def test_latent_channels_and_the_autoencoders_floor(tmp_path):
+def test_latent_channels_and_the_autoencoders_floor(tmp_path, capsys):
     """--latent_channels sets the autoencoder's z channels; with --inception the ae stage scores its reconstructions
     of held-out images (the floor of every latent model) and keeps the number in ae/floor.json."""
     net = tmp_path / "features.pt"
     torch.jit.script(PooledFeatures()).save(str(net))
-    stdout = ok(run("--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=ae", "--latent_channels=8",
-                    f"--inception={net}"))
+    stdout = here(capsys, "--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=ae", "--latent_channels=8",
+                  f"--inception={net}")
     floor = json.loads((tmp_path / "run" / "ae" / "floor.json").read_text())
     assert floor["images"] == 24 and floor["fid"] > 0, floor
     assert f"score FID {floor['fid']:.2f}" in stdout and "latents (256, 8, 8, 8)" in stdout, stdout[-2000:]
