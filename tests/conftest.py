@@ -127,7 +127,7 @@ def _tracer():
         return None
 
 
-_TRACER = _tracer()
+_TRACER = None if os.environ.get("RD_STUDENT_COPY") else _tracer()      # a student copy's run is not measured
 _FIXTURE_REACH = {}                                              # FixtureDef → blocks its last setup reached
 
 
@@ -213,8 +213,8 @@ def pytest_sessionfinish(session):
 
 
 def reach_problems(reach: dict, markers: dict, skipped: set) -> list[str]:
-    """What differs between the markers (node id → (in its file, in all)) and the measured reach (node id → block ids),
-    skipped tests left out (what a GPU test reaches is unknown on a CPU); with RD_UPDATE_REACH, rewrite REACH to the
+    """What differs between the markers (node id → (in its file, in all)) and the measured reach (node id → block
+    ids), skipped tests left out (what a GPU test reaches is unknown on a CPU); with RD_UPDATE_REACH, rewrite REACH to the
     measurement instead (its entries for tests skipped here stay)."""
     old = json.loads(REACH.read_text()) if REACH.exists() else {}
     problems, table = [], {}
