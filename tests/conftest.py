@@ -214,8 +214,8 @@ def pytest_sessionfinish(session):
 
 def reach_problems(reach: dict, markers: dict, skipped: set) -> list[str]:
     """What differs between the markers (node id → (in its file, in all)) and the measured reach (node id → block
-    ids), skipped tests left out (what a GPU test reaches is unknown on a CPU); with RD_UPDATE_REACH, rewrite REACH to the
-    measurement instead (its entries for tests skipped here stay)."""
+    ids), skipped tests left out (what a GPU test reaches is unknown on a CPU); with RD_UPDATE_REACH, rewrite REACH
+    to the measurement instead (its entries for tests skipped here stay)."""
     old = json.loads(REACH.read_text()) if REACH.exists() else {}
     problems, table = [], {}
     for marker in MARKERS:
