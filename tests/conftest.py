@@ -6,8 +6,8 @@ Which tests reach which blocks is measured, not kept by hand: while the suite ru
 line executed inside a marked block (`# BEGIN ASSIGNMENT` … `# END ASSIGNMENT`) by each test, its fixtures included,
 into `config.rd_reach` (node id → block ids), skipped tests into `config.rd_skipped`. At the end of a session that
 ran every checked file (all but END_TO_END, no -k or -m), the markers are compared with that measurement: a test that
-reaches an assignment's block must carry its marker and a marked test must reach one; a difference fails the session
-and is listed in the summary. With `-n 2` (pytest-xdist) each worker measures its tests and the controller compares.
+reaches an assignment's block must carry its marker, a marked test must reach one, and assignment_reach.json may list
+only tests that exist; a difference fails the session and is listed in the summary. With `-n 2` (pytest-xdist) each worker measures its tests and the controller compares.
 The trace follows the test's own thread only. `RD_UPDATE_REACH=1` rewrites assignment_reach.json from the
 measurement instead of comparing; `RD_REACH_OUT=<file>` writes the measurement to a JSON file."""
 import json
@@ -214,8 +214,9 @@ def pytest_sessionfinish(session):
 
 def reach_problems(reach: dict, markers: dict, skipped: set) -> list[str]:
     """What differs between the markers (node id → (in its file, in all)) and the measured reach (node id → block
-    ids), skipped tests left out (what a GPU test reaches is unknown on a CPU); with RD_UPDATE_REACH, rewrite REACH
-    to the measurement instead (its entries for tests skipped here stay)."""
+    ids), skipped tests left out (what a GPU test reaches is unknown on a CPU), and entries of REACH for tests that no
+    longer exist; with RD_UPDATE_REACH, rewrite REACH to the measurement instead (its entries for tests skipped here
+    stay)."""
     old = json.loads(REACH.read_text()) if REACH.exists() else {}
     problems, table = [], {}
     for marker in MARKERS:
@@ -227,6 +228,8 @@ def reach_problems(reach: dict, markers: dict, skipped: set) -> list[str]:
         problems += [f"{node}: reaches a block of {assignment} but is not marked {marker}: list it in {REACH.name}"
                      for node in sorted(reaching - own)]
         problems += [f"{node}: marked {marker} but reaches no block of {assignment}" for node in sorted(own - reaching)]
+        problems += [f"{node}: listed for {marker} in {REACH.name}, but there is no such test"
+                     for node in sorted(set(old.get(marker, ())) - set(markers))]
     if os.environ.get("RD_UPDATE_REACH"):
         REACH.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
         return []

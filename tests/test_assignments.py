@@ -6,6 +6,7 @@ markers in each test's thread): a test that reaches none of an assignment's bloc
 assignment's copy as in the repo, so it passes there as it passes here, and only the marked tests run in the copies.
 The end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out of both: they reach nearly
 every block, much of it in subprocesses, and the repo's own run covers them."""
+import json
 import os
 import subprocess
 import sys
@@ -90,17 +91,23 @@ def test_handouts_exist_and_name_their_tasks():
         assert f"pytest -m a{a[1:]}" in text and "Stretch" in text
 
 
-def test_the_session_check_names_unmarked_and_unreaching_tests(monkeypatch):
-    """tests/conftest.py's comparison of the markers with the measured reach, on a made-up measurement."""
-    from conftest import reach_problems
+def test_the_session_check_names_unmarked_and_unreaching_tests(monkeypatch, tmp_path):
+    """tests/conftest.py's comparison of the markers with the measured reach, on a made-up measurement and list."""
+    import conftest
     monkeypatch.delenv("RD_UPDATE_REACH", raising=False)
+    listed = tmp_path / "assignment_reach.json"
+    monkeypatch.setattr(conftest, "REACH", listed)
+    listed.write_text(json.dumps({"a1": ["tests/t.py::c", "tests/t.py::gone"]}))
     reach = {"tests/t.py::a": ["A2.1"], "tests/t.py::b": [], "tests/t.py::c": ["A1.2"], "tests/t.py::gpu": []}
     markers = {"tests/t.py::a": ([], []), "tests/t.py::b": (["a3"], ["a3"]),      # node id → (in its file, in all)
                "tests/t.py::c": ([], ["a1"]), "tests/t.py::gpu": (["a4"], ["a4"])}
-    assert reach_problems(reach, markers, skipped={"tests/t.py::gpu"}) == [
+    assert conftest.reach_problems(reach, markers, skipped={"tests/t.py::gpu"}) == [
+        "tests/t.py::gone: listed for a1 in assignment_reach.json, but there is no such test",
         "tests/t.py::a: reaches a block of A2 but is not marked a2: list it in assignment_reach.json",
         "tests/t.py::b: marked a3 but reaches no block of A3"]
-    assert reach_problems({**reach, "tests/t.py::a": []}, {**markers, "tests/t.py::b": ([], [])}, {"tests/t.py::gpu"}) == []
+    listed.write_text(json.dumps({"a1": ["tests/t.py::c"]}))
+    assert conftest.reach_problems({**reach, "tests/t.py::a": []}, {**markers, "tests/t.py::b": ([], [])},
+                                   {"tests/t.py::gpu"}) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
