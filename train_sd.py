@@ -419,7 +419,7 @@ def with_defaults(old: dict, free: dict) -> dict:
     """A config.json written before a field of Args or Preset existed, read with the field at its default value (what
     that run used) — or, for a field that does not tie a run folder (`free`), as None."""
     args = {f.name: None if f.name in free else f.default for f in dataclasses.fields(Args)}
-    size = {f.name: f.default for f in dataclasses.fields(Preset)}
+    size = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
     size = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}                # as JSON reads back
     return old | {"args": args | old.get("args", {}), "size": size | old.get("size", {})}
 

@@ -66,7 +66,7 @@ def rk4_reference(model, x, schedule, n: int = 500, t_max: float | None = None, 
 
 
 @lru_cache(maxsize=None)
-def reference_problem(schedule_name: str, pred_type: str = "eps", n: int = 64, seed: int = 0, ref_steps: int = 500):
+def reference_problem(schedule_name: str, ref_steps: int, pred_type: str = "eps", n: int = 64, seed: int = 0):
     """(schedule, model, x_T, reference x_{t_min}): the reference is rk4_reference with ref_steps steps."""
     schedule = get_schedule(schedule_name)
     model = Predictor(smooth_mixture().net(schedule, pred_type), pred_type, schedule)
@@ -78,7 +78,7 @@ def reference_problem(schedule_name: str, pred_type: str = "eps", n: int = 64, s
 def measure_order(solver, schedule_name: str, pred_type: str = "eps", steps=STEPS):
     """(slope, errors): RMS error against the reference solution (RK4 with 4 × the most steps: its error is ≥ 20×
     below a third-order solver's at that count), for each step count."""
-    schedule, model, x_T, ref = reference_problem(schedule_name, pred_type, ref_steps=4 * max(steps))
+    schedule, model, x_T, ref = reference_problem(schedule_name, 4 * max(steps), pred_type)
     errors = [(solver(model, x_T, get_grid(schedule, k), schedule) - ref).pow(2).mean().sqrt().item() for k in steps]
     return fit_slope(steps, errors), errors
 

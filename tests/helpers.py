@@ -1,5 +1,11 @@
-"""Shared test fixtures that are not tests: a float64 batch of (x0, ε, t) on a schedule."""
+"""Shared test fixtures that are not tests: a float64 batch of (x0, ε, t) on a schedule; a tutorial's smoke-run
+environment."""
+import os
+from pathlib import Path
+
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def noisy_batch(schedule, n=257, d=3, seed=0):
@@ -9,3 +15,10 @@ def noisy_batch(schedule, n=257, d=3, seed=0):
     t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(n, generator=g, dtype=torch.float64)
     c = schedule(t)
     return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
+
+
+def smoke_env(out, **extra) -> dict:
+    """The environment of a tutorial's smoke run (RD_SMOKE=1) writing to `out`, quiet, without a display, importing
+    this clone's rd whichever clone is installed; `extra` adds or overrides variables."""
+    return dict(os.environ) | dict(RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg",
+                                   PYTHONPATH=str(ROOT)) | extra

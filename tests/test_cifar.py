@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import smoke_env
 
 from rd.cifar import main
 
@@ -46,9 +47,8 @@ class Run:
 def finished(tmp_path_factory):
     """Tutorial 03's smoke run: its section 1 (the forms' arithmetic and figure), then rd.cifar at --preset=smoke."""
     out = tmp_path_factory.mktemp("cifar")
-    env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "03_cifar10.py")], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "03_cifar10.py")], env=smoke_env(out),
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 

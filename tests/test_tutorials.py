@@ -1,11 +1,11 @@
 """The tutorials run end to end (smoke size) and leave their figures and tables behind."""
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import smoke_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,7 @@ class SmokeRuns:
     def _start(self):
         while self.todo and len(self.running) < 2:
             name = self.todo.pop(0)
-            env = dict(os.environ, RD_SMOKE="1", RD_OUT=str(self.base / name[:2]), TQDM_DISABLE="1", MPLBACKEND="Agg",
-                       OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))   # this clone's rd, whichever clone is installed
+            env = smoke_env(self.base / name[:2], OMP_NUM_THREADS="1")
             log = open(self.base / f"{name}.log", "w+")
             self.running[name] = (subprocess.Popen([sys.executable, str(ROOT / "tutorials" / name)], env=env,
                                                    stdout=log, stderr=subprocess.STDOUT, text=True), log, time.time())
@@ -61,7 +60,7 @@ def smoke(tmp_path_factory):
 
 
 def test_a_smoke_setting_other_than_1_is_refused_not_taken_for_a_full_run(tmp_path):
-    env = dict(os.environ, RD_SMOKE="yes", RD_OUT=str(tmp_path), PYTHONPATH=str(ROOT))
+    env = smoke_env(tmp_path, RD_SMOKE="yes")
     proc = subprocess.run([sys.executable, str(ROOT / "tutorials" / "04_fused_groupnorm.py")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "RD_SMOKE='yes': set RD_SMOKE=1 for the smoke run" in proc.stderr, proc.stderr
