@@ -233,11 +233,13 @@ def pipeline(args: Args, ctx: dist.Context):
         dist.barrier()                               # the other processes wait for process 0's floor
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
-    grid_tokens = tokenizer.encode(eval_prompts(args, 64)[1], length).to(device)
-    grid_noise = torch.randn(64, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
+    n_grid = min(64, size.n_eval)
+    grid_tokens = tokenizer.encode(eval_prompts(args, size.n_eval)[1][:n_grid], length).to(device)
+    grid_noise = torch.randn(n_grid, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
 
     def grid(stage, net, sch, pred_type, calls, w=1.0, phased=False):
-        """The stage's 8 × 8 samples (process 0, once): the first 64 evaluation prompts, the same noise for all."""
+        """The stage's samples, 8 a row (process 0, once): the first min(64, n_eval) evaluation prompts, the same
+        noise for all."""
         if ctx.main and not (out / stage / "grid.png").exists():
             z = generate_latents(net, grid_noise, sch, pred_type, calls, grid_tokens, guidance=w, phased=phased)
             save_grid(to_uint8(decode_latents(ae, z, scale)), out / stage / "grid.png")

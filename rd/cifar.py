@@ -36,7 +36,7 @@ from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
-from .predictions import FORMS, LOSSES
+from .predictions import FORMS, LOSSES, PRED_TYPES
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS, solver_for
 from .schedules import Schedule, get_schedule, lognormal_t
@@ -71,6 +71,9 @@ class CifarConfig:
                            "step 9/(1 − decay) − 10 (8,990 for 0.999), so shorter runs do not feel it")
     t_sampling: str = arg("schedule", "teacher's training noise levels: schedule (its own: uniform t on VP, "
                           "log-normal on VE) or lognormal (EDM's log-normal σ/α, on any schedule)")
+    teacher_weight: str = arg("", "weigh the teacher's squared error like another prediction type's, "
+                              + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight; e.g. eps on a v form: the "
+                              "network keeps its output, its loss weighs each t as ε's does); '': the form's own")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
@@ -99,9 +102,9 @@ class CifarConfig:
 
 PRESETS = {
     "default": {},
-    "smoke": dict(out="runs/cifar-smoke", data="random", inception="", unet="tiny", teacher_min=0.0, teacher_steps=20,
-                  batch=8, warmup=5, compile=False, pairs=32, pair_steps=4, student_min=0.0, student_steps=10,
-                  teacher_calls="1,2,4", fid_n=16),
+    "smoke": dict(out="runs/cifar-smoke", data="random", inception="", unet="tiny", teacher_min=0.0, teacher_steps=10,
+                  batch=4, warmup=3, compile=False, pairs=16, pair_steps=4, student_min=0.0, student_steps=5,
+                  teacher_calls="1,2,4", fid_n=8),
 }
 
 
@@ -144,6 +147,8 @@ def check(cfg: CifarConfig) -> list[str]:
         bad("lr_decay", f"allowed: {', '.join(LR_DECAYS)}")
     if cfg.t_sampling not in T_SAMPLINGS:
         bad("t_sampling", f"allowed: {', '.join(T_SAMPLINGS)}")
+    if cfg.teacher_weight and cfg.teacher_weight not in PRED_TYPES:
+        bad("teacher_weight", f"allowed: '' (the form's own), {', '.join(PRED_TYPES)}")
     if cfg.grid not in GRIDS:
         bad("grid", f"allowed: {', '.join(GRIDS)}")
     if cfg.sampler not in EVAL_SAMPLERS:
@@ -253,7 +258,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     with laps("teacher"):
         teacher = train(UNet(model_cfg).to(device), schedule, pred, teacher_batches,
                         train_cfg(steps=cfg.teacher_steps or 10**9, max_minutes=cfg.teacher_min, lr=cfg.lr,
-                                  ema_decay=cfg.ema_decay, compile=cfg.compile and device != "cpu", seed=cfg.seed),
+                                  ema_decay=cfg.ema_decay, compile=cfg.compile and device != "cpu", seed=cfg.seed,
+                                  weight_like=cfg.teacher_weight or None),
                         out / "teacher", desc="teacher",
                         model_config=vars(model_cfg) | ({} if cfg.t_sampling == "schedule" else {"t_sampling": cfg.t_sampling}),
                         require_done="teacher" not in stages)

@@ -30,17 +30,26 @@ def save_grid(x: Tensor, path, nrow: int = 8, zoom: int = 2):
     atomic_write(path, lambda f: imsave(f, grid, format="png"))
 
 
-def image_table(columns: dict, row_labels: list, path, dpi: int = 100):
-    """columns {title: (R, 3, H, W) uint8}, one image per row label; the titles head the columns."""
-    fig = Figure(figsize=(1.3 * len(columns), 1.4 * len(row_labels) + 0.6))
-    axes = fig.subplots(len(row_labels), len(columns), squeeze=False)
-    for j, (title, images) in enumerate(columns.items()):
-        axes[0, j].set_title(title, fontsize=7)
-        for i, label in enumerate(row_labels):
-            axes[i, j].imshow(images[i].permute(1, 2, 0).cpu().numpy())
-            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
-            if j == 0:
-                axes[i, j].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    fig.tight_layout()
+def image_table(columns: dict, row_labels: list, path, dpi: int = 100, cell: float = 1.2, gap: int = 2):
+    """columns {title: (R, 3, H, W) uint8}, one image per row label; the titles head the columns, the labels the rows.
+
+    The cells are pasted into one array drawn once (`cell` inches a side, `gap` white pixels between): one axes,
+    however many models and prompts."""
+    cols = [images[:len(row_labels)].detach().cpu() for images in columns.values()]
+    rows, (_, h, w) = len(row_labels), cols[0].shape[1:]
+    canvas = np.full((rows * (h + gap) - gap, len(cols) * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for j, images in enumerate(cols):
+        for i in range(rows):
+            canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = images[i].permute(1, 2, 0).numpy()
+    left, top, bottom = 1.6, 0.5, 0.1                                                     # margins, inches
+    width, height = left + cell * len(cols) + 0.1, top + cell * rows + bottom
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, cell * len(cols) / width, cell * rows / height))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    for j, title in enumerate(columns):
+        ax.text(j * (w + gap) + w / 2, -h / 16, title, ha="center", va="bottom", fontsize=7)
+    for i, label in enumerate(row_labels):
+        ax.text(-w / 8, i * (h + gap) + h / 2, label, ha="right", va="center", fontsize=6)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

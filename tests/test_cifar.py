@@ -65,7 +65,7 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     table = (out / "results.md").read_text()
     for row in ("| teacher |", "| rd |", "| rf |", "| rd2 |", "| rd4 |", "| RD ÷ RF at 1 call |",
                 "| stage (summed over invocations) |", "pair generation", "teacher training",
-                "teacher sampling, 4 calls, batch 16, fp32, steady state"):
+                "teacher sampling, 4 calls, batch 8, fp32, steady state"):
         assert row in table and row in stdout, row
     # the smoke run's printout claims nothing it did not do (no FID, random images, a CPU)
     assert table.startswith("FID skipped (--inception=''), random images; tiny UNet") and "FID-0" not in stdout
@@ -75,7 +75,7 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     for stage in ("teacher",) + students:
         assert "img/s" in (out / stage / "log.txt").read_text()
     steps = {s: torch.load(out / s / "ckpt.pt", weights_only=True)["step"] for s in students}
-    assert set(steps.values()) == {10}, f"every student takes the first one's step count: {steps}"
+    assert set(steps.values()) == {5}, f"every student takes the first one's step count: {steps}"
     manifest = json.loads((out / "pairs" / "manifest.json").read_text())
     assert manifest["config"]["clean"] and manifest["config"]["phases"] == 4
     minutes = json.loads((out / "minutes.json").read_text())
@@ -122,6 +122,8 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
     proc = run(tmp_path, "--stages=teacher", "--form=vp-sd-eps")    # another form where a teacher is: said, no traceback
     assert proc.returncode != 0 and "was written with another config" in proc.stderr and "'pred_type'" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = Run(capsys, tmp_path, "--stages=teacher", "--teacher_weight=eps")   # the weighting is part of the teacher
+    assert proc.returncode != 0 and "another config" in proc.stderr and "'weight_like': 'eps'" in proc.stderr
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -139,6 +141,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
     (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
+    (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: '' (the form's own), eps, x0, v"),
     (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),

@@ -170,17 +170,17 @@ def test_students_of_a_log_normal_teacher_reach_sigma_max_only_with_uniform_time
 
 @pytest.mark.a3
 def test_short_rectification_lowers_one_step_distance(tmp_path):
-    """A small VP/v teacher, one round of RD on 4k pairs: the 1-step distance to the target must drop a lot."""
+    """A small VP/v teacher, one round of RD on 2k pairs: the 1-step distance to the target must drop a lot."""
     torch.manual_seed(0)
     s = get_schedule("vp-sd")
-    cfg = ToyTrainConfig(steps=400, batch=512, lr=1e-3)
+    cfg = ToyTrainConfig(steps=400, batch=256, lr=1e-3)
     teacher, _ = train_toy(make_toy(s, "v", 1.43, width=128), s, "v", independent_batches(MIX, s), cfg)
     target = MIX.sample(2000, torch.Generator().manual_seed(1)).float()
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(2))
     one_step = lambda net: sliced_wasserstein(sample(net, noise, s, "v", "dpm++1", 1), target)
-    train = lambda net, b: train_toy(net, s, "v", b, ToyTrainConfig(steps=300, batch=512, lr=5e-4))[0]
+    train = lambda net, b: train_toy(net, s, "v", b, ToyTrainConfig(steps=250, batch=256, lr=5e-4))[0]
     student = rectify(teacher, s, "v", train,
-                      tmp_path / "pairs", 4096, (2,), steps=12, progress=False)
+                      tmp_path / "pairs", 2048, (2,), steps=12, progress=False)
     before, after = one_step(teacher), one_step(student)
     assert after < before / 2, f"1-step sliced-W2 {before:.3f} → {after:.3f}"
 

@@ -11,18 +11,22 @@ from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
 
 
+PX = 16                                                           # image side: the smallest UNet with every block
+
+
 def toy_batches(schedule):
-    data = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    data = torch.rand(64, 3, PX, PX, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
     def batch(n, g):
         idx = torch.randint(0, len(data), (n,), generator=g)
-        return data[idx], torch.randn(n, 3, 32, 32, generator=g), schedule.sample_t(n, g), None
+        return data[idx], torch.randn(n, 3, PX, PX, generator=g), schedule.sample_t(n, g), None
     return batch
 
 
 def tiny_net():
     torch.manual_seed(0)
-    return UNet(UNetConfig.preset("tiny"))
+    return UNet(UNetConfig(channels=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=PX,
+                           dropout=0.0))
 
 
 CFG = dict(steps=6, batch=4, lr=1e-3, warmup=2, log_every=2, ckpt_every=3, amp="fp32", channels_last=False)
@@ -76,7 +80,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     s = get_schedule("vp-ddpm")
-    bad = lambda n, g: (torch.full((n, 3, 32, 32), float("nan")), torch.randn(n, 3, 32, 32), s.sample_t(n, g), None)
+    bad = lambda n, g: (torch.full((n, 3, PX, PX), float("nan")), torch.randn(n, 3, PX, PX), s.sample_t(n, g), None)
     with pytest.raises(FloatingPointError, match="loss is nan at step 2"):
         train(tiny_net(), s, "eps", bad, TrainConfig(**CFG), tmp_path)
 

@@ -39,9 +39,10 @@ TEACHERS = {                               # label → (schedule, prediction typ
     "VE/x0": ("ve", "x0"),                 # EDM's σ range, data prediction
     "FM/flow": ("fm", "flow"),             # rectified flow's form, velocity prediction
 }
-TRAIN_STEPS = 60 if SMOKE else 4000        # teacher optimiser steps
+TRAIN_STEPS = 30 if SMOKE else 4000        # teacher optimiser steps
+BATCH = 256 if SMOKE else 1024             # samples per step
 LR = 1e-3                                  # Adam, cosine-decayed
-N_EVAL = 500 if SMOKE else 4000            # samples for distances
+N_EVAL = 250 if SMOKE else 4000            # samples for distances
 N_PATHS = 24                               # trajectories drawn per panel
 R_LATE = 2.0                               # path deviations are measured where r_t = σ_t/α_t ≤ R_LATE
 SEED = 0
@@ -103,7 +104,7 @@ for j, (label, (name, pred_type)) in enumerate(TEACHERS.items()):
     s = get_schedule(name)
     net = make_toy(s, pred_type, SIGMA_DATA)
     teacher, losses = train_toy(net, s, pred_type, independent_batches(mixture, s),
-                                ToyTrainConfig(steps=TRAIN_STEPS, lr=LR, seed=SEED), desc=f"teacher {label}")
+                                ToyTrainConfig(steps=TRAIN_STEPS, batch=BATCH, lr=LR, seed=SEED), desc=f"teacher {label}")
     save_toy(teacher, OUT / f"teacher_{label.replace('/', '_')}.pt")
     xs, ts, x0s = trajectory(Predictor(teacher, pred_type, s), s.sigma(s.t_max).item() * noise[:N_PATHS],
                              get_grid(s, 25), SOLVERS["dpm++2m"], s)

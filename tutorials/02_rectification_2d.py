@@ -41,13 +41,14 @@ OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/t
 TEACHERS = {"VP/eps": ("vp-sd", "eps"), "VP/v": ("vp-sd", "v"), "subVP/eps": ("subvp", "eps"),
             "VE/x0": ("ve", "x0"), "FM/flow": ("fm", "flow")}   # as in tutorial 01
 BASELINE = "VP/eps"                         # the teacher of the RD-vs-RF, phased and second-round comparisons
-TEACHER_STEPS = 60 if SMOKE else 4000       # only if tutorial 01's teachers are missing
-STUDENT_STEPS = 40 if SMOKE else 2000       # optimiser steps of every student (the equal budget)
+TEACHER_STEPS = 30 if SMOKE else 4000       # only if tutorial 01's teachers are missing
+STUDENT_STEPS = 20 if SMOKE else 2000       # optimiser steps of every student (the equal budget)
+BATCH = 256 if SMOKE else 1024              # samples per step, teachers and students
 STUDENT_LR = 5e-4                           # students start from a trained model: a smaller step
-N_PAIRS = 512 if SMOKE else 20_000          # (x̂0, ε) pairs per teacher
+N_PAIRS = 256 if SMOKE else 20_000          # (x̂0, ε) pairs per teacher
 PAIR_SOLVER, PAIR_STEPS = "dpm++2m", 25     # the teacher's deterministic sampler
 PHASES = (2, 4)                             # phased RD [RD §2.3]
-N_EVAL = 500 if SMOKE else 4000
+N_EVAL = 250 if SMOKE else 4000
 SEED = 0
 
 # %% Data, evaluation set and helpers
@@ -58,7 +59,7 @@ SIGMA_DATA = mixture.sample(100_000, torch.Generator().manual_seed(SEED)).std().
 target = mixture.sample(N_EVAL, torch.Generator().manual_seed(SEED + 1)).float()
 noise = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(SEED + 2))
 floor = sliced_wasserstein(target, mixture.sample(N_EVAL, torch.Generator().manual_seed(SEED + 3)).float())
-student_cfg = ToyTrainConfig(steps=STUDENT_STEPS, lr=STUDENT_LR, seed=SEED + 1)
+student_cfg = ToyTrainConfig(steps=STUDENT_STEPS, batch=BATCH, lr=STUDENT_LR, seed=SEED + 1)
 
 
 def get_teacher(label, name, pred_type):
@@ -67,7 +68,7 @@ def get_teacher(label, name, pred_type):
         return load_toy(path)
     s = get_schedule(name)
     net, _ = train_toy(make_toy(s, pred_type, SIGMA_DATA), s, pred_type, independent_batches(mixture, s),
-                       ToyTrainConfig(steps=TEACHER_STEPS, lr=1e-3, seed=SEED), desc=f"teacher {label}")
+                       ToyTrainConfig(steps=TEACHER_STEPS, batch=BATCH, lr=1e-3, seed=SEED), desc=f"teacher {label}")
     save_toy(net, path)
     return net
 

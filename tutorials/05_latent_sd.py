@@ -51,11 +51,11 @@ OUT = Path(os.environ.get("RD_OUT", "runs/tutorials-smoke" if SMOKE else "runs/t
 RUN = OUT / "05_run"                       # checkpoints and pairs (a second run reuses them)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N_TRAIN = 256 if SMOKE else 20_000
-AE_STEPS, TEACHER_STEPS, STUDENT_STEPS = (10, 20, 10) if SMOKE else (600, 2000, 300)
-N_PAIRS, PAIR_STEPS = (64, 8) if SMOKE else (1500, 25)
-N_EVAL, CLF_STEPS = (32, 10) if SMOKE else (500, 300)
+AE_STEPS, TEACHER_STEPS, STUDENT_STEPS = (8, 10, 5) if SMOKE else (600, 2000, 300)
+N_PAIRS, PAIR_STEPS = (32, 8) if SMOKE else (1500, 25)
+N_EVAL, CLF_STEPS = (16, 10) if SMOKE else (500, 300)
 GUIDANCE = 3.0
-BATCH = 16 if SMOKE else 64
+BATCH = 8 if SMOKE else 64
 OUT.mkdir(parents=True, exist_ok=True)
 t_start = time.perf_counter()
 
