@@ -28,16 +28,16 @@ import torch
 from rd import dist
 from rd.cli import arg, parse
 from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
-from rd.fid import check_inception_file, fid, load_inception, reference_stats
-from rd.figures import image_table, save_grid
-from rd.io import ConfigMismatch, UnreadableFile, atomic_save, atomic_write_text, not_a_folder, read_json
+from rd.fid import check_inception_file, fid
+from rd.figures import save_grid
+from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder, read_json
 from rd.predictions import FORMS, SIGMA_DATA
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
-from rd.sd.classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from rd.sd.evaluate import eval_prompts, evaluate, fid_reference, held_out_images, reconstruct
 from rd.sd.latent import TextUNet, drop_prompts, generate_latents
-from rd.sd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
+from rd.sd.shapes import PROMPTS, captions, make_shapes
 from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
 from rd.timing import Laps
 from rd.train import TrainConfig, read_checkpoint, train
@@ -140,16 +140,6 @@ def load_data(args: Args, size: Preset, out: Path):
     return images, labels[:, None], caps
 
 
-def eval_prompts(args: Args, n: int):
-    """n prompts with their attributes: uniform random attributes (shapes) or balanced classes (CIFAR-10)."""
-    g = torch.Generator().manual_seed(args.seed + 7)
-    if args.data == "shapes":
-        attrs = torch.stack([torch.randint(len(v), (n,), generator=g) for v in ATTRIBUTES.values()], 1)
-        return attrs, captions(attrs)
-    labels = torch.arange(n) % len(CIFAR_CLASSES)
-    return labels[:, None], [f"a photo of a {CIFAR_CLASSES[y]}" for y in labels.tolist()]
-
-
 def main(argv=None):
     args = parse_args(argv)
     if dist.env_world() > 1 and not torch.cuda.is_available():
@@ -198,7 +188,7 @@ def pipeline(args: Args, ctx: dist.Context):
         images, attrs, caps = load_data(args, size, out)
         if ctx.main:
             dist.barrier()
-    tokenizer = Tokenizer.from_texts(caps + eval_prompts(args, 64)[1] + list(PROMPTS))
+    tokenizer = Tokenizer.from_texts(caps + eval_prompts(args.data, 64, args.seed)[1] + list(PROMPTS))
     length = max(len(tokenizer.words(c)) for c in caps) + 2
     tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
     def cfg(steps, lr, minutes):
@@ -224,8 +214,8 @@ def pipeline(args: Args, ctx: dist.Context):
             recon = decode_latents(ae, latents[:32], scale)
             save_grid(to_uint8(torch.cat([x_all[:32], recon])), out / "ae" / "grid.png")
         if ctx.main and args.inception and run("ae") and not (out / "ae" / "floor.json").exists():
-            inception, ref = fid_reference(args, images, out, device)
-            held_out, _ = held_out_images(args, size, out)
+            inception, ref = fid_reference(args.inception, args.data, images, out / "cache", device)
+            held_out, _ = held_out_images(args.data, size.n_eval, args.seed, args.cifar, out / "cache")
             floor = fid(reconstruct(ae, held_out, scale, device), *ref, inception, device=device, progress=False)
             atomic_write_text(json.dumps({"fid": floor, "images": len(held_out)}), out / "ae" / "floor.json")
             say(f"ae: reconstructions of {len(held_out)} held-out images score FID {floor:.2f} (every latent "
@@ -234,7 +224,7 @@ def pipeline(args: Args, ctx: dist.Context):
     if args.stage == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     n_grid = min(64, size.n_eval)
-    grid_tokens = tokenizer.encode(eval_prompts(args, size.n_eval)[1][:n_grid], length).to(device)
+    grid_tokens = tokenizer.encode(eval_prompts(args.data, size.n_eval, args.seed)[1][:n_grid], length).to(device)
     grid_noise = torch.randn(n_grid, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
 
     def grid(stage, net, sch, pred_type, calls, w=1.0, phased=False):
@@ -317,7 +307,7 @@ def pipeline(args: Args, ctx: dist.Context):
              {name: (net, sch, p, 1.0, name.startswith("phased"))
               for (name, net), (_, sch, p, _) in zip(trained.items(), students.values())}
     with lap("eval"):
-        evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models)
+        evaluate(args, size.n_eval, size.clf_steps, out, device, images, attrs, tokenizer, length, ae, scale, models)
     print(lap.table())
     if preset == "tiny":
         print("preset tiny: a test-sized run (a few steps per stage) that shows the pipeline works end to end; its "
@@ -326,95 +316,10 @@ def pipeline(args: Args, ctx: dist.Context):
     atomic_write_text((out / "results.md").read_text() + f"\n{lap.table()} ({where})\n", out / "results.md")
 
 
-def evaluate(args, size, out, device, images, attrs, tokenizer, length, ae, scale, models):
-    """FID (decoded images vs the training images' statistics) and prompt fidelity per (model, calls); the figure."""
-    heads = tuple(len(v) for v in ATTRIBUTES.values()) if args.data == "shapes" else (len(CIFAR_CLASSES),)
-    clf_path = out / "classifier" / "ckpt.pt"
-    clf = AttributeClassifier(ClassifierConfig(heads=heads)).to(device)
-    if clf_path.exists():
-        try:
-            clf.load_state_dict(torch.load(clf_path, map_location=device, weights_only=True))
-        except Exception as err:                  # truncated, garbage, another classifier's shapes
-            raise UnreadableFile(f"{clf_path} is not a readable classifier of this run ({type(err).__name__}); "
-                                 f"delete it and rerun: the evaluation trains a new one") from err
-    else:
-        clf = train_classifier(images, attrs, ClassifierConfig(heads=heads), size.clf_steps, device=device,
-                               seed=args.seed, flip=args.data == "cifar10")
-        atomic_save(clf.state_dict(), clf_path)
-    clf.eval()
-    held_out, held_attrs = held_out_images(args, size, out)
-    real_acc = accuracy(clf, held_out, held_attrs)
-    inception, ref = fid_reference(args, images, out, device)
-
-    eval_attrs, eval_caps = eval_prompts(args, size.n_eval)
-    eval_tokens = tokenizer.encode(eval_caps, length).to(device)
-    noise = torch.randn(size.n_eval, *ae_latent_shape(ae, images, device), generator=torch.Generator().manual_seed(args.seed + 2))
-    fig_tokens = tokenizer.encode(list(PROMPTS), length).to(device) if args.data == "shapes" else eval_tokens[:len(PROMPTS)]
-    fig_noise = noise[:len(fig_tokens)].to(device)
-    calls = {"teacher": (25, 1, 2, 4)} | {name: ((args.phases,) if phased else (1, 2, 4))
-                                          for name, (*_, phased) in models.items() if name != "teacher"}
-    results, figure = {}, {}
-    # the floors: real held-out images, and the same encoded and decoded by the autoencoder
-    rec = reconstruct(ae, held_out, scale, device)
-    for name, x in [("real held-out images", held_out.to(device)), ("autoencoder reconstructions", rec)]:
-        results[(name, "–")] = (fid(x, *ref, inception, device=device, progress=False) if inception else None,
-                                accuracy(clf, x, held_attrs))
-    for name, (net, sch, pred, w, phased) in models.items():
-        for k in calls[name]:
-            z = generate_latents(net, noise.to(device), sch, pred, k, eval_tokens, guidance=w, phased=phased)
-            x = to_uint8(decode_latents(ae, z, scale))
-            fid_value = fid(x, *ref, inception, device=device, progress=False) if inception else None
-            results[(name, k)] = (fid_value, accuracy(clf, x, eval_attrs))
-            figure[(name, k)] = to_uint8(decode_latents(ae, generate_latents(net, fig_noise, sch, pred, k, fig_tokens,
-                                                                             guidance=w, phased=phased), scale))
-
-    fmt = lambda v, f: "—" if v is None else f.format(v)                              # noqa: E731
-    jpeg = " (CIFAR-10: the JPEG copy)" if args.data == "cifar10" else ""
-    lines = [f"train_sd.py, teacher form {args.form}, data {args.data}, {len(images)} training images, CFG scale "
-             f"{args.guidance} for the teacher (students sample unguided: their pairs carry it); {size.n_eval} samples "
-             f"per row; real held-out images score fidelity {real_acc:.3f}; FID against the training images' "
-             f"statistics{jpeg}", "",
-             "| model | calls | FID | prompt fidelity |", "|---|---|---|---|"]
-    lines += [f"| {name} | {k} | {fmt(f, '{:.2f}')} | {a:.3f} |" for (name, k), (f, a) in results.items()]
-    table = "\n".join(lines)
-    print(table)
-    atomic_write_text(table + "\n", out / "results.md")
-    atomic_write_text(json.dumps({f"{n}@{k}": {"fid": f, "fidelity": a} for (n, k), (f, a) in results.items()}
-                                 | {"real_fidelity": real_acc}, indent=1), out / "results.json")
-    prompts = list(PROMPTS) if args.data == "shapes" else eval_caps[:len(PROMPTS)]
-    image_table({f"{name}\n{k} call{'s' * (k > 1)}": x for (name, k), x in figure.items()}, prompts,
-                out / "prompts.png")
-    print(f"results in {out}/: results.md, results.json, prompts.png")
-
-
 def global_batch(args: Args, size: Preset, world: int) -> int:
     """Images per optimiser step over all processes: the preset's batch, split over the `world` processes, or with
     --batch_per_process that batch on each of them."""
     return size.batch * (world if args.batch_per_process else 1)
-
-
-def held_out_images(args: Args, size: Preset, out: Path):
-    """size.n_eval images no model trained on, uint8 (N, 3, 32, 32), with their attributes (N, A): new shapes, or the
-    first CIFAR-10 test images."""
-    if args.data == "shapes":
-        return make_shapes(size.n_eval, seed=args.seed + 1000)
-    held_out, labels = load_cifar10(args.cifar, "test", cache_dir=out / "cache", strict=False, verbose=False)
-    return held_out[:size.n_eval], labels[:size.n_eval, None]
-
-
-def fid_reference(args: Args, images, out: Path, device):
-    """(Inception network, (μ, Σ) of the training images' features, cached in the run folder); (None, None) without
-    --inception."""
-    if not args.inception:
-        return None, None
-    inception = load_inception(args.inception, device=device)
-    return inception, reference_stats(f"{args.data}-train-{len(images)}", lambda: images, inception,
-                                      cache_dir=out / "cache", device=device)
-
-
-def reconstruct(ae, images, scale: float, device):
-    """uint8 images (N, 3, H, W) → encoded to scaled latents and decoded back, uint8 on `device`."""
-    return to_uint8(decode_latents(ae, encode_latents(ae, from_uint8(images.to(device)), scale), scale))
 
 
 def with_defaults(old: dict, free: dict) -> dict:
@@ -438,12 +343,6 @@ def config_changes(old: dict, new: dict) -> str:
         elif a != b:
             changes.append(f"{section}: {a!r} → {b!r}")
     return ", ".join(changes)
-
-
-def ae_latent_shape(ae, images, device) -> tuple:
-    """(C, h, w) of the autoencoder's latents for these images."""
-    with torch.no_grad():
-        return tuple(ae.encode(from_uint8(images[:1].to(device)))[0].shape[1:])
 
 
 if __name__ == "__main__":
