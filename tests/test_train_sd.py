@@ -102,6 +102,8 @@ def test_crash_mid_stage_then_stage_by_stage_reruns_equal_an_uninterrupted_run(w
     b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
         "resumed after a crash, stage by stage = never interrupted, all at once"
+    here(capsys, "--preset=tiny", f"--out={tmp_path}")                          # the rest: rf, phased, eval
+    assert json.loads((out / "results.json").read_text()) == json.loads((tmp_path / "results.json").read_text())
     # a moved run folder and another --time_scale are the same run (each stage's checkpoint keeps its own caps)
     log = (tmp_path / "teacher" / "log.txt").read_text()
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
@@ -114,10 +116,9 @@ def test_a_damaged_classifier_is_named_with_what_to_do(whole, tmp_path, capsys):
     out, _ = whole
     shutil.copytree(out, tmp_path / "run")
     (tmp_path / "run" / "classifier" / "ckpt.pt").write_bytes(b"not a checkpoint")
-    import train_sd
-    from rd.io import UnreadableFile
-    with pytest.raises(UnreadableFile, match="is not a readable classifier of this run.*delete it and rerun"):
-        train_sd.main(["--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=eval"])   # the script: exit 1 with it
+    proc = run("--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=eval")
+    assert proc.returncode == 1 and "is not a readable classifier of this run" in proc.stderr, proc.stderr[-2000:]
+    assert "delete it and rerun" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):

@@ -95,12 +95,13 @@ def test_presets_and_flop_count():
         UNetConfig.preset("imagenet")
 
 
-def test_unet_compiles_and_matches_eager():
-    """The whole network traces into one graph (fullgraph), channels-last as it trains on a GPU; output and gradients
-    match eager. Two levels at 16 and 8 px, attention at 8: every kind of block, the smallest graph (Upsample2x in
-    either memory format: tests/test_layers.py)."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unet_compiles_and_matches_eager(channels_last):
+    """The whole network traces into one graph (fullgraph) in either memory format (channels-last as it trains on a
+    GPU); output and gradients match eager. Two levels at 16 and 8 px, attention at 8: every kind of block, the
+    smallest graph (Upsample2x alone: tests/test_layers.py)."""
     torch.manual_seed(0)
-    fmt = torch.channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     cfg = UNetConfig(channels=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16, dropout=0.0)
     net = UNet(cfg).double().to(memory_format=fmt)
     for p in net.parameters():                                    # the zero-initialised convs: make them matter
