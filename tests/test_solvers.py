@@ -1,5 +1,6 @@
 """DPM-Solver against closed forms: measured convergence orders, DDIM, first-order paths, sampling accuracy."""
 
+import functools
 import math
 
 import pytest
@@ -121,6 +122,14 @@ def test_euler_is_exact_on_first_order_paths_only_where_they_are_straight():
 SAMPLING_STEPS = {"euler": 100, "heun": 40}
 
 
+@functools.cache
+def mixture_target(n):
+    """n exact samples of the ring mixture and the noise floor: sliced-W₂ between two exact sample sets."""
+    mix = ring_mixture()
+    target = mix.sample(n, torch.Generator().manual_seed(10))
+    return target, sliced_wasserstein(target, mix.sample(n, torch.Generator().manual_seed(11)))
+
+
 @pytest.mark.parametrize("name", ["vp-sd", "vp-cosine", "ve", "fm"])     # the orders above cover every schedule
 @pytest.mark.parametrize("solver", [pytest.param(n, marks=() if n in ("euler", "heun") else pytest.mark.a2)
                                     for n in SOLVERS])   # Euler and Heun are given code, not an assignment
@@ -128,8 +137,7 @@ def test_every_solver_samples_the_mixture(name, solver):
     """Sliced-W₂ to exact samples within 2× the noise floor of two exact sample sets (0.057 at n = 2000): a discrete
     VP schedule, a continuous one, VE and flow matching."""
     s, mix, n = get_schedule(name), ring_mixture(), 2000
-    target = mix.sample(n, torch.Generator().manual_seed(10))
-    floor = sliced_wasserstein(target, mix.sample(n, torch.Generator().manual_seed(11)))
+    target, floor = mixture_target(n)
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = sample(mix.net(s, "eps"), noise, s, "eps", solver, SAMPLING_STEPS.get(solver, 20))
     assert sliced_wasserstein(x, target) < 2 * floor, f"{solver} on {name}: samples far from the mixture"
