@@ -136,10 +136,9 @@ def run_in_parallel(jobs: dict, base: Path) -> dict[str, dict]:
             while todo and len(running) < 2:
                 name = todo.pop(0)
                 folder, args = jobs[name]
-                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line",   # (the junit
-                       "--assert=plain",         # message keeps the error; only the exception's type is checked,
-                       f"--junitxml={base / name}.xml",   # so the copies skip rewriting the asserts of every file)
-                       f"--basetemp={base / name}-tmp", *args]
+                # the junit message keeps the error; only the exception's type is checked, so no assert rewriting
+                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "--assert=plain",
+                       f"--junitxml={base / name}.xml", f"--basetemp={base / name}-tmp", *args]
                 running[name] = subprocess.Popen(cmd, cwd=folder, env=env | {"RD_STUDENT_COPY": folder.name},
                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name, proc in list(running.items()):
