@@ -7,8 +7,9 @@
     python -m rd.cifar --help                                   # every flag with its default
 
 Stages (each resumes from its checkpoint and skips what is done; a stage whose input is missing says which to run):
-  teacher   the UNet in the form `form` (schedule + prediction type) on CIFAR-10 train, a step budget (bf16
-            autocast on a GPU, float32 on a CPU; the same for pairs, students and sampling)
+  teacher   the UNet in the form `form` (schedule + prediction type; its squared error weighed over t like
+            `teacher_weight`'s) on CIFAR-10 train, a step budget (bf16 autocast on a GPU, float32 on a CPU; the same
+            for pairs, students and sampling)
   pairs     ε once; the teacher's EMA solves its ODE (DPM-Solver++(2M), `pair_steps` steps through `phases`
             λ-uniform phases) down to the clean sample: one set of pairs for every student  [RD Alg. 4, §2.3]
   students  rd: the teacher's own form on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching form with
@@ -56,24 +57,24 @@ class CifarConfig:
     data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
                     ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
-    form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (edm needs --lr=5e-4: at 1e-3 it "
-                    "diverged)")
+    form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (schedule + the network's output; the "
+                    "loss's weighting over t is --teacher_weight)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
                              "(7,000 steps × 512 images)")
     batch: int = arg(512, "images per step, teacher and students")
-    lr: float = arg(1e-3, "teacher's peak Adam learning rate")
+    lr: float = arg(5e-4, "teacher's peak Adam learning rate")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
     warmup: int = arg(200, "linear warm-up steps, teacher and students")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
                            "step 9/(1 − decay) − 10 (8,990 for 0.999), so shorter runs do not feel it")
     t_sampling: str = arg("schedule", "teacher's training noise levels: schedule (its own: uniform t on VP, "
                           "log-normal on VE) or lognormal (EDM's log-normal σ/α, on any schedule)")
-    teacher_weight: str = arg("", "weigh the teacher's squared error like another prediction type's, "
-                              + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight; e.g. eps on a v form: the "
-                              "network keeps its output, its loss weighs each t as ε's does); '': the form's own")
+    teacher_weight: str = arg("eps", "weigh the teacher's squared error like another prediction type's, "
+                              + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight): eps keeps a v network's "
+                              "output and weighs each t as ε's loss does; '': the form's own loss")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")

@@ -65,7 +65,7 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     table = (out / "results.md").read_text()
     for row in ("| teacher |", "| rd |", "| rf |", "| rd2 |", "| rd4 |", "| RD ÷ RF at 1 call |",
                 "| stage (summed over invocations) |", "pair generation", "teacher training",
-                "teacher sampling, 4 calls, batch 8, fp32, steady state"):
+                f"teacher sampling, 4 calls, batch 8, {'bf16' if torch.cuda.is_available() else 'fp32'}, steady state"):
         assert row in table and row in stdout, row
     # the smoke run's printout claims nothing it did not do (no FID, random images, a CPU)
     assert table.startswith("FID skipped (--inception=''), random images; tiny UNet") and "FID-0" not in stdout
@@ -80,7 +80,9 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     assert manifest["config"]["clean"] and manifest["config"]["phases"] == 4
     minutes = json.loads((out / "minutes.json").read_text())
     assert list(minutes) == ["data", "teacher", "pairs", "pairs (load)", *students, "eval"]
-    assert json.loads((out / "config.json").read_text())["form"] == "vp-sd-v"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["form"], config["teacher_weight"], config["lr"]) == ("vp-sd-v", "eps", 5e-4)
+    assert json.loads((out / "teacher" / "config.json").read_text())["train"]["weight_like"] == "eps"
 
 
 def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finished, capsys):
@@ -122,8 +124,8 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
     proc = run(tmp_path, "--stages=teacher", "--form=vp-sd-eps")    # another form where a teacher is: said, no traceback
     assert proc.returncode != 0 and "was written with another config" in proc.stderr and "'pred_type'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = Run(capsys, tmp_path, "--stages=teacher", "--teacher_weight=eps")   # the weighting is part of the teacher
-    assert proc.returncode != 0 and "another config" in proc.stderr and "'weight_like': 'eps'" in proc.stderr
+    proc = Run(capsys, tmp_path, "--stages=teacher", "--teacher_weight=x0")    # the weighting is part of the teacher
+    assert proc.returncode != 0 and "another config" in proc.stderr and "'weight_like': 'x0'" in proc.stderr
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -38,7 +38,8 @@ FIGURES = Path(CONFIG.out)
 # schedule at its t_max), for v on a VP schedule σ_T ≤ 1, for EDM's preconditioned output c_out ≤ σ_d.
 # The plain training loss of each form weighs an x̂0 error at time t by x0_gain², so an ε-model is barely asked to be
 # right at t ≈ 1, exactly where a 1-call sampler reads it. Rectified Diffusion keeps the teacher's form: the
-# teacher's form is inherited by the student.
+# teacher's form is inherited by the student. Output and weighting can be chosen apart: `--teacher_weight=eps`
+# (the default) keeps v's bounded output and weighs the loss over t as ε's does (section 3 measures what that buys).
 
 # %% The arithmetic, per form
 print("| form | t_max | output error → x̂0 error at t_max | loss weight on an x̂0 error at t_max (relative to x0) |")
@@ -67,9 +68,10 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 # ## 2. The pipeline
 #
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on Stable Diffusion's
-#   schedule by default (as SD 2 trains); `FORMS` lists the others (SD's ε, the cosine schedule's v, SD-2's
-#   zero-terminal-SNR v, EDM), each runnable with `--form=NAME` (EDM needs `--lr=5e-4`: at 1e-3 it diverged).
-#   bf16, `torch.compile`, learning-rate warm-up then linear decay to 0 over 7,000 steps.
+#   schedule by default (as SD 2 trains), its squared error weighed over t like ε's (`CONFIG.teacher_weight`);
+#   `FORMS` lists the others (SD's ε, the cosine schedule's v, SD-2's zero-terminal-SNR v, EDM), each runnable with
+#   `--form=NAME`, and `--teacher_weight=` gives each form its own loss. bf16, `torch.compile`, learning-rate
+#   warm-up to 5e-4 then linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
 #   the clean sample (the last step lands on σ = 0). One set of pairs serves every student.
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
@@ -92,28 +94,33 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (one H200, 2026-11-30; RESULTS.md has the tables, commands and grids' description):
-# the teacher reaches FID-10k 14.1 at 25 calls and is grey blur at 1–2 calls; RD gives 22.5 / 19.9 / 17.7 at
-# 1 / 2 / 4 calls against RF's 29.7 / 20.2 / 17.9 on the same pairs, steps and loss (a second students' seed moves
-# these by at most 0.2). On the cosine schedule's v (`--form=vp-cosine-v`) phased RD with K = 2 gave 19.8 at 2 calls,
-# and `--student_loss=mse` (each form's own squared error) made both students worse at 1 call and RD's lead larger:
-# RD 39.8, RF 66.2.
+# What to expect at the defaults (one H200, 2026-12-01; RESULTS.md has the tables, commands and grids' description):
+# the teacher reaches FID-10k 11.7 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 27.2 / 18.9 /
+# 16.2 at 1 / 2 / 4 calls against RF's 27.4 / 18.1 / 16.0 on the same pairs, steps and loss (a second students' seed
+# moves these by at most 0.9); phased RD gives 16.2 at 2 calls (K = 2) and 14.3 at 4 (K = 4). Both students give
+# the teacher's 25-call images from the same noise, a little softer.
 #
-# **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, 7,000 teacher
-# steps, pseudo-Huber students; 2 × H200, 2026-11-30; FID-10k, RESULTS.md has both seeds and the grids):
+# **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=` and, for all
+# rows but the default, `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
+# 2026-11-30/12-01; FID-10k, RESULTS.md has both seeds and the grids):
 #
-# | `--form` | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |
+# | teacher | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |
 # |---|---|---|---|
 # | vp-sd-eps | 29.3 / 12.2 / 11.5 | 155.0 / 21.5 / 16.0 | 21.6 / 18.2 / 17.1 |
-# | vp-sd-v (the default) | 31.4 / 14.6 / 14.1 | 22.5 / 19.9 / 17.7 | 29.7 / 20.2 / 17.9 |
+# | vp-sd-v, its own loss | 31.4 / 14.6 / 14.1 | 22.5 / 19.9 / 17.7 | 29.7 / 20.2 / 17.9 |
+# | vp-sd-v weighted like ε (the default) | 30.8 / 12.5 / 11.7 | 27.2 / 18.9 / 16.2 | 27.4 / 18.1 / 16.0 |
 # | vp-cosine-v | 59.6 / 16.6 / 13.3 | 31.2 / 22.8 / 18.1 | 34.4 / 21.6 / 18.7 |
 #
-# The ε teacher is the better teacher, and its RD student is the better one at 2 and 4 calls; at 1 call it fails,
+# The ε teacher is a good teacher, and its RD student is the better one at 2 and 4 calls; at 1 call it fails,
 # because its one step from t = 1 multiplies ε̂'s error by σ_T/α_T = 14.6 (its grid: the right images under coloured
 # speckle). RF, which converts the pairs to velocity, does not inherit the factor. The v form on the same schedule
-# bounds it by σ_T ≤ 1: its RD student is the best 1-call model measured, ahead of RF on its own pairs (22.5 against
-# 29.7), at the price of a teacher 2.6 FID worse at 25 calls. (EDM's students fail for another reason: its
-# log-normal training times never reach σ_max, where a 1-call sample starts.)
+# bounds it by σ_T ≤ 1: with v's own loss its RD student is the best 1-call model measured, ahead of RF on its own
+# pairs (22.5 against 29.7), at the price of a teacher 2.6 FID worse at 25 calls. The same v network with its loss
+# weighed like ε's is the best teacher measured and keeps a working 1-call student, but RD's lead is gone (27.2
+# against 27.4): v's own loss counts an x̂0 error at t ≈ 1 about 216 times more than ε's, and that weight, not the
+# output alone, gave RD its 1-call lead. The default takes the better teacher; `--teacher_weight= --lr=1e-3` gives
+# the RD-favoured one. (EDM's students fail for another reason: its log-normal training times never reach σ_max,
+# where a 1-call sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
