@@ -9,7 +9,8 @@ biased upward at small N, so only compare numbers computed with the same N and t
 
 Everything after the network runs in float64 on the CPU. Tr sqrt(Σ₁Σ₂) uses two symmetric eigendecompositions and
 one SVD (no scipy, whose sqrtm API changed in 1.18): it stays accurate when Σ is singular (fewer images than 2048
-features), where a square root of the non-symmetric product Σ₁Σ₂ picks up complex round-off.
+features), where a square root of the non-symmetric product Σ₁Σ₂ picks up complex round-off. `fid` of N ≤ 2048 images
+uses the features' own factor of Σ₁ instead: one N × N eigendecomposition (trace_sqrt_product_factored).
 """
 import importlib.util
 from pathlib import Path
@@ -149,6 +150,18 @@ def trace_sqrt_product(sigma1, sigma2) -> float:
     return torch.linalg.svdvals(A @ B).sum().item()
 
 
+def trace_sqrt_product_factored(a, sigma2) -> float:
+    """Tr sqrt(Σ₁Σ₂) = Σᵢ √λᵢ(AᵀΣ₂A) for Σ₁ = A·Aᵀ given its factor A (D, K) and symmetric PSD Σ₂ (D, D).
+
+    Why: Σ₁Σ₂ = A·(AᵀΣ₂) has the nonzero eigenvalues of (AᵀΣ₂)·A, a symmetric PSD K × K matrix. With A the centred
+    features / √(N − 1) of N ≤ D images this costs O(D²N), against trace_sqrt_product's three D × D decompositions,
+    and needs no square root of the singular Σ₁. Each round-off eigenvalue ≈ ±1e-16·λ_max adds at most ≈ 1e-8·√λ_max.
+    """
+    a, s2 = torch.as_tensor(a).double(), torch.as_tensor(sigma2).double().to(torch.as_tensor(a).device)
+    m = a.T @ s2 @ a
+    return torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum().item()
+
+
 def fid_from_stats(mu1, sigma1, mu2, sigma2, device=None) -> float:
     """FID = ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2·Tr sqrt(Σ₁Σ₂): the Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂).  [FID]
 
@@ -202,5 +215,12 @@ def fid(images, ref_mu, ref_sigma, net, batch: int = 500, device=None, progress:
         mu, sigma = reference_stats("cifar10-train-50k", lambda: load_train_uint8(), net)
         print(fid(samples_uint8[:10_000], mu, sigma, net))  # FID-10k
     """
-    mu, sigma = feature_stats(inception_features(images, net, batch=batch, device=device, progress=progress), device)
-    return fid_from_stats(mu, sigma, ref_mu, ref_sigma, device)
+    phi = inception_features(images, net, batch=batch, device=device, progress=progress)
+    if len(phi) > phi.shape[1]:
+        return fid_from_stats(*feature_stats(phi, device), ref_mu, ref_sigma, device)
+    # fewer images than feature dimensions: Σ = AAᵀ of rank < D, and its factor A gives Tr sqrt(ΣΣ_ref) directly
+    mu = phi.mean(0)
+    a = ((phi - mu) / (len(phi) - 1) ** 0.5).T.to(device or "cpu")                     # (D, N)
+    diff = mu - torch.as_tensor(ref_mu).double()
+    return ((diff @ diff).item() + a.square().sum().item() + torch.as_tensor(ref_sigma).double().trace().item()
+            - 2 * trace_sqrt_product_factored(a, ref_sigma))

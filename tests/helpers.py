@@ -1,6 +1,8 @@
 """Shared test fixtures that are not tests: a float64 batch of (x0, ε, t) on a schedule; a tutorial's smoke-run
-environment."""
+environment; a pause of the assignment-reach tracer."""
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,3 +24,16 @@ def smoke_env(out, **extra) -> dict:
     this clone's rd whichever clone is installed; `extra` adds or overrides variables."""
     return dict(os.environ) | dict(RD_SMOKE="1", RD_OUT=str(out), TQDM_DISABLE="1", MPLBACKEND="Agg",
                                    PYTHONPATH=str(ROOT)) | extra
+
+
+@contextmanager
+def untraced():
+    """Pause this thread's trace function (tests/conftest.py's assignment-reach tracer) inside the block: for a
+    torch.compile'd call, whose Python is the compiler's, run millions of times, not the tested code's. What the block
+    reaches is not measured, so keep the eager calls that a test compares with outside it."""
+    tracer = sys.gettrace()
+    sys.settrace(None)
+    try:
+        yield
+    finally:
+        sys.settrace(tracer)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rd.fid import (feature_stats, fid_from_stats, inception_features, load_inception, reference_stats, sqrtm_psd,
-                    trace_sqrt_product)
+from rd.fid import (feature_stats, fid, fid_from_stats, inception_features, load_inception, reference_stats, sqrtm_psd,
+                    trace_sqrt_product, trace_sqrt_product_factored)
 
 
 def random_spd(d, seed, rank=None):
@@ -48,6 +48,28 @@ def test_trace_sqrt_commuting_closed_form():
     expected = (a * b).sqrt().sum().item()
     assert trace_sqrt_product(torch.diag(a), torch.diag(b)) == pytest.approx(expected, rel=1e-14)
     assert trace_sqrt_product(rotate(a), rotate(b)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_factored_trace_sqrt_matches_the_full_one_for_fewer_samples_than_dimensions():
+    """Σ₁ = AAᵀ of 40 centred samples in 256 dimensions (rank 39) against a full-rank and a rank-30 Σ₂, and Σ₂ = Σ₁."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 256, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 256, dtype=torch.float64)
+    a = ((x - x.mean(0)) / 39 ** 0.5).T
+    for s2 in (random_spd(256, 4), random_spd(256, 5, rank=30), a @ a.T):
+        assert trace_sqrt_product_factored(a, s2) == pytest.approx(trace_sqrt_product(a @ a.T, s2), rel=1e-7)
+
+
+def test_fid_of_fewer_images_than_features_matches_the_stats_formula(monkeypatch):
+    """fid() takes the factored path for N ≤ D images and the covariance path above: both equal fid_from_stats (a
+    stand-in network of D = 64 features, so that both paths are cheap)."""
+    g = torch.Generator().manual_seed(6)
+    features = {n: torch.randn(n, 64, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, 64) for n in (24, 100)}
+    monkeypatch.setattr("rd.fid.inception_features", lambda images, *args, **kw: features[len(images)])
+    ref = random_spd(64, 7, rank=40)
+    for n, phi in features.items():
+        want = fid_from_stats(*feature_stats(phi), torch.ones(64, dtype=torch.float64), ref)
+        # rel 1e-8: fid_from_stats' square root of the singular Σ (24 images) carries ≈ 1e-8 per null direction
+        assert fid(torch.zeros(n, 3, 8, 8), torch.ones(64), ref, None) == pytest.approx(want, rel=1e-8), n
 
 
 def test_feature_stats_match_numpy():
