@@ -7,9 +7,8 @@
 
 Stages (run folder --out): ae (KL autoencoder, 32 px → c×8×8 latents, c = 4 as SD or 8 on the gpu preset, SD's
 scale factor measured from data; with --inception its reconstruction FID, every latent model's floor) →
-teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form: by
-default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains; vp-sd-eps (SD 1.x's ε), vp-sd-zsnr-v (v on
-the schedule rescaled to zero terminal SNR) and vp-cosine-v are the others) → pairs (DPM-Solver++(2M) with the
+teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form; by
+default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains) → pairs (DPM-Solver++(2M) with the
 teacher's classifier-free guidance, K phase states kept) → rd (the teacher's form on (x̂0, ε)) → rf (flow matching
 + velocity from the same teacher, same pairs and steps) → phased (RD on the K phase pairs; sampled with one
 first-order step per phase) → eval (FID of decoded images when Inception weights are given; prompt fidelity =
@@ -191,6 +190,7 @@ def pipeline(args: Args, ctx: dist.Context):
     tokenizer = Tokenizer.from_texts(caps + eval_prompts(args.data, 64, args.seed)[1] + list(PROMPTS))
     length = max(len(tokenizer.words(c)) for c in caps) + 2
     tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
+
     def cfg(steps, lr, minutes):
         return TrainConfig(steps=steps, batch=global_batch(args, size, ctx.world), lr=lr,
                            warmup=min(200, steps // 5 + 1), ema_decay=0.999, amp="fp32" if device == "cpu" else "bf16",
@@ -228,14 +228,13 @@ def pipeline(args: Args, ctx: dist.Context):
     grid_noise = torch.randn(n_grid, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
 
     def grid(stage, net, sch, pred_type, calls, w=1.0, phased=False):
-        """The stage's samples, 8 a row (process 0, once): the first min(64, n_eval) evaluation prompts, the same
-        noise for all."""
+        """The stage's samples (process 0, once): the first min(64, n_eval) evaluation prompts, the same noise."""
         if ctx.main and not (out / stage / "grid.png").exists():
             z = generate_latents(net, grid_noise, sch, pred_type, calls, grid_tokens, guidance=w, phased=phased)
             save_grid(to_uint8(decode_latents(ae, z, scale)), out / stage / "grid.png")
 
-    # -- teacher: the form's schedule and prediction type (both in its checkpoint's config, so a teacher of another form
-    # is refused), text tower trained from scratch with it, 10 % of prompts dropped
+    # -- teacher: the form's schedule and prediction type (in its checkpoint's config: another form's is refused), the
+    # text tower trained from scratch with it, 10 % of prompts dropped
     schedule_name, pred = FORMS[args.form]
     schedule = get_schedule(schedule_name)
     unet_cfg = UNetConfig(in_channels=latents.shape[1], resolution=latents.shape[-1], channels=size.channels,
@@ -285,8 +284,7 @@ def pipeline(args: Args, ctx: dist.Context):
     }
     trained, steps = {}, size.student_steps
     for (name, (init, sch, pred_type, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
-        # RD may stop at its minute cap; RF and phased RD then take exactly as many steps, with the same recipe
-        # (warm-up, log and checkpoint intervals from the preset's step count)
+        # RD may stop at its minute cap; RF and phased RD then take as many steps, same recipe (warm-up, intervals)
         student_cfg = dataclasses.replace(cfg(size.student_steps, 1e-4, size.minutes[2]), steps=steps,
                                           max_minutes=size.minutes[2] * args.time_scale if stage == "rd" else 0)
         with lap(stage):
