@@ -57,24 +57,26 @@ class CifarConfig:
     data: str = arg("data/cifar10-jpg.tar.gz", "CIFAR-10: the cifar-10-batches-py folder, an image folder or its "
                     ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
-    form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (schedule + the network's output; the "
-                    "loss's weighting over t is --teacher_weight)")
+    form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (schedule + the network's output; "
+                    "--teacher_weight and --lr default to the form's recipe)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
                              "(7,000 steps × 512 images)")
     batch: int = arg(512, "images per step, teacher and students")
-    lr: float = arg(5e-4, "teacher's peak Adam learning rate")
+    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's recipe, RECIPES: 5e-4 for vp-sd-v and "
+                    "edm, 1e-3 for the others)")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
     warmup: int = arg(200, "linear warm-up steps, teacher and students")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
                            "step 9/(1 − decay) − 10 (8,990 for 0.999), so shorter runs do not feel it")
     t_sampling: str = arg("schedule", "teacher's training noise levels: schedule (its own: uniform t on VP, "
                           "log-normal on VE) or lognormal (EDM's log-normal σ/α, on any schedule)")
-    teacher_weight: str = arg("eps", "weigh the teacher's squared error like another prediction type's, "
+    teacher_weight: str = arg("auto", "weigh the teacher's squared error like another prediction type's, "
                               + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight): eps keeps a v network's "
-                              "output and weighs each t as ε's loss does; '': the form's own loss")
+                              "output and weighs each t as ε's loss does; '': the form's own loss; auto: the form's "
+                              "recipe (eps for vp-sd-v, '' for the others)")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
@@ -107,6 +109,20 @@ PRESETS = {
                   batch=4, warmup=3, compile=False, pairs=16, pair_steps=4, student_min=0.0, student_steps=5,
                   teacher_calls="1,2,4", fid_n=8),
 }
+
+
+# each form's teacher recipe, (teacher_weight, lr), as measured (RESULTS.md): what --teacher_weight=auto and --lr=0
+# stand for. Weighting like ε gives a v teacher on SD's schedule a better FID; on forms whose α reaches 0 (cosine,
+# zero terminal SNR) or on EDM it would all but stop training the noisiest times, where a 1-call sample starts.
+RECIPES = {"vp-sd-v": ("eps", 5e-4), "edm": ("", 5e-4)}
+DEFAULT_RECIPE = ("", 1e-3)
+
+
+def with_recipe(cfg: CifarConfig) -> CifarConfig:
+    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's recipe (RECIPES)."""
+    weight, lr = RECIPES.get(cfg.form, DEFAULT_RECIPE)
+    return dataclasses.replace(cfg, teacher_weight=weight if cfg.teacher_weight == "auto" else cfg.teacher_weight,
+                               lr=cfg.lr or lr)
 
 
 def _ints(text: str) -> list[int]:
@@ -148,8 +164,8 @@ def check(cfg: CifarConfig) -> list[str]:
         bad("lr_decay", f"allowed: {', '.join(LR_DECAYS)}")
     if cfg.t_sampling not in T_SAMPLINGS:
         bad("t_sampling", f"allowed: {', '.join(T_SAMPLINGS)}")
-    if cfg.teacher_weight and cfg.teacher_weight not in PRED_TYPES:
-        bad("teacher_weight", f"allowed: '' (the form's own), {', '.join(PRED_TYPES)}")
+    if cfg.teacher_weight not in ("", "auto", *PRED_TYPES):
+        bad("teacher_weight", f"allowed: auto (the form's recipe), '' (the form's own), {', '.join(PRED_TYPES)}")
     if cfg.grid not in GRIDS:
         bad("grid", f"allowed: {', '.join(GRIDS)}")
     if cfg.sampler not in EVAL_SAMPLERS:
@@ -207,6 +223,7 @@ def load_data(cfg: CifarConfig, cache: Path):
 
 def run(cfg: CifarConfig):
     """Every stage of `cfg.stages`, in order; returns {(model, calls): FID} when the eval stage ran."""
+    cfg = with_recipe(cfg)
     stages = check(cfg)
     ctx = dist.init()
     try:

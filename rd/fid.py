@@ -216,11 +216,16 @@ def fid(images, ref_mu, ref_sigma, net, batch: int = 500, device=None, progress:
         print(fid(samples_uint8[:10_000], mu, sigma, net))  # FID-10k
     """
     phi = inception_features(images, net, batch=batch, device=device, progress=progress)
-    if len(phi) > phi.shape[1]:
+    n, d = phi.shape
+    if n > d:
         return fid_from_stats(*feature_stats(phi, device), ref_mu, ref_sigma, device)
-    # fewer images than feature dimensions: Σ = AAᵀ of rank < D, and its factor A gives Tr sqrt(ΣΣ_ref) directly
+    # N ≤ D images: Σ = AAᵀ has rank < N, and its factor A gives Tr sqrt(Σ·Σ_ref) directly
+    ref_mu, ref_sigma = torch.as_tensor(ref_mu).double().cpu(), torch.as_tensor(ref_sigma).double().cpu()
+    if n < 2 or ref_mu.shape != (d,) or ref_sigma.shape != (d, d):
+        raise ValueError(f"need N ≥ 2 images and reference μ (D,), Σ (D, D) of the features' D = {d}; got N = {n}, "
+                         f"μ {tuple(ref_mu.shape)}, Σ {tuple(ref_sigma.shape)}")
     mu = phi.mean(0)
-    a = ((phi - mu) / (len(phi) - 1) ** 0.5).T.to(device or "cpu")                     # (D, N)
-    diff = mu - torch.as_tensor(ref_mu).double()
-    return ((diff @ diff).item() + a.square().sum().item() + torch.as_tensor(ref_sigma).double().trace().item()
+    a = ((phi - mu) / (n - 1) ** 0.5).T.to(device or "cpu")                               # (D, N)
+    diff = mu - ref_mu
+    return ((diff @ diff).item() + a.square().sum().item() + ref_sigma.trace().item()
             - 2 * trace_sqrt_product_factored(a, ref_sigma))

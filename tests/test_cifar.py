@@ -128,6 +128,18 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
     assert proc.returncode != 0 and "another config" in proc.stderr and "'weight_like': 'x0'" in proc.stderr
 
 
+def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
+    """--teacher_weight=auto and --lr=0 (the defaults) stand for the form's recipe; given values win."""
+    from rd.cifar import CifarConfig, with_recipe
+    recipe = lambda **kw: (lambda c: (c.teacher_weight, c.lr))(with_recipe(CifarConfig(**kw)))   # noqa: E731
+    assert recipe() == recipe(form="vp-sd-v") == ("eps", 5e-4)
+    assert recipe(form="edm") == ("", 5e-4)
+    for form in ("vp-sd-eps", "vp-cosine-v", "vp-sd-zsnr-v"):
+        assert recipe(form=form) == ("", 1e-3), form
+    assert recipe(teacher_weight="", lr=1e-3) == ("", 1e-3)                  # vp-sd-v with its own loss, as before
+    assert recipe(form="vp-sd-zsnr-v", teacher_weight="x0", lr=2e-4) == ("x0", 2e-4)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--stages=bogus"], "--stages='bogus': use 'all' or a comma list of teacher, pairs, students, eval"),
     (["--form=vp-foo"], "unknown teacher form; allowed: vp-cosine-v"),
@@ -143,7 +155,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
     (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
-    (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: '' (the form's own), eps, x0, v"),
+    (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: auto (the form's recipe), '' (the form's own), eps"),
     (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),

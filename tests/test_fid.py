@@ -70,6 +70,13 @@ def test_fid_of_fewer_images_than_features_matches_the_stats_formula(monkeypatch
         want = fid_from_stats(*feature_stats(phi), torch.ones(64, dtype=torch.float64), ref)
         # rel 1e-8: fid_from_stats' square root of the singular Σ (24 images) carries ≈ 1e-8 per null direction
         assert fid(torch.zeros(n, 3, 8, 8), torch.ones(64), ref, None) == pytest.approx(want, rel=1e-8), n
+        assert fid(torch.zeros(n, 3, 8, 8), np.ones(64), ref.numpy(), None) == pytest.approx(want, rel=1e-8), n
+    features[1] = features[24][:1]
+    for images, mu, sigma, message in [(torch.zeros(1, 3, 8, 8), torch.ones(64), ref, "N ≥ 2 images"),
+                                       (torch.zeros(24, 3, 8, 8), torch.ones(63), ref, r"μ \(63,\)"),
+                                       (torch.zeros(100, 3, 8, 8), torch.ones(64), ref[:8, :8], "one D")]:
+        with pytest.raises(ValueError, match=message):
+            fid(images, mu, sigma, None)
 
 
 def test_feature_stats_match_numpy():

@@ -39,7 +39,8 @@ FIGURES = Path(CONFIG.out)
 # The plain training loss of each form weighs an x̂0 error at time t by x0_gain², so an ε-model is barely asked to be
 # right at t ≈ 1, exactly where a 1-call sampler reads it. Rectified Diffusion keeps the teacher's form: the
 # teacher's form is inherited by the student. Output and weighting can be chosen apart: `--teacher_weight=eps`
-# (the default) keeps v's bounded output and weighs the loss over t as ε's does (section 3 measures what that buys).
+# (vp-sd-v's default) keeps v's bounded output and weighs the loss over t as ε's does (section 3 measures what that
+# buys).
 
 # %% The arithmetic, per form
 print("| form | t_max | output error → x̂0 error at t_max | loss weight on an x̂0 error at t_max (relative to x0) |")
@@ -68,10 +69,11 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 # ## 2. The pipeline
 #
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on Stable Diffusion's
-#   schedule by default (as SD 2 trains), its squared error weighed over t like ε's (`CONFIG.teacher_weight`);
-#   `FORMS` lists the others (SD's ε, the cosine schedule's v, SD-2's zero-terminal-SNR v, EDM), each runnable with
-#   `--form=NAME`, and `--teacher_weight=` gives each form its own loss. bf16, `torch.compile`, learning-rate
-#   warm-up to 5e-4 then linear decay to 0 over 7,000 steps.
+#   schedule by default (as SD 2 trains), its squared error weighed over t like ε's; `FORMS` lists the others (SD's
+#   ε, the cosine schedule's v, SD-2's zero-terminal-SNR v, EDM), each runnable with `--form=NAME`. Each form trains
+#   with its measured recipe (`rd.cifar.RECIPES`: loss weighting and peak LR; the others take their own loss), and
+#   `--teacher_weight`, `--lr` override it. bf16, `torch.compile`, learning-rate warm-up to 5e-4 (vp-sd-v) then
+#   linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to
 #   the clean sample (the last step lands on σ = 0). One set of pairs serves every student.
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
@@ -100,8 +102,8 @@ results = run(CONFIG)
 # moves these by at most 0.9); phased RD gives 16.2 at 2 calls (K = 2) and 14.3 at 4 (K = 4). Both students give
 # the teacher's 25-call images from the same noise, a little softer.
 #
-# **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=` and, for all
-# rows but the default, `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
+# **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, and for
+# vp-sd-v's own loss `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
 # 2026-11-30/12-01; FID-10k, RESULTS.md has both seeds and the grids):
 #
 # | teacher | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |
@@ -116,11 +118,11 @@ results = run(CONFIG)
 # speckle). RF, which converts the pairs to velocity, does not inherit the factor. The v form on the same schedule
 # bounds it by σ_T ≤ 1: with v's own loss its RD student is the best 1-call model measured, ahead of RF on its own
 # pairs (22.5 against 29.7), at the price of a teacher 2.6 FID worse at 25 calls. The same v network with its loss
-# weighed like ε's is the best teacher measured and keeps a working 1-call student, but RD's lead is gone (27.2
-# against 27.4): v's own loss counts an x̂0 error at t ≈ 1 about 216 times more than ε's, and that weight, not the
-# output alone, gave RD its 1-call lead. The default takes the better teacher; `--teacher_weight= --lr=1e-3` gives
-# the RD-favoured one. (EDM's students fail for another reason: its log-normal training times never reach σ_max,
-# where a 1-call sample starts.)
+# weighed like ε's is the best v teacher measured (within 0.2 FID of ε's) and keeps a working 1-call student, but
+# RD's lead is gone (27.2 against 27.4): v's own loss counts an x̂0 error at t ≈ 1 about 215 times more than ε's, and
+# that weight, not the output alone, gave RD its 1-call lead. The default takes the better teacher;
+# `--teacher_weight= --lr=1e-3` gives the RD-favoured one. (EDM's students fail for another reason: its log-normal
+# training times never reach σ_max, where a 1-call sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
