@@ -8,12 +8,12 @@
 Stages (run folder --out): ae (KL autoencoder, 32 px → c×8×8 latents, c = 4 as SD or 8 on the gpu preset, SD's
 scale factor measured from data; with --inception its reconstruction FID, every latent model's floor) →
 teacher (UNet with cross-attention on a from-scratch text encoder, 10 % prompt dropout, in the form --form; by
-default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains) → pairs (DPM-Solver++(2M) with the
-teacher's classifier-free guidance, K phase states kept) → rd (the teacher's form on (x̂0, ε)) → rf (flow matching
-+ velocity from the same teacher, same pairs and steps) → phased (RD on the K phase pairs; sampled with one
-first-order step per phase) → eval (FID of decoded images when Inception weights are given; prompt fidelity =
-accuracy of an attribute classifier trained on real data; a prompts × methods × steps figure). Every sample ends on
-the clean latent (σ = 0).
+default v-prediction on SD's scaled-linear VP schedule, as SD 2 trains, its loss weighed over t like ε's) → pairs
+(DPM-Solver++(2M) with the teacher's classifier-free guidance, K phase states kept) → rd (the teacher's form on
+(x̂0, ε)) → rf (flow matching + velocity from the same teacher, same pairs and steps) → phased (RD on the K phase
+pairs; sampled with one first-order step per phase) → eval (FID of decoded images when Inception weights are given;
+prompt fidelity = accuracy of an attribute classifier trained on real data; a prompts × methods × steps figure).
+Every sample ends on the clean latent (σ = 0).
 """
 import copy
 import dataclasses
@@ -30,7 +30,7 @@ from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder, read_json
-from rd.predictions import FORMS, SIGMA_DATA
+from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, TEACHER_WEIGHTS
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
@@ -57,8 +57,11 @@ class Args:
     inception: str = arg("", "TF-Inception TorchScript file for FID (empty: no FID, fidelity only)")
     form: str = arg("vp-sd-v", "teacher form, a schedule and prediction type by name as in rd.cifar: "
                     + ", ".join(LATENT_FORMS) + "; RD students keep it, RF converts to flow matching")
+    teacher_weight: str = arg("auto", "weigh the teacher's loss over t like another prediction type's, e.g. eps on a "
+                              "v form (rd.predictions.loss_weight); '': the form's own; auto: TEACHER_WEIGHTS' (eps "
+                              "for vp-sd-v)")
     out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>-<form>, e.g. "
-                   "runs/sd-cpu-vp-sd-v, so that presets and forms never share one)")
+                   "runs/sd-cpu-vp-sd-v; a teacher weight other than auto adds -loss-<weight>)")
     stage: str = arg("all", "all, or one of: ae, teacher, pairs, rd, rf, phased, eval")
     guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
@@ -110,6 +113,8 @@ def parse_args(argv=None) -> Args:
                if args.form in FORMS else "")
         problems.append(f"--form must be one of {', '.join(LATENT_FORMS)}; got {args.form!r}{why}")
     problems += [f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}"] * (args.stage not in ("all", *STAGES))
+    if args.teacher_weight not in ("auto", "", *PRED_TYPES):
+        problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got {args.teacher_weight!r}")
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0 or args.latent_channels < 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1, --time_scale > 0 and --latent_channels ≥ 0; got "
                         f"{args.phases}, {args.guidance}, {args.time_scale}, {args.latent_channels}")
@@ -157,7 +162,8 @@ def pipeline(args: Args, ctx: dist.Context):
     say = print if ctx.main else (lambda *a, **k: None)
     preset = args.preset if args.preset != "auto" else ("gpu" if device != "cpu" else "cpu")
     size = PRESETS[preset]
-    out = Path(args.out or f"runs/sd-{preset}-{args.form}")
+    weight = TEACHER_WEIGHTS.get(args.form, "") if args.teacher_weight == "auto" else args.teacher_weight
+    out = Path(args.out or f"runs/sd-{preset}-{args.form}" + ("" if args.teacher_weight == "auto" else f"-loss-{weight or 'own'}"))
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
     # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling; the latent
@@ -191,12 +197,12 @@ def pipeline(args: Args, ctx: dist.Context):
     length = max(len(tokenizer.words(c)) for c in caps) + 2
     tokens = tokenizer.encode(caps, length).to(device)                                   # (N, L)
 
-    def cfg(steps, lr, minutes):
-        return TrainConfig(steps=steps, batch=global_batch(args, size, ctx.world), lr=lr,
-                           warmup=min(200, steps // 5 + 1), ema_decay=0.999, amp="fp32" if device == "cpu" else "bf16",
-                           channels_last=False, compile=args.compile and device != "cpu",
-                           log_every=max(1, min(100, steps // 10)), ckpt_every=max(1, min(500, steps // 4)),
-                           max_minutes=minutes * args.time_scale, seed=args.seed)
+    def cfg(steps, lr, minutes, **kw):
+        return TrainConfig(**dict(steps=steps, batch=global_batch(args, size, ctx.world), lr=lr,
+                                  warmup=min(200, steps // 5 + 1), ema_decay=0.999, seed=args.seed,
+                                  amp="fp32" if device == "cpu" else "bf16", channels_last=False,
+                                  compile=args.compile and device != "cpu", log_every=max(1, min(100, steps // 10)),
+                                  ckpt_every=max(1, min(500, steps // 4)), max_minutes=minutes * args.time_scale) | kw)
 
     # -- ae: the first stage, trained on images; latents = scale · E[q(z|x)]
     loader = GPULoader(images, attrs[:, 0], size.batch, device, flip=args.data == "cifar10", seed=args.seed)
@@ -204,7 +210,7 @@ def pipeline(args: Args, ctx: dist.Context):
     torch.manual_seed(args.seed)
     with lap("ae"):
         ae = train(Autoencoder(ae_cfg).to(device), None, None, lambda n, g: loader.sample(n, g)[0],
-                   dataclasses.replace(cfg(size.ae_steps, 1e-3, size.minutes[0]), compile=False), out / "ae",
+                   cfg(size.ae_steps, 1e-3, size.minutes[0], compile=False), out / "ae",
                    model_config=dataclasses.asdict(ae_cfg),
                    desc="ae", require_done=not run("ae"), loss_fn=lambda model, x: model.loss(x)[0])
         x_all = from_uint8(images.to(device))
@@ -251,7 +257,8 @@ def pipeline(args: Args, ctx: dist.Context):
     torch.manual_seed(args.seed)
     with lap("teacher"):
         teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, pred, teacher_batches,
-                        cfg(size.teacher_steps, 3e-4, size.minutes[1]), out / "teacher", desc="teacher",
+                        cfg(size.teacher_steps, 3e-4, size.minutes[1], weight_like=weight or None),
+                        out / "teacher", desc="teacher",
                         require_done=not run("teacher"),
                         model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
                                       "vocab": tokenizer.vocab})

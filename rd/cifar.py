@@ -37,7 +37,7 @@ from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
-from .predictions import FORMS, LOSSES, PRED_TYPES
+from .predictions import FORMS, LOSSES, PRED_TYPES, TEACHER_WEIGHTS
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS, solver_for
 from .schedules import Schedule, get_schedule, lognormal_t
@@ -58,15 +58,15 @@ class CifarConfig:
                     ".tar.gz (rd.data.download fetches the official one); 'random' for 256 random images (smoke runs)")
     inception: str = arg("data/inception-2015-12-05-fp16.pt", "TF-Inception TorchScript file for FID; '' skips FID")
     form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (schedule + the network's output; "
-                    "--teacher_weight and --lr default to the form's recipe)")
+                    "--teacher_weight and --lr default to the form's)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
                              "(7,000 steps × 512 images)")
     batch: int = arg(512, "images per step, teacher and students")
-    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's recipe, RECIPES: 5e-4 for vp-sd-v and "
-                    "edm, 1e-3 for the others)")
+    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, TEACHER_LRS: 5e-4 for vp-sd-v and edm, "
+                    "1e-3 for the others)")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
     warmup: int = arg(200, "linear warm-up steps, teacher and students")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
@@ -76,7 +76,7 @@ class CifarConfig:
     teacher_weight: str = arg("auto", "weigh the teacher's squared error like another prediction type's, "
                               + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight): eps keeps a v network's "
                               "output and weighs each t as ε's loss does; '': the form's own loss; auto: the form's "
-                              "recipe (eps for vp-sd-v, '' for the others)")
+                              "(rd.predictions.TEACHER_WEIGHTS: eps for vp-sd-v, '' for the others)")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
@@ -111,18 +111,14 @@ PRESETS = {
 }
 
 
-# each form's teacher recipe, (teacher_weight, lr), as measured (RESULTS.md): what --teacher_weight=auto and --lr=0
-# stand for. Weighting like ε gives a v teacher on SD's schedule a better FID; on forms whose α reaches 0 (cosine,
-# zero terminal SNR) or on EDM it would all but stop training the noisiest times, where a 1-call sample starts.
-RECIPES = {"vp-sd-v": ("eps", 5e-4), "edm": ("", 5e-4)}
-DEFAULT_RECIPE = ("", 1e-3)
+# each form's teacher peak LR as measured (RESULTS.md; at 1e-3 EDM diverged and the ε-weighted v teacher stalled)
+TEACHER_LRS = {"vp-sd-v": 5e-4, "edm": 5e-4}
 
 
 def with_recipe(cfg: CifarConfig) -> CifarConfig:
-    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's recipe (RECIPES)."""
-    weight, lr = RECIPES.get(cfg.form, DEFAULT_RECIPE)
-    return dataclasses.replace(cfg, teacher_weight=weight if cfg.teacher_weight == "auto" else cfg.teacher_weight,
-                               lr=cfg.lr or lr)
+    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (TEACHER_WEIGHTS, TEACHER_LRS, else 1e-3)."""
+    weight = TEACHER_WEIGHTS.get(cfg.form, "") if cfg.teacher_weight == "auto" else cfg.teacher_weight
+    return dataclasses.replace(cfg, teacher_weight=weight, lr=cfg.lr or TEACHER_LRS.get(cfg.form, 1e-3))
 
 
 def _ints(text: str) -> list[int]:
@@ -165,7 +161,7 @@ def check(cfg: CifarConfig) -> list[str]:
     if cfg.t_sampling not in T_SAMPLINGS:
         bad("t_sampling", f"allowed: {', '.join(T_SAMPLINGS)}")
     if cfg.teacher_weight not in ("", "auto", *PRED_TYPES):
-        bad("teacher_weight", f"allowed: auto (the form's recipe), '' (the form's own), {', '.join(PRED_TYPES)}")
+        bad("teacher_weight", f"allowed: auto (the form's), '' (the form's own), {', '.join(PRED_TYPES)}")
     if cfg.grid not in GRIDS:
         bad("grid", f"allowed: {', '.join(GRIDS)}")
     if cfg.sampler not in EVAL_SAMPLERS:

@@ -34,6 +34,11 @@ FORMS = {                                   # form: (schedule, prediction type)
     "vp-sd-zsnr-v": ("vp-sd-zsnr", "v"),    # Stable Diffusion 2 style: v on the schedule rescaled to zero terminal SNR
     "edm": ("ve", "edm"),                   # EDM: VE, preconditioned network, log-normal noise levels
 }
+# The loss weighting a teacher of each form trains with unless told otherwise (--teacher_weight=auto; loss_weight):
+# ε's for v on SD's schedule, which gave the better teacher in both pipelines (RESULTS.md); each form's own loss
+# elsewhere, since ε's weight all but stops the training of the noisiest times where α → 0 (cosine, zero terminal
+# SNR) and on EDM's largest σ, where a 1-call sample starts.
+TEACHER_WEIGHTS = {"vp-sd-v": "eps"}
 
 
 def check_pred_type(pred_type: str) -> str:

@@ -129,7 +129,7 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
 
 
 def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
-    """--teacher_weight=auto and --lr=0 (the defaults) stand for the form's recipe; given values win."""
+    """--teacher_weight=auto and --lr=0 (the defaults) stand for the form's weighting and LR; given values win."""
     from rd.cifar import CifarConfig, with_recipe
     recipe = lambda **kw: (lambda c: (c.teacher_weight, c.lr))(with_recipe(CifarConfig(**kw)))   # noqa: E731
     assert recipe() == recipe(form="vp-sd-v") == ("eps", 5e-4)
@@ -155,7 +155,7 @@ def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
     (["--teacher_calls=1,x"], "a comma list of call counts ≥ 1"),
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
-    (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: auto (the form's recipe), '' (the form's own), eps"),
+    (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: auto (the form's), '' (the form's own), eps"),
     (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),

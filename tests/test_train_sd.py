@@ -149,13 +149,13 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
 
 
 def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
-    """A config.json without the fields added since (here --latent_channels, --batch_per_process, --compile) is the
+    """A config.json without the fields added since (--latent_channels, --batch_per_process, --compile, ...) is the
     same run when the new fields are at their defaults."""
     import train_sd
     out, _ = whole
     shutil.copytree(out / "ae", tmp_path / "ae")
     config = json.loads((out / "config.json").read_text())
-    for key in ("latent_channels", "batch_per_process", "compile"):
+    for key in ("latent_channels", "batch_per_process", "compile", "teacher_weight"):
         del config["args"][key]
     del config["size"]["latent_channels"]
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -181,6 +181,20 @@ def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_pa
     pairs = json.loads((tmp_path / "pairs" / "manifest.json").read_text())["config"]
     assert (pairs["schedule"], pairs["pred_type"], pairs["clean"]) == ("vp-sd-zsnr", "v", True)
     assert (tmp_path / "rd" / "grid.png").stat().st_size > 5_000
+
+
+def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_path, capsys, monkeypatch):
+    """The default run weighs its vp-sd-v teacher's loss like ε's (rd.predictions.TEACHER_WEIGHTS); --teacher_weight=
+    (the form's own loss) is recorded in the teacher's checkpoint and names the default run folder."""
+    out, _ = whole
+    assert torch.load(out / "teacher" / "ckpt.pt", weights_only=True)["config"]["train"]["weight_like"] == "eps"
+    shutil.copytree(out / "ae", tmp_path / "runs" / "sd-tiny-vp-sd-v-loss-own" / "ae")
+    monkeypatch.chdir(tmp_path)
+    assert "teacher done" in here(capsys, "--preset=tiny", "--teacher_weight=", "--stage=teacher")
+    config = torch.load(tmp_path / "runs" / "sd-tiny-vp-sd-v-loss-own" / "teacher" / "ckpt.pt", weights_only=True)["config"]
+    assert config["train"].get("weight_like") is None and config["pred_type"] == "v", config["train"]
+    code, err = refused(capsys, "--preset=tiny", "--teacher_weight=snr")
+    assert code == 2 and "--teacher_weight must be auto, '' or one of eps, x0, v" in err
 
 
 class PooledFeatures(torch.nn.Module):

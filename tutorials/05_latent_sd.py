@@ -60,10 +60,10 @@ OUT.mkdir(parents=True, exist_ok=True)
 t_start = time.perf_counter()
 
 
-def cfg(steps, lr):
+def cfg(steps, lr, weight_like=None):
     return TrainConfig(steps=steps, batch=BATCH, lr=lr, warmup=min(200, steps // 5 + 1), ema_decay=0.999,
                        amp="bf16" if DEVICE == "cuda" else "fp32", channels_last=False, log_every=max(1, steps // 10),
-                       ckpt_every=max(1, steps // 2))
+                       ckpt_every=max(1, steps // 2), weight_like=weight_like)
 
 
 # %% 1. Data: every caption's words are visible in its image
@@ -105,8 +105,10 @@ demo = ["a red circle on the left", "a purple hexagon in the middle"]
 print(f"vocabulary of {len(tokenizer.vocab)} words; {demo} → {tokenizer.encode(demo, length).tolist()} → "
       f"{tokenizer.decode(tokenizer.encode(demo, length))}  (1 = <unk>: unknown words still give an input)")
 
-# %% 4. The teacher: SD's schedule, ε-prediction, 10 % of prompts dropped (the null prompt = all padding)
-schedule, PRED = get_schedule("vp-sd"), "v"      # train_sd.py's default form, vp-sd-v
+# %% 4. The teacher: SD's schedule, v-prediction with its loss weighed over t like ε's (train_sd.py's default: the
+# network keeps v's bounded output, the loss counts each t as ε's does), 10 % of prompts dropped (the null prompt = all
+# padding)
+schedule, PRED, WEIGHT = get_schedule("vp-sd"), "v", "eps"      # vp-sd-v, rd.predictions.TEACHER_WEIGHTS
 unet_cfg = UNetConfig(in_channels=4, resolution=8, channels=32, ch_mult=(1, 2), num_res_blocks=2,
                       attn_resolutions=(8, 4), dropout=0.0, context_dim=64)     # cross-attention at 8×8 and 4×4
 text_cfg = TextEncoderConfig(vocab_size=len(tokenizer.vocab), length=length, dim=64)
@@ -121,7 +123,7 @@ def teacher_batches(n, g):
 
 torch.manual_seed(0)
 teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(DEVICE), schedule, PRED, teacher_batches,
-                cfg(TEACHER_STEPS, 3e-4), RUN / "teacher", desc="teacher")
+                cfg(TEACHER_STEPS, 3e-4, WEIGHT), RUN / "teacher", desc="teacher")
 print(f"teacher: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M parameters (UNet + text encoder)")
 
 # %% 5. Pairs from the guided teacher: (ε, x̂0 = its CFG-guided ODE solution for the pair's prompt)
@@ -181,9 +183,11 @@ print(f"figures and table in {OUT}/ (05_data_autoencoder.png, 05_samples.png, 05
 # %% [markdown]
 # What to look for: CFG makes the teacher follow the prompt far better than no guidance at 25 calls, and at 1–2
 # calls the teacher's samples lose shape and colour. Both students learn the guided ODE from the pairs and sample
-# unguided. On 2 CPU cores (2026-11-30, 19.2 min; table in 05_results.md) RD and RF come out level and close to the
-# guided teacher at 25 calls (fidelity 0.686): RD 0.650 / 0.664 and RF 0.654 / 0.658 at 1 / 2 calls, against the
-# teacher's 0.380 / 0.532. Colour and position are right in every sample; shape is what the small models miss.
+# unguided. On 2 CPU cores (2026-12-01, 5.7 min; table in 05_results.md) RD and RF come out close to each other and
+# to the guided teacher at 25 calls (fidelity 0.712): RD 0.684 / 0.688 and RF 0.698 / 0.704 at 1 / 2 calls, against
+# the teacher's 0.364 / 0.604. Colour and position are right in every sample; shape is what the small models miss.
+# With v's own loss (WEIGHT = None, same machine) every row is 0.02–0.03 lower: teacher 0.680, RD 0.654 / 0.672,
+# RF 0.674 / 0.670.
 # With ε-prediction (change PRED to "eps"; 2026-11-26) RF was far ahead, 0.56 / 0.58 against RD's 0.24 / 0.25: the
 # ε-form's one-step update x̂0 = (x_T − σ_T·ε̂)/α_T multiplies the error of ε̂ by σ_T/α_T ≈ 15 on SD's schedule,
 # the v form's by σ_T ≤ 1. `python train_sd.py` runs the full comparison, with FID and phased RD.
