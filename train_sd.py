@@ -30,7 +30,7 @@ from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder, read_json
-from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, TEACHER_WEIGHTS
+from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_weight
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
@@ -162,7 +162,7 @@ def pipeline(args: Args, ctx: dist.Context):
     say = print if ctx.main else (lambda *a, **k: None)
     preset = args.preset if args.preset != "auto" else ("gpu" if device != "cpu" else "cpu")
     size = PRESETS[preset]
-    weight = TEACHER_WEIGHTS.get(args.form, "") if args.teacher_weight == "auto" else args.teacher_weight
+    weight = teacher_weight(args.form, args.teacher_weight)
     out = Path(args.out or f"runs/sd-{preset}-{args.form}" + ("" if args.teacher_weight == "auto" else f"-loss-{weight or 'own'}"))
     run = lambda name: args.stage in ("all", name)                                   # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps

@@ -37,7 +37,7 @@ from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
-from .predictions import FORMS, LOSSES, PRED_TYPES, TEACHER_WEIGHTS
+from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_weight
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS, solver_for
 from .schedules import Schedule, get_schedule, lognormal_t
@@ -117,8 +117,8 @@ TEACHER_LRS = {"vp-sd-v": 5e-4, "edm": 5e-4}
 
 def with_recipe(cfg: CifarConfig) -> CifarConfig:
     """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (TEACHER_WEIGHTS, TEACHER_LRS, else 1e-3)."""
-    weight = TEACHER_WEIGHTS.get(cfg.form, "") if cfg.teacher_weight == "auto" else cfg.teacher_weight
-    return dataclasses.replace(cfg, teacher_weight=weight, lr=cfg.lr or TEACHER_LRS.get(cfg.form, 1e-3))
+    return dataclasses.replace(cfg, teacher_weight=teacher_weight(cfg.form, cfg.teacher_weight),
+                               lr=cfg.lr or TEACHER_LRS.get(cfg.form, 1e-3))
 
 
 def _ints(text: str) -> list[int]:

@@ -41,6 +41,12 @@ FORMS = {                                   # form: (schedule, prediction type)
 TEACHER_WEIGHTS = {"vp-sd-v": "eps"}
 
 
+def teacher_weight(form: str, choice: str) -> str:
+    """The prediction type whose loss weighting a `form` teacher trains with: TEACHER_WEIGHTS' for choice "auto",
+    else the choice ('' for the form's own loss)."""
+    return TEACHER_WEIGHTS.get(form, "") if choice == "auto" else choice
+
+
 def check_pred_type(pred_type: str) -> str:
     if pred_type not in PRED_TYPES:
         raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
