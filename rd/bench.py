@@ -12,7 +12,6 @@ and replayed) and, summed, also the wall time of calls made one at a time, where
 MFU = 3 × forward FLOPs per image × batch / step time / peak, the peak being the best measured 8192³ bf16 matmul.
 """
 import argparse
-import statistics
 import time
 from collections import Counter
 from unittest import mock
@@ -23,43 +22,8 @@ from . import ops
 from .predictions import denoising_loss
 from .sampling import sample
 from .schedules import get_schedule
+from .timing import graph_timeit, timeit
 from .unet import UNet, UNetConfig, count_flops
-
-
-def timeit(fn, iters: int, warmup: int) -> float:
-    """Median seconds of one fn() over `iters` calls after `warmup` calls (CUDA events when a GPU is present)."""
-    for _ in range(warmup):
-        fn()
-    if not torch.cuda.is_available():
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
-
-
-def graph_timeit(fn, iters: int, warmup: int) -> float:
-    """Median seconds of one replay of fn captured in a CUDA graph: the GPU's time alone, without the host's
-    (Python, dispatcher, launch) overhead, which dominates small ops timed one call at a time."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):                          # warm-up on a side stream, as capture requires
-        for _ in range(max(warmup, 2)):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return timeit(graph.replay, iters, warmup)
 
 
 def attempt(what: str, fn):

@@ -68,7 +68,7 @@ class CifarConfig:
     lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, TEACHER_LRS: 5e-4 for vp-sd-v and edm, "
                     "1e-3 for the others)")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
-    warmup: int = arg(200, "linear warm-up steps, teacher and students")
+    warmup: int = arg(200, "linear warm-up steps, teacher and students (a student's at most a fifth of its steps)")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
                            "step 9/(1 − decay) − 10 (8,990 for 0.999), so shorter runs do not feel it")
     t_sampling: str = arg("schedule", "teacher's training noise levels: schedule (its own: uniform t on VP, "
@@ -260,8 +260,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         t = lognormal_t(schedule, n, g, device) if cfg.t_sampling == "lognormal" else schedule.sample_t(n, g, device)
         return x0, torch.randn(x0.shape, generator=g, device=device), t, None
 
-    def train_cfg(**kw):
-        return TrainConfig(batch=cfg.batch, warmup=cfg.warmup, amp="bf16" if device != "cpu" else "fp32",
+    def train_cfg(warmup=cfg.warmup, **kw):
+        return TrainConfig(batch=cfg.batch, warmup=warmup, amp="bf16" if device != "cpu" else "fp32",
                            lr_decay=cfg.lr_decay,
                            log_every=5 if cfg.data == "random" else 100, ckpt_every=1000,
                            channels_last=device != "cpu", **kw)
@@ -301,9 +301,9 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         with laps("pairs (load)"):
             pairs = load_pairs(out / "pairs", schedule, (3, 32, 32)).to(device)
 
-    def student_cfg(**kw):
-        return train_cfg(lr=cfg.student_lr, ema_decay=cfg.student_ema, seed=cfg.student_seed, loss=cfg.student_loss,
-                         **kw)
+    def student_cfg(**kw):                 # warm-up: at most a fifth of a step budget
+        return train_cfg(warmup=min(cfg.warmup, max(1, kw["steps"] // 5)), lr=cfg.student_lr, ema_decay=cfg.student_ema,
+                         seed=cfg.student_seed, loss=cfg.student_loss, **kw)
 
     nets, ref_steps = {}, None             # the first student takes the budget, the others its step count
     for name in students:

@@ -1,6 +1,7 @@
-"""Timing: `Laps`, a pipeline's minutes per stage kept in a file that is never half-written, and `synchronize`, so
-that queued GPU work is timed where it was queued."""
+"""Timing: `Laps`, a pipeline's minutes per stage kept in a file that is never half-written; `synchronize`, so
+that queued GPU work is timed where it was queued; `timeit` and `graph_timeit`, medians of short calls."""
 import json
+import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,3 +57,39 @@ def synchronize():
             torch.cuda.synchronize()
         except RuntimeError:
             pass
+
+
+def timeit(fn, iters: int, warmup: int) -> float:
+    """Median seconds of one fn() over `iters` calls after `warmup` calls (CUDA events when a GPU is present)."""
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
+
+
+def graph_timeit(fn, iters: int, warmup: int) -> float:
+    """Median seconds of one replay of fn captured in a CUDA graph: the GPU's time alone, without the host's
+    (Python, dispatcher, launch) overhead, which dominates small ops timed one call at a time."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):                          # warm-up on a side stream, as capture requires
+        for _ in range(max(warmup, 2)):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return timeit(graph.replay, iters, warmup)

@@ -82,7 +82,10 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     assert list(minutes) == ["data", "teacher", "pairs", "pairs (load)", *students, "eval"]
     config = json.loads((out / "config.json").read_text())
     assert (config["form"], config["teacher_weight"], config["lr"]) == ("vp-sd-v", "eps", 5e-4)
-    assert json.loads((out / "teacher" / "config.json").read_text())["train"]["weight_like"] == "eps"
+    teacher = json.loads((out / "teacher" / "config.json").read_text())["train"]
+    assert teacher["weight_like"] == "eps" and teacher["warmup"] == 3
+    warmups = {s: json.loads((out / s / "config.json").read_text())["train"]["warmup"] for s in students}
+    assert set(warmups.values()) == {1}, f"a student warms up for at most a fifth of its 5 steps: {warmups}"
 
 
 def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finished, capsys):

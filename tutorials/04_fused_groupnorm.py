@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import rd.ops as ops
-from rd.bench import timeit
+from rd.timing import timeit
 from rd.cli import smoke_mode
 from rd.ops.reference import backward_formula, forward_with_stats, group_norm_silu_ref
 

@@ -8,7 +8,7 @@ Per (C, H×W) of the cifar UNet at N=512, bf16, channels_last, G=32, with scale/
   path      S of the single-pass cluster kernels, forward/backward (0: multi-pass)
   errors    max |kernel − reference| of y, dx, dγ, dβ, dscale, dshift; the reference is rd.ops.group_norm_silu_ref
             in float32 autograd on the same (bf16-valued) inputs; `rel` = the worst of max|err| / max|ref|
-  time      GPU µs of one fwd+bwd (the two ops; a CUDA graph replayed, median as rd/bench.py's graph_timeit),
+  time      GPU µs of one fwd+bwd (the two ops; a CUDA graph replayed, median as rd.timing.graph_timeit),
             for this process and for a child process run with RD_OPS_MULTIPASS=1 (the multi-pass kernels), and
             the effective bandwidth of this process's time: 5 × bytes(x) (read x, write y; read x, dy, write dx)
 Shapes with H·W > 64 take the multi-pass path in both processes (rd/ops/group_norm_silu_cluster.cu says why); run with
@@ -22,6 +22,8 @@ import sys
 import time
 
 import torch
+
+from ..timing import graph_timeit
 
 SHAPES = [(128, 32), (256, 32), (384, 32), (128, 16), (256, 16), (384, 16), (512, 16), (256, 8), (512, 8), (256, 4),
           (512, 4)]                                    # (C, H = W)
@@ -41,8 +43,6 @@ def make(c, h, seed=0):
 
 
 def time_us(x, weight, bias, scale, shift, dy, iters):
-    from rd.bench import graph_timeit
-
     def step():
         y, mean, rstd = torch.ops.rd.group_norm_silu(x, weight, bias, scale, shift, G, EPS)
         torch.ops.rd.group_norm_silu_backward(dy, x, mean, rstd, weight, bias, scale, shift, G)
