@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from . import ops
@@ -70,14 +71,13 @@ class Attention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x, context=None):
-        b, c, hgt, wid = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)                                     # (B, HW, C)
+    def forward(self, x, context=None):                                                # x (B, C, H, W)
+        h = rearrange(self.norm(x), "b c y x -> b (y x) c")                            # (B, HW, C)
         src = h if context is None else context                                         # (B, L, C_ctx)
-        q = self.q(h).view(b, -1, self.heads, c // self.heads).transpose(1, 2)          # (B, heads, HW, d)
-        k, v = (z.view(b, -1, self.heads, c // self.heads).transpose(1, 2) for z in self.kv(src).chunk(2, -1))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
-        return x + self.proj(out).transpose(1, 2).reshape(b, c, hgt, wid)
+        q = rearrange(self.q(h), "b n (heads d) -> b heads n d", heads=self.heads)       # (B, heads, HW, d)
+        k, v = rearrange(self.kv(src), "b n (two heads d) -> two b heads n d", two=2, heads=self.heads)
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b n (heads d)")
+        return x + rearrange(self.proj(out), "b (y x) c -> b c y x", y=x.shape[2])
 
 
 @dataclass

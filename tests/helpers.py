@@ -37,3 +37,15 @@ def untraced():
         yield
     finally:
         sys.settrace(tracer)
+
+
+@contextmanager
+def tf32_kept():
+    """TF32 matmul and cuDNN settings restored on exit: rd.cifar and train_sd.py turn them on for their process, and a
+    run inside the test process must not leave them on for later tests. (Saved and set by hand: both are properties
+    of their modules' classes, which pytest's monkeypatch cannot always restore.)"""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

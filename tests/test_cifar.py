@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import smoke_env
+from helpers import smoke_env, tf32_kept
 
 from rd.cifar import main
 
@@ -23,10 +23,10 @@ def run(out, *flags):
 
 
 @pytest.fixture(autouse=True)
-def tf32_as_it_was(monkeypatch):
+def tf32_as_it_was():
     """rd.cifar turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    with tf32_kept():
+        yield
 
 
 class Run:

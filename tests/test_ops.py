@@ -1,6 +1,7 @@
 """rd.ops: the reference is GroupNorm→scale/shift→SiLU, the backward derivation matches autograd, the custom op is
 registered correctly (opcheck, torch.compile), the dispatcher falls back once; on a GPU the kernel matches the
 reference in every dtype, layout and odd size."""
+import fnmatch
 import os
 import subprocess
 import sys
@@ -339,6 +340,30 @@ def test_cluster_build_flag_selects_sources_and_folder(monkeypatch, tmp_path):
         assert fused.cluster_build() is cluster
         assert fused.build_dir() == tmp_path / ("ops-cluster" if cluster else "ops")
     assert (fused.SOURCES / "group_norm_silu_cluster.cu").is_file()
+
+
+def test_build_folder_is_the_clones_or_torchs_when_installed(monkeypatch, tmp_path):
+    """In a clone the build goes to its ignored build/ folder; installed without the clone (site-packages, where no
+    pyproject.toml sits beside the package), to torch's extension folder, never into site-packages."""
+    monkeypatch.delenv("RD_OPS_BUILD_DIR", raising=False)
+    monkeypatch.delenv("RD_OPS_CLUSTER", raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    tag = f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-sm90"
+    assert fused.build_dir() == fused.SOURCES.parents[1] / "build" / "rd_ops" / tag
+    monkeypatch.setattr(fused, "SOURCES", tmp_path / "site-packages" / "rd" / "ops")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    assert fused.build_dir() == tmp_path / "ext" / "rd_ops" / tag
+
+
+def test_an_installed_package_ships_every_kernel_source():
+    """pyproject.toml's package data covers every non-Python file of rd/ops (a header left out breaks the build of
+    a non-editable install only)."""
+    tomllib = pytest.importorskip("tomllib")
+    root = fused.SOURCES.parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rd.ops"]
+    files = [p.name for p in fused.SOURCES.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert "group_norm_silu_common.cuh" in files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)] == []
 
 
 @cuda

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tf32_kept
 
 from rd.io import UnreadableFile
 
@@ -21,10 +22,10 @@ def run(*flags, env=None):
 
 
 @pytest.fixture(autouse=True)
-def tf32_as_it_was(monkeypatch):
+def tf32_as_it_was():
     """train_sd.py turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    with tf32_kept():
+        yield
 
 
 def refused(capsys, *flags) -> tuple:

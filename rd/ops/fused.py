@@ -29,14 +29,18 @@ def cluster_build() -> bool:
 
 
 def build_dir() -> Path:
-    """RD_OPS_BUILD_DIR, else build/rd_ops/<torch>-<cuda>-sm<cc> under the repo (ignored by git); + "-cluster" for a
-    build with the single-pass kernels."""
+    """RD_OPS_BUILD_DIR, else rd_ops/<torch>-<cuda>-sm<cc> under build/ of the clone (ignored by git), or under
+    torch's extension folder (TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions) when rd is installed without its
+    clone; + "-cluster" for a build with the single-pass kernels."""
     suffix = "-cluster" if cluster_build() else ""
     if os.environ.get("RD_OPS_BUILD_DIR"):
         return Path(os.environ["RD_OPS_BUILD_DIR"] + suffix)
     major, minor = torch.cuda.get_device_capability()
     tag = f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-sm{major}{minor}"
-    return SOURCES.parents[1] / "build" / "rd_ops" / (tag + suffix)
+    clone = SOURCES.parents[1]
+    base = (clone / "build" if (clone / "pyproject.toml").is_file()
+            else Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"))
+    return base / "rd_ops" / (tag + suffix)
 
 
 def _build():

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 PAD, UNK = 0, 1                                      # ids of "<pad>" and "<unk>", the first two vocabulary entries
@@ -85,11 +86,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x, keep):                                          # x (B, L, D), keep (B, 1, 1, L) bool
-        b, n, d = x.shape
-        q, k, v = (z.view(b, n, self.heads, d // self.heads).transpose(1, 2)     # each (B, heads, L, d_head)
-                   for z in self.qkv(self.norm1(x)).chunk(3, dim=-1))
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three heads d) -> three b heads n d", three=3,
+                            heads=self.heads)                           # each (B, heads, L, d_head)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)   # keys where keep is False get no weight
-        x = x + self.proj(out.transpose(1, 2).reshape(b, n, d))
+        x = x + self.proj(rearrange(out, "b heads n d -> b n (heads d)"))
         return x + self.mlp(self.norm2(x))
 
 
