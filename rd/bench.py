@@ -1,6 +1,6 @@
 """Benchmark: the fused GroupNorm+SiLU op alone, a CIFAR UNet training step, and few-step sampling.
 
-    python -m rd.bench                                # all parts (≈ 5 min on an H100, the kernel build included)
+    python -m rd.bench                                # all parts (minutes on a GPU, the kernel build included)
     python -m rd.bench --parts=op --op-layouts=channels_last
     python -m rd.bench --quick                        # a tiny smoke run; on a CPU only the reference rows
 

@@ -111,7 +111,7 @@ PRESETS = {
 }
 
 
-# each form's teacher peak LR as measured (RESULTS.md; at 1e-3 EDM diverged and the ε-weighted v teacher stalled)
+# each form's teacher peak LR (RESULTS.md: at 1e-3 EDM diverges and the ε-weighted v teacher can stall)
 TEACHER_LRS = {"vp-sd-v": 5e-4, "edm": 5e-4}
 
 

@@ -8,7 +8,7 @@ Pipeline: images (N, 3, H, W) in 0..255 → bilinear resize to 299×299 → (x �
 biased upward at small N, so only compare numbers computed with the same N and the same reference stats.
 
 Everything after the network runs in float64 on the CPU. Tr sqrt(Σ₁Σ₂) uses two symmetric eigendecompositions and
-one SVD (no scipy, whose sqrtm API changed in 1.18): it stays accurate when Σ is singular (fewer images than 2048
+one SVD (no scipy): it stays accurate when Σ is singular (fewer images than 2048
 features), where a square root of the non-symmetric product Σ₁Σ₂ picks up complex round-off. `fid` of N ≤ 2048 images
 uses the features' own factor of Σ₁ instead: one N × N eigendecomposition (trace_sqrt_product_factored).
 """

@@ -1,6 +1,6 @@
 """Measured convergence orders of every solver on every schedule, with the exact mixture denoiser.  [DPM]
 
-    python -m rd.orders              # prints the table of measured orders, solver × schedule (2 min on 2 CPU cores)
+    python -m rd.orders              # prints the table of measured orders, solver × schedule (minutes on a CPU)
 
 The global error of an order-k solver falls like steps^−k: we solve the PF-ODE of a Gaussian mixture (whose
 denoiser is exact, rd.mixture) from the same noise with 16, 32, 64, 128 steps, compare with a reference solution

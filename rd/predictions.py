@@ -48,6 +48,7 @@ def teacher_weight(form: str, choice: str) -> str:
 
 
 def check_pred_type(pred_type: str) -> str:
+    """pred_type itself if it is one of PRED_TYPES, else a ValueError that lists them."""
     if pred_type not in PRED_TYPES:
         raise ValueError(f"unknown prediction type {pred_type!r}; allowed: {', '.join(PRED_TYPES)}")
     return pred_type
@@ -124,7 +125,8 @@ def pair_from_prediction(pred: Tensor, x_t: Tensor, c: Coeffs, pred_type: str) -
 
 
 def convert(pred: Tensor, x_t: Tensor, c: Coeffs, src: str, dst: str) -> Tensor:
-    """A prediction of type `src` rewritten as type `dst` (exact, through the pair (x̂0, ε̂))."""
+    """pred_dst = target_dst(pair_src(pred, x_t)): a prediction of type `src` as type `dst`, exact, through the pair
+    (x̂0, ε̂).  [MATH.md (2.3)]"""
     check_pred_type(dst)
     return target_from_pair(*pair_from_prediction(pred, x_t, c, src), c, dst)
 

@@ -67,6 +67,7 @@ class Schedule:
         return self.log_alpha(t) - self.log_sigma(t)
 
     def __call__(self, t) -> Coeffs:
+        """(α_t, σ_t, dα/dt, dσ/dt) of x_t = α_t·x0 + σ_t·ε at times t (float64, t's shape).  [VDM; MATH.md (1.1)]"""
         t = as_time(t)
         d_alpha, d_sigma = self.derivatives(t)
         return Coeffs(self.log_alpha(t).exp(), self.log_sigma(t).exp(), d_alpha, d_sigma)
@@ -258,9 +259,11 @@ class VE(Schedule):
         return torch.zeros_like(t), self.log_ratio * self.log_sigma(t).exp()
 
     def inverse_lambda(self, lam):
+        """t(λ) = (−λ − log σ_min)/log(σ_max/σ_min), float64.  [EDM; MATH.md (1.7)]"""
         return (-torch.as_tensor(lam, dtype=torch.float64) - math.log(self.sigma_min)) / self.log_ratio
 
     def sample_t(self, n, generator=None, device=None):
+        """EDM's training noise levels: log σ ~ N(p_mean, p_std²), as t clipped to [0, 1] (n,), float64.  [EDM]"""
         log_sigma = self.p_mean + self.p_std * torch.randn(n, generator=generator, dtype=torch.float64, device=device)
         return ((log_sigma - math.log(self.sigma_min)) / self.log_ratio).clamp(0.0, 1.0)
 
@@ -284,6 +287,7 @@ class FlowMatching(Schedule):
         return -torch.ones_like(t), torch.ones_like(t)
 
     def inverse_lambda(self, lam):
+        """t(λ) = sigmoid(−λ), float64.  [RF; MATH.md (1.7)]"""
         # BEGIN ASSIGNMENT A1.6: flow matching's t(λ): invert λ = log((1 − t)/t) — see [RF] and MATH.md §1
         return torch.sigmoid(-torch.as_tensor(lam, dtype=torch.float64))
         # END ASSIGNMENT

@@ -42,10 +42,12 @@ def _pick(pred, form):
 
 
 def _hat(h: float, form: str) -> float:
+    """ĥ = h in the noise form, −h in the data form.  [DPM++; MATH.md (3.5)]"""
     return h if form == "noise" else -h
 
 
 def _phis(hh: float) -> tuple[float, float, float]:
+    """(φ1, φ2, φ3) = ĥ·(φ_1, φ_2, φ_3)(ĥ) = (expm1(ĥ), φ1/ĥ − 1, φ2/ĥ − ½).  [DPM; MATH.md (3.6)]"""
     phi1 = math.expm1(hh)
     phi2 = phi1 / hh - 1.0
     return phi1, phi2, phi2 / hh - 0.5

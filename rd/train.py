@@ -51,7 +51,7 @@ class TrainConfig:
     grad_clip: float = 1.0       # global gradient-norm clip
     amp: str = "bf16"            # "bf16" autocast, "fp16" autocast with a GradScaler, or "fp32"
     channels_last: bool = True   # NHWC activations (faster convolutions on tensor cores)
-    compile: bool = False        # torch.compile the network (≈ 1 min to compile on an H100)
+    compile: bool = False        # torch.compile the network (about a minute of compiling before the first step)
     log_every: int = 100         # log line interval (steps)
     ckpt_every: int = 1000       # checkpoint interval (steps)
     seed: int = 0                # seeds the batches

@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): OpenMP
-    barriers on a shared 2-core machine made their training steps 100× slower. Restored afterwards."""
+    barriers on a shared 2-core machine make their training steps far slower. Restored afterwards."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

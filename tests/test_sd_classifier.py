@@ -21,7 +21,7 @@ def test_classifier_output_heads():
 
 
 def test_classifier_learns_the_shapes_on_held_out_images(shapes_split):
-    """200 steps of batch 64 at width 8, a few seconds on one CPU thread; ≈ 96–98 % when measured. If colour and
+    """200 steps of batch 64 at width 8, a few seconds on one CPU thread. If colour and
     position are right but shape is not, the shapes are too alike at 32 px (or the net too small)."""
     (x, a), (x_test, a_test) = shapes_split
     clf = train_classifier(x, a, ClassifierConfig(channels=8), steps=200, batch=64, seed=0)

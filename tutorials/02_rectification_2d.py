@@ -30,7 +30,7 @@ from rd.metrics import first_order_error, sliced_wasserstein, trajectory
 from rd.mixture import ring_mixture
 from rd.predictions import Predictor
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, rectify
-from rd.sampling import get_grid, sample
+from rd.sampling import get_grid, sample, solver_for
 from rd.schedules import get_schedule
 from rd.solvers import SOLVERS
 from rd.toy import ToyTrainConfig, few_step_distances, independent_batches, load_toy, make_toy, save_toy, train_toy
@@ -148,7 +148,7 @@ show = {f"{BASELINE} teacher": (teacher, s, pred_type, "dpm++2m"), "RD": (rd_stu
 fig, axes = plt.subplots(len(show), 3, figsize=(9, 3 * len(show)))
 for i, (label, (net, sch, pt, solver)) in enumerate(show.items()):
     for j, k in enumerate((1, 2, 4)):
-        x = sample(net, noise[:2000], sch, pt, "dpm++1" if k == 1 else solver, k)
+        x = sample(net, noise[:2000], sch, pt, solver_for(k, solver), k)
         ax = axes[i, j]
         ax.scatter(target[:2000, 0], target[:2000, 1], s=1, c="0.85")
         ax.scatter(x[:, 0], x[:, 1], s=1)

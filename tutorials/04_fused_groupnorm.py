@@ -66,7 +66,7 @@ print(f"reference vs nn.GroupNorm→scale/shift→SiLU: max |error| {(y_ref - co
 # Built with RD_OPS_CLUSTER=1 (group_norm_silu_cluster.cu), on an sm_90+ GPU maps of at most 64 positions (the
 # UNet's 8×8 and 4×4 levels) take a single-pass path instead:
 # a cluster of blocks holds the whole sample in shared memory, so x is read from DRAM once, and with the data on chip
-# the variance is the exact two-pass Σ(x − μ)². On larger maps that path was slower on an H100 (its load, reduce
+# the variance is the exact two-pass Σ(x − μ)². On larger maps that path is slower (its load, reduce
 # and write phases do not overlap; the multi-pass kernels' many blocks per SM do): `python -m rd.ops.compare`.
 
 # %%

@@ -1,6 +1,6 @@
 """The two kernel paths per UNet shape, on a GPU: single-pass (clusters, sm_90+) against multi-pass.
 
-    python -m rd.ops.compare                  # ≈ 30 s after the extension build (≈ 1 min, cached)
+    python -m rd.ops.compare                  # seconds, after the extension's build (cached)
 
 It uses the build with the single-pass kernels (it sets RD_OPS_CLUSTER=1 for itself and its child process).
 

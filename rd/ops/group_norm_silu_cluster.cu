@@ -4,8 +4,8 @@
 // sm_90+, NHWC with 16-byte vectors, H·W ≤ 64, a sample that fits on chip: one cluster of
 // S ∈ {1, 2, 4, 8, 16} blocks per sample, block r of it holding positions [r·chunk, (r + 1)·chunk) (chunk = ⌈H·W/S⌉)
 // of x (and dy) in shared memory, read from DRAM once; per-group sums are exchanged through distributed shared memory.
-// (On larger maps it ran at 0.80–0.90× the multi-pass kernels' speed at 32×32 and 0.80–1.13× at 16×16 on an H100:
-// their many blocks per SM overlap loads with arithmetic, the cluster's phases do not.)
+// (Larger maps stay on the multi-pass kernels: their many blocks per SM overlap loads with arithmetic, the cluster's
+// phases do not; rd/ops/README.md has the measurements.)
 // forward   sums Σx → cluster → μ_g;  Σ(x − μ_g)² over the slab → cluster → rstd_g;  y = SiLU((x − μ)·a + b)
 // backward  A = Σ_hw dh, B' = Σ_hw dh·(x − μ) → cluster → dshift, dscale, dγ/dβ terms, Q, R (as finalize_grads);
 //           dx = a·dh + Q·(x − μ) + R from the slabs
@@ -36,8 +36,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kClusterMax = 16;            // non-portable above 8
 constexpr size_t kSmemCompact = 64 * 1024; // a block this small leaves an SM room for ≥ 3 of them
-constexpr int kClusterMaxHW = 64;          // larger maps: the multi-pass kernels were faster (H100, bf16, N = 512:
-                                           // 0.80–0.90× at 32×32, mixed at 16×16, 1.16–1.90× at 8×8 and 4×4)
+constexpr int kClusterMaxHW = 64;          // larger maps take the multi-pass kernels (faster there: rd/ops/README.md)
 
 using ClusterKernel = void (*)(GnsParams, Tile, int);
 

@@ -73,7 +73,6 @@ def make_shapes(n: int, seed: int = 0, size: int = 32) -> tuple[Tensor, Tensor]:
     """n captioned images: (images (n, 3, size, size) uint8, attrs (n, 3) int64); same (n, seed, size) ⇒ same output.
 
     Attributes are uniform and independent; every random number comes from one torch.Generator seeded with `seed`.
-    50,000 images take about 4 s on a 2-core CPU.
     """
     if n < 0 or size < 16:
         raise ValueError(f"need n ≥ 0 and size ≥ 16 (the shapes are 10–16 px wide at size 32), got n={n}, size={size}")
