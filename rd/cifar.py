@@ -68,7 +68,7 @@ class CifarConfig:
     lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, TEACHER_LRS: 5e-4 for vp-sd-v and edm, "
                     "1e-3 for the others)")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
-    warmup: int = arg(200, "linear warm-up steps, teacher and students (a student's at most a fifth of its steps)")
+    warmup: int = arg(200, "linear warm-up steps, teacher and students (theirs at most a fifth of --student_steps)")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
                            "step 9/(1 − decay) − 10 (8,990 for 0.999), so shorter runs do not feel it")
     t_sampling: str = arg("schedule", "teacher's training noise levels: schedule (its own: uniform t on VP, "
@@ -301,8 +301,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         with laps("pairs (load)"):
             pairs = load_pairs(out / "pairs", schedule, (3, 32, 32)).to(device)
 
-    def student_cfg(**kw):                 # warm-up: at most a fifth of a step budget
-        return train_cfg(warmup=min(cfg.warmup, max(1, kw["steps"] // 5)), lr=cfg.student_lr, ema_decay=cfg.student_ema,
+    def student_cfg(**kw):
+        return train_cfg(warmup=student_warmup(cfg), lr=cfg.student_lr, ema_decay=cfg.student_ema,
                          seed=cfg.student_seed, loss=cfg.student_loss, **kw)
 
     nets, ref_steps = {}, None             # the first student takes the budget, the others its step count
@@ -342,6 +342,11 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         else:
             models[name] = (net, sch, p, [1, 2, 4], solver, cfg.grid)
     return evaluate(cfg, out, esfx, images, models, laps, device, cache, student_sfx=sfx)
+
+
+def student_warmup(cfg: CifarConfig) -> int:
+    """Every student's warm-up steps: --warmup, at most a fifth of --student_steps (a minute budget: --warmup)."""
+    return min(cfg.warmup, max(1, cfg.student_steps // 5)) if cfg.student_steps else cfg.warmup
 
 
 def _pairs_on_disk(out: Path) -> int:

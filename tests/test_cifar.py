@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import smoke_env, tf32_kept
 
-from rd.cifar import main
+from rd.cifar import CifarConfig, main, student_warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 LAST = "out.weight"   # the UNet's last layer
@@ -113,6 +113,13 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     other = (out / "results-edm-dpmpp3m.md").read_text()
     assert "dpm++3m (dpm++2m at 2 calls) on the edm grid" in other and "| rd2 |" in other and "| rf |" not in other
     assert table == (out / "results.md").read_text() and logs["rd"] == (out / "rd" / "log.txt").read_text()
+
+
+def test_every_student_warms_up_alike_for_at_most_a_fifth_of_its_steps():
+    for steps, minutes, warmup in [(1000, 0.0, 200), (250, 0.0, 50), (2, 0.0, 1), (0, 3.0, 200)]:
+        cfg = CifarConfig(student_steps=steps, student_min=minutes)
+        assert student_warmup(cfg) == warmup, (steps, minutes)
+    assert student_warmup(CifarConfig(warmup=30, student_steps=1000)) == 30
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The import graph of rd/ points one way, as README.md's layout table says: each layer imports only the layers (or
 modules) its row lists, so the method core never imports the UNet, the training loop, data, FID or the latent stack,
-and nothing in the library imports the latent stack or a pipeline. The table is read from the README: the picture a
+and no layer below imports the latent stack or the pipelines. The table is read from the README: the picture a
 reader sees is the one checked."""
 import ast
 import re
@@ -81,6 +81,20 @@ def test_the_readme_table_places_every_module_once():
     assert all(len(p) == 1 for p in places.values()), {m: p for m, p in places.items() if len(p) != 1}
     listed = {m.rstrip("/") for ms, _ in layers.values() for m in ms}
     assert listed <= {m.split(".")[0] for m in modules}, "the table names a module that does not exist"
+
+
+def test_the_readme_table_points_one_way():
+    """The allowances themselves form no cycle (a layer may import itself), and no other layer may import the latent
+    stack or the pipelines: what the README says of the table holds of the table."""
+    layers = readme_layers()
+    allows = {name: {a for a in allowed if a in layers} - {name} for name, (_, allowed) in layers.items()}
+    left = dict(allows)
+    while left:                                                   # peel off the layers that allow nothing left
+        free = [name for name, deps in left.items() if not deps & set(left)]
+        assert free, f"the table's allowances form a cycle among {sorted(left)}"
+        left = {name: deps for name, deps in left.items() if name not in free}
+    for top in ("latent", "pipelines"):
+        assert not [name for name, deps in allows.items() if top in deps], f"a layer may import {top}"
 
 
 def test_imports_point_one_way():

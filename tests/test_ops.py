@@ -348,11 +348,15 @@ def test_build_folder_is_the_clones_or_torchs_when_installed(monkeypatch, tmp_pa
     monkeypatch.delenv("RD_OPS_BUILD_DIR", raising=False)
     monkeypatch.delenv("RD_OPS_CLUSTER", raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
-    tag = f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-sm90"
+    tag = (f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.split('+')[0]}"
+           f"-cu{torch.version.cuda}-sm90")
     assert fused.build_dir() == fused.SOURCES.parents[1] / "build" / "rd_ops" / tag
     monkeypatch.setattr(fused, "SOURCES", tmp_path / "site-packages" / "rd" / "ops")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     assert fused.build_dir() == tmp_path / "ext" / "rd_ops" / tag
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    from torch.utils.cpp_extension import get_default_build_root
+    assert fused.build_dir() == Path(get_default_build_root()) / "rd_ops" / tag
 
 
 def test_an_installed_package_ships_every_kernel_source():

@@ -5,10 +5,10 @@
 # 1. plot α, σ and the log-SNR λ of every schedule of the family;
 # 2. reproduce [RD] Fig. 3: *first-order* paths (a fixed pair (x0, ε)) are straight in x_t for FM and VE
 #    but curved for VP/DDPM and sub-VP — and straight for all of them as z_t = x_t/α_t against r_t = σ_t/α_t;
-# 3. train one teacher per form (VP/DDPM with ε, sub-VP with ε, VE/EDM with x0, FM with velocity) and show
-#    that their sampled trajectories bend: trained models are not first-order.
+# 3. train one teacher per form (VP on SD's schedule with ε and with v, sub-VP with ε, VE/EDM with x0, FM with
+#    velocity) and show that their sampled trajectories bend: trained models are not first-order.
 #
-# Run: `python tutorials/01_schedules_2d.py` (5 min on 2 CPU cores). `RD_SMOKE=1` shrinks it to a few
+# Run: `python tutorials/01_schedules_2d.py` (2 to 5 min on 2 CPU cores). `RD_SMOKE=1` shrinks it to a few
 # seconds (the tests run that). Figures and the teachers go to `runs/tutorials/` (used by tutorial 02).
 
 # %% Setup

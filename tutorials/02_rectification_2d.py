@@ -11,7 +11,7 @@
 # network, schedule and ε-prediction; only how much each t counts changes), phased RD with K = 2 and 4, and a
 # second round.
 #
-# Run: `python tutorials/02_rectification_2d.py` (≈ 5 min on 2 CPU cores; it reuses the teachers of tutorial 01 when
+# Run: `python tutorials/02_rectification_2d.py` (2 to 6 min on 2 CPU cores; it reuses the teachers of tutorial 01 when
 # `runs/tutorials/teacher_*.pt` exist and trains them otherwise). `RD_SMOKE=1` shrinks it for the tests.
 
 # %% Setup

@@ -10,6 +10,7 @@ group_norm_silu.cu; on a CPU x, or if the build failed, the PyTorch formulas of 
 so the registration itself (opcheck, torch.compile) is tested on any machine.
 """
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -29,17 +30,19 @@ def cluster_build() -> bool:
 
 
 def build_dir() -> Path:
-    """RD_OPS_BUILD_DIR, else rd_ops/<torch>-<cuda>-sm<cc> under build/ of the clone (ignored by git), or under
-    torch's extension folder (TORCH_EXTENSIONS_DIR, ~/.cache/torch_extensions) when rd is installed without its
+    """RD_OPS_BUILD_DIR, else rd_ops/<python>-<torch>-<cuda>-sm<cc> under build/ of the clone (ignored by git), or
+    under torch's extension folder (TORCH_EXTENSIONS_DIR, else torch's user cache) when rd is installed without its
     clone; + "-cluster" for a build with the single-pass kernels."""
     suffix = "-cluster" if cluster_build() else ""
     if os.environ.get("RD_OPS_BUILD_DIR"):
         return Path(os.environ["RD_OPS_BUILD_DIR"] + suffix)
+    from torch.utils.cpp_extension import get_default_build_root
     major, minor = torch.cuda.get_device_capability()
-    tag = f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-sm{major}{minor}"
+    tag = (f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.split('+')[0]}"
+           f"-cu{torch.version.cuda}-sm{major}{minor}")
     clone = SOURCES.parents[1]
     base = (clone / "build" if (clone / "pyproject.toml").is_file()
-            else Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"))
+            else Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()))
     return base / "rd_ops" / (tag + suffix)
 
 
