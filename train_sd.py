@@ -1,7 +1,7 @@
 """A latent Stable-Diffusion-style text-to-image model, rectified without leaving its own form.  [RD Tab. 1, CFG]
 
     python train_sd.py                              # everything, offline: built-in captioned shapes, preset auto
-    python train_sd.py --stage=teacher              # one stage; every stage resumes and skips what is done
+    python train_sd.py --stages=teacher             # one stage, or a comma list; each resumes and skips what is done
     python train_sd.py --data=cifar10 --cifar=data/cifar10-jpg.tar.gz --inception=data/inception-2015-12-05-fp16.pt
     python train_sd.py --form=vp-sd-zsnr-v          # another teacher form (schedule + prediction type)
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from rd import dist
-from rd.cli import arg, parse
+from rd.cli import arg, parse, parse_stages
 from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid
 from rd.figures import save_grid
@@ -62,7 +62,8 @@ class Args:
                               "for vp-sd-v)")
     out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>-<form>, e.g. "
                    "runs/sd-cpu-vp-sd-v; a teacher weight other than auto adds -loss-<weight>)")
-    stage: str = arg("all", "all, or one of: ae, teacher, pairs, rd, rf, phased, eval")
+    stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES) + " (run in that order; each resumes "
+                      "or skips what is done)")
     guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
@@ -112,7 +113,8 @@ def parse_args(argv=None) -> Args:
         why = (f" (EDM's preconditioning assumes data of std σ_d = {SIGMA_DATA}; these latents have std 1)"
                if args.form in FORMS else "")
         problems.append(f"--form must be one of {', '.join(LATENT_FORMS)}; got {args.form!r}{why}")
-    problems += [f"--stage must be all or one of {', '.join(STAGES)}; got {args.stage!r}"] * (args.stage not in ("all", *STAGES))
+    stages = parse_stages(args.stages, STAGES) or []
+    problems += [f"--stages must be all or a comma list of {', '.join(STAGES)}; got {args.stages!r}"] * (not stages)
     if args.teacher_weight not in ("auto", "", *PRED_TYPES):
         problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got {args.teacher_weight!r}")
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0 or args.latent_channels < 0:
@@ -120,7 +122,7 @@ def parse_args(argv=None) -> Args:
                         f"{args.phases}, {args.guidance}, {args.time_scale}, {args.latent_channels}")
     if args.out and (file := not_a_folder(args.out)):
         problems.append(f"--out={args.out!r}: {file} is a file, not a folder; pass a folder (it is made if missing)")
-    if args.inception and args.stage in ("all", "ae", "eval"):     # checked now, not after an hour of training
+    if args.inception and {"ae", "eval"} & set(stages):          # checked now, not after an hour of training
         try:
             check_inception_file(args.inception)
         except FileNotFoundError:
@@ -164,11 +166,12 @@ def pipeline(args: Args, ctx: dist.Context):
     size = PRESETS[preset]
     weight = teacher_weight(args.form, args.teacher_weight)
     out = Path(args.out or f"runs/sd-{preset}-{args.form}" + ("" if args.teacher_weight == "auto" else f"-loss-{weight or 'own'}"))
-    run = lambda name: args.stage in ("all", name)                                   # noqa: E731
+    stages = parse_stages(args.stages, STAGES)
+    run, last = (lambda name: name in stages), stages[-1]                                # noqa: E731
     # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
     # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling; the latent
     # channels are tied by their resolved value
-    free = {"out": None, "stage": None, "time_scale": None, "inception": None, "preset": None, "compile": None,
+    free = {"out": None, "stages": None, "time_scale": None, "inception": None, "preset": None, "compile": None,
             "latent_channels": None}                 # (kept resolved, in size)
     size = dataclasses.replace(size, latent_channels=args.latent_channels or size.latent_channels)
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
@@ -183,7 +186,7 @@ def pipeline(args: Args, ctx: dist.Context):
         atomic_write_text(json.dumps(config, indent=1), out / "config.json")
     dist.barrier()
     say(f"train_sd.py: preset {preset} on {device} × {ctx.world} process{'es' * (ctx.world > 1)}, teacher form "
-        f"{args.form}, data {args.data}, run folder {out}, stage {args.stage}")
+        f"{args.form}, data {args.data}, run folder {out}, stages {','.join(stages)}")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     lap = Laps(out / "minutes.json", ctx.main)      # minutes per stage, summed over invocations (SIGTERM'd ones too)
@@ -227,7 +230,7 @@ def pipeline(args: Args, ctx: dist.Context):
             say(f"ae: reconstructions of {len(held_out)} held-out images score FID {floor:.2f} (every latent "
                 "model's floor)")
         dist.barrier()                               # the other processes wait for process 0's floor
-    if args.stage == "ae":
+    if last == "ae":
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     n_grid = min(64, size.n_eval)
     grid_tokens = tokenizer.encode(eval_prompts(args.data, size.n_eval, args.seed)[1][:n_grid], length).to(device)
@@ -263,7 +266,7 @@ def pipeline(args: Args, ctx: dist.Context):
                         model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
                                       "vocab": tokenizer.vocab})
         grid("teacher", teacher, schedule, pred, 25, args.guidance)
-    if args.stage == "teacher":
+    if last == "teacher":
         return say("teacher done")
 
     # -- pairs: prompts drawn from the captions, the teacher's guided ODE, K + 1 states per pair
@@ -278,7 +281,7 @@ def pipeline(args: Args, ctx: dist.Context):
         pairs = load_pairs(out / "pairs", schedule, shape).to(device)
         if ctx.main and not (out / "pairs" / "grid.png").exists():   # the teacher's x̂0 of the first 64 pairs
             save_grid(to_uint8(decode_latents(ae, pairs.x_path[:64, -1], scale)), out / "pairs" / "grid.png")
-    if args.stage == "pairs":
+    if last == "pairs":
         return say(f"pairs done: {len(pairs.eps)} in {out / 'pairs'}")
 
     # -- students: same pairs, same steps; RD and phased RD keep the teacher's form, RF is FM + velocity; phased RD
@@ -301,7 +304,7 @@ def pipeline(args: Args, ctx: dist.Context):
             grid(stage, trained[name], sch, pred_type, args.phases if phased else 1, phased=phased)
         if stage == "rd":
             steps = read_checkpoint(out / "rd" / "ckpt.pt")["step"]
-        if args.stage == stage:
+        if last == stage:
             return say(f"{stage} done")
 
     # -- eval (process 0)
@@ -329,11 +332,13 @@ def global_batch(args: Args, size: Preset, world: int) -> int:
 
 def with_defaults(old: dict, free: dict) -> dict:
     """A config.json written before a field of Args or Preset existed, read with the field at its default value (what
-    that run used) — or, for a field that does not tie a run folder (`free`), as None."""
+    that run used) — or, for a field that does not tie a run folder (`free`), as None; a flag that no longer exists
+    is dropped."""
     args = {f.name: None if f.name in free else f.default for f in dataclasses.fields(Args)}
     size = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
     size = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}                # as JSON reads back
-    return old | {"args": args | old.get("args", {}), "size": size | old.get("size", {})}
+    kept = {k: v for k, v in old.get("args", {}).items() if k in args}           # a flag that no longer exists: gone
+    return old | {"args": args | kept, "size": size | old.get("size", {})}
 
 
 def config_changes(old: dict, new: dict) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .cli import arg, parse
+from .cli import arg, parse, parse_stages
 from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
@@ -60,7 +60,8 @@ class CifarConfig:
     form: str = arg("vp-sd-v", "teacher form: " + ", ".join(FORMS) + " (schedule + the network's output; "
                     "--teacher_weight and --lr default to the form's)")
     unet: str = arg("cifar", "UNet preset: cifar (38.3 M parameters), cifar-small (9.6 M), tiny")
-    stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES))
+    stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES) + " (run in that order; each resumes or "
+                      "skips what is done)")
     teacher_min: float = arg(0.0, "teacher budget in training minutes, summed over restarts (0: none)")
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
                              "(7,000 steps × 512 images)")
@@ -140,8 +141,8 @@ def check(cfg: CifarConfig) -> list[str]:
         UNetConfig.preset(cfg.unet)
     except ValueError as err:
         bad("unet", str(err))
-    stages = list(STAGES) if cfg.stages == "all" else [s.strip() for s in cfg.stages.split(",")]
-    if not stages or any(s not in STAGES for s in stages):
+    stages = parse_stages(cfg.stages, STAGES)
+    if stages is None:
         bad("stages", f"use 'all' or a comma list of {', '.join(STAGES)}")
     for flag in ("teacher_min", "student_min", "lr", "student_lr"):
         if not getattr(cfg, flag) >= 0:

@@ -1,6 +1,6 @@
 """rd.cli: a dataclass's fields as --flags, presets as named keyword sets, unknown flags refused."""
 from rd.cifar import PRESETS, CifarConfig
-from rd.cli import parse
+from rd.cli import parse, parse_stages
 
 
 def test_cli_presets_and_overrides():
@@ -17,3 +17,11 @@ def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
     class Args:
         preset: str = arg("auto", "a field that happens to be called preset")
     assert parse(Args, ["--preset=gpu"], "").preset == "gpu"
+
+
+def test_stages_are_all_or_a_comma_list_run_in_the_pipelines_order():
+    known = ("ae", "teacher", "pairs")
+    assert parse_stages("all", known) == ["ae", "teacher", "pairs"]
+    assert parse_stages("pairs, ae", known) == ["ae", "pairs"] and parse_stages("teacher", known) == ["teacher"]
+    for bad in ("", ",", "ae,bogus", "All"):
+        assert parse_stages(bad, known) is None, bad

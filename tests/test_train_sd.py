@@ -110,7 +110,7 @@ def test_crash_mid_stage_then_stage_by_stage_reruns_equal_an_uninterrupted_run(w
     assert proc.returncode != 0 and "simulated crash" in proc.stderr
     assert torch.load(tmp_path / "teacher" / "ckpt.pt", weights_only=True)["step"] == 3, "the last checkpoint kept"
     assert not (tmp_path / "pairs").exists()
-    stdout = "".join(again("--preset=tiny", f"--out={tmp_path}", f"--stage={s}") for s in ("teacher", "pairs", "rd"))
+    stdout = "".join(again("--preset=tiny", f"--out={tmp_path}", f"--stages={s}") for s in ("teacher", "pairs", "rd"))
     assert "teacher: resumed from" in stdout and "at step 3" in stdout
     a = torch.load(out / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
     b = torch.load(tmp_path / "rd" / "ckpt.pt", weights_only=True)["ema"]["model"]
@@ -122,7 +122,7 @@ def test_crash_mid_stage_then_stage_by_stage_reruns_equal_an_uninterrupted_run(w
     log = (tmp_path / "teacher" / "log.txt").read_text()
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     tmp_path.rename(moved)
-    stdout = again("--preset=tiny", f"--out={moved}", "--stage=rd", "--time_scale=0.5")
+    stdout = again("--preset=tiny", f"--out={moved}", "--stages=rd", "--time_scale=0.5")
     assert "is finished" in stdout and (moved / "teacher" / "log.txt").read_text() == log, "nothing retrained"
 
 
@@ -132,14 +132,14 @@ def test_a_damaged_classifier_is_named_with_what_to_do(whole, tmp_path, capsys):
     (tmp_path / "run" / "classifier" / "ckpt.pt").write_bytes(b"not a checkpoint")
     import train_sd                   # the script turns this error into its message and exit status 1 (test below)
     with pytest.raises(UnreadableFile, match="is not a readable classifier of this run") as err:
-        train_sd.main(["--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=eval"])
+        train_sd.main(["--preset=tiny", f"--out={tmp_path / 'run'}", "--stages=eval"])
     assert "delete it and rerun" in str(err.value)
 
 
 def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
     import train_sd
     with pytest.raises(FileNotFoundError, match="run the 'ae' stage first"):         # the script exits 1 with it
-        train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stage=teacher"])
+        train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stages=teacher"])
     assert not (tmp_path / "teacher").exists()
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--guidance=2.0")
     assert "another configuration" in code and "args.guidance: 3.0 → 2.0" in code
@@ -160,10 +160,10 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
         del config["args"][key]
     del config["size"]["latent_channels"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stage=ae"])
+    train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stages=ae"])
     assert "ae done" in capsys.readouterr().out
-    here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stage=ae", "--latent_channels=4")   # = the preset's 4
-    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stage=ae", "--latent_channels=8")
+    here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--latent_channels=4")   # = the preset's 4
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--latent_channels=8")
     assert "size.latent_channels: 4 → 8" in code, code
 
 
@@ -173,9 +173,9 @@ def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_pa
     prediction type, so rd.train refuses to resume them in another form (tests/test_train.py)."""
     out, _ = whole
     shutil.copytree(out / "ae", tmp_path / "ae")
-    for stage in ("teacher", "pairs", "rd"):
-        stdout = here(capsys, "--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-zsnr-v", f"--stage={stage}")
-        assert "teacher form vp-sd-zsnr-v" in stdout
+    stdout = here(capsys, "--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-zsnr-v", "--stages=rd,teacher,pairs")
+    assert "teacher form vp-sd-zsnr-v" in stdout and "stages teacher,pairs,rd" in stdout and "rd done" in stdout
+    assert not (tmp_path / "rf").exists(), "a comma list runs its stages in the pipeline's order and stops after the last"
     for stage in ("teacher", "rd"):
         config = torch.load(tmp_path / stage / "ckpt.pt", weights_only=True)["config"]
         assert (config["schedule"], config["pred_type"]) == ("vp-sd-zsnr", "v"), stage
@@ -191,7 +191,7 @@ def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_pa
     assert torch.load(out / "teacher" / "ckpt.pt", weights_only=True)["config"]["train"]["weight_like"] == "eps"
     shutil.copytree(out / "ae", tmp_path / "runs" / "sd-tiny-vp-sd-v-loss-own" / "ae")
     monkeypatch.chdir(tmp_path)
-    assert "teacher done" in here(capsys, "--preset=tiny", "--teacher_weight=", "--stage=teacher")
+    assert "teacher done" in here(capsys, "--preset=tiny", "--teacher_weight=", "--stages=teacher")
     config = torch.load(tmp_path / "runs" / "sd-tiny-vp-sd-v-loss-own" / "teacher" / "ckpt.pt", weights_only=True)["config"]
     assert config["train"].get("weight_like") is None and config["pred_type"] == "v", config["train"]
     code, err = refused(capsys, "--preset=tiny", "--teacher_weight=snr")
@@ -210,7 +210,7 @@ def test_latent_channels_and_the_autoencoders_floor(tmp_path, capsys):
     of held-out images (the floor of every latent model) and keeps the number in ae/floor.json."""
     net = tmp_path / "features.pt"
     torch.jit.script(PooledFeatures()).save(str(net))
-    stdout = here(capsys, "--preset=tiny", f"--out={tmp_path / 'run'}", "--stage=ae", "--latent_channels=8",
+    stdout = here(capsys, "--preset=tiny", f"--out={tmp_path / 'run'}", "--stages=ae", "--latent_channels=8",
                   f"--inception={net}")
     floor = json.loads((tmp_path / "run" / "ae" / "floor.json").read_text())
     assert floor["images"] == 24 and floor["fid"] > 0, floor
@@ -252,7 +252,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())                           # argparse wraps long lines
     for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--form", "vp-sd-v"), ("--out", ""),
-                          ("--stage", "all"),
+                          ("--stages", "all"),
                           ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
                           ("--cifar", "data/cifar10-jpg.tar.gz")):
         help_of_flag = text.split(f"{flag} ", 2)[-1].split(" --", 1)[0]
@@ -269,7 +269,9 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
             (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
             ([f"--inception={ROOT / 'README.md'}"], 2, "README.md is not a TorchScript file"),
-            ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder")]:
+            ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder"),
+            (["--stages=teacher,bogus"], 2, "--stages must be all or a comma list of ae, teacher, pairs, rd, rf, "
+                                            "phased, eval; got 'teacher,bogus'")]:
         code, err = refused(capsys, "--preset=tiny", f"--out={out}", *flags)
         assert code == status and message in err, (flags, err[-2000:])
         assert not out.exists(), flags
