@@ -1,0 +1,51 @@
+"""rd.evaluate, the CIFAR pipeline's evaluation stage, in parts: samples as uint8 in batches, steady-state sampling
+rates, training rates read from a log (the whole stage runs in tests/test_cifar.py)."""
+import math
+
+import torch
+
+from rd.data import to_uint8
+from rd.evaluate import generate, logged_rate, sampling_rate
+from rd.sampling import sample
+from rd.schedules import get_schedule
+
+
+class Counting(torch.nn.Module):
+    """An x0-network that predicts a fixed image and counts its calls and the images it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.images = 0, 0
+
+    def forward(self, x, t):
+        self.calls, self.images = self.calls + 1, self.images + len(x)
+        return torch.full_like(x, 0.25)
+
+
+def test_generate_gives_the_samples_as_uint8_in_any_batching():
+    schedule, noise = get_schedule("vp-sd"), torch.randn(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = Counting()
+    whole = generate(net, schedule, "x0", "dpm++2m", 4, noise, "cpu", batch=10)
+    assert whole.dtype == torch.uint8 and whole.shape == (10, 3, 8, 8)
+    assert torch.equal(whole, to_uint8(sample(net, noise, schedule, "x0", "dpm++2m", 4)))
+    net.calls = 0
+    assert torch.equal(generate(net, schedule, "x0", "dpm++2m", 4, noise, "cpu", batch=3), whole)
+    assert net.calls == 4 * 4, "4 batches (3, 3, 3, 1) of 4 calls each"
+    assert torch.equal(whole, torch.full_like(whole, to_uint8(torch.tensor(0.25)).item())), "ends on x̂0 (σ = 0)"
+
+
+def test_sampling_rate_times_only_the_batches_after_a_warm_up():
+    net, noise = Counting(), torch.randn(20, 3, 8, 8)
+    rate = sampling_rate(net, get_schedule("vp-sd"), "x0", "dpm++1", 2, noise, "cpu", batch=8, repeats=3)
+    assert rate > 0 and math.isfinite(rate)
+    assert net.calls == (1 + 3) * 2 and net.images == (1 + 3) * 2 * 8, "one untimed batch, then 3 timed ones"
+
+
+def test_logged_rate_is_the_median_of_a_logs_lines_but_the_first(tmp_path):
+    assert math.isnan(logged_rate(tmp_path))                                     # no log yet
+    lines = [f"step {100 * i}/1000 | loss 0.1 | 70.0 ms/step | {rate} img/s" for i, rate in
+             enumerate((500, 7000, 7200, 7100, 9000), 1)]
+    (tmp_path / "log.txt").write_text("teacher: started\n" + "\n".join(lines) + "\n")
+    assert logged_rate(tmp_path) == 7100.0, "the first line (compilation, warm-up) left out; the lower middle value"
+    (tmp_path / "log.txt").write_text(lines[0] + "\n")
+    assert logged_rate(tmp_path) == 500.0, "a log of one line gives that line"
