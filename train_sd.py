@@ -69,6 +69,11 @@ class Args:
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)")
     latent_channels: int = arg(0, "channels of the autoencoder's latents (0: the preset's: 4 as SD, 8 on gpu)")
+    batch: int = arg(0, "images (latents) per step of every training stage (0: the preset's)")
+    ae_steps: int = arg(0, "autoencoder steps (0: the preset's)")
+    teacher_steps: int = arg(0, "teacher steps (0: the preset's; a minute cap may stop it first)")
+    n_pairs: int = arg(0, "pairs from the teacher (0: the preset's)")
+    student_steps: int = arg(0, "RD's steps, which RF and phased RD then take (0: the preset's)")
     batch_per_process: bool = arg(False, "under torchrun, the preset's batch is each process's (the global batch "
                                   "grows with the processes); default: it is the global batch, split over them")
     compile: bool = arg(True, "torch.compile the teacher and students on a GPU (a minute once, then faster steps)")
@@ -91,6 +96,8 @@ class Preset:
     minutes: tuple = (0, 0, 0)    # training-time caps of (ae, teacher, each student) in minutes (0: none)
     latent_channels: int = 4      # channels of the autoencoder's latents
 
+
+SIZES = ("latent_channels", "batch", "ae_steps", "teacher_steps", "n_pairs", "student_steps")   # flags over the preset
 
 PRESETS = {
     "tiny": Preset(n_train=256, ae="tiny", ae_steps=12, channels=32, text_dim=32, batch=16, teacher_steps=12,
@@ -120,6 +127,7 @@ def parse_args(argv=None) -> Args:
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0 or args.latent_channels < 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1, --time_scale > 0 and --latent_channels ≥ 0; got "
                         f"{args.phases}, {args.guidance}, {args.time_scale}, {args.latent_channels}")
+    problems += [f"--{k} must be ≥ 0 (0: the preset's); got {getattr(args, k)}" for k in SIZES if getattr(args, k) < 0]
     if args.out and (file := not_a_folder(args.out)):
         problems.append(f"--out={args.out!r}: {file} is a file, not a folder; pass a folder (it is made if missing)")
     if args.inception and {"ae", "eval"} & set(stages):          # checked now, not after an hour of training
@@ -168,12 +176,12 @@ def pipeline(args: Args, ctx: dist.Context):
     out = Path(args.out or f"runs/sd-{preset}-{args.form}" + ("" if args.teacher_weight == "auto" else f"-loss-{weight or 'own'}"))
     stages = parse_stages(args.stages, STAGES)
     run, last = (lambda name: name in stages), stages[-1]                                # noqa: E731
-    # what a run folder is tied to: not where it is, the stage to run, the time caps (each stage's checkpoint keeps
-    # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling; the latent
-    # channels are tied by their resolved value
+    # what a run folder is tied to: not where it is, the stages to run, the time caps (each stage's checkpoint keeps
+    # its own), the Inception file (evaluation only), --preset=auto vs its resolution, or compiling; the SIZES flags
+    # are tied by their resolved values, in size
     free = {"out": None, "stages": None, "time_scale": None, "inception": None, "preset": None, "compile": None,
-            "latent_channels": None}                 # (kept resolved, in size)
-    size = dataclasses.replace(size, latent_channels=args.latent_channels or size.latent_channels)
+            **dict.fromkeys(SIZES)}
+    size = dataclasses.replace(size, **{k: getattr(args, k) for k in SIZES if getattr(args, k)})
     config = json.loads(json.dumps({"args": dataclasses.asdict(args) | free, "preset": preset,
                                     "size": dataclasses.asdict(size)}))                # as config.json reads back
     old = (with_defaults(read_json(out / "config.json", f"delete {out} to start over, or pass another --out"), free)

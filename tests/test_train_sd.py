@@ -165,6 +165,9 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--latent_channels=4")   # = the preset's 4
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--latent_channels=8")
     assert "size.latent_channels: 4 → 8" in code, code
+    here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=12")        # = the preset's 12
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=13")
+    assert "size.teacher_steps: 12 → 13" in code, code
 
 
 def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path, capsys):
@@ -211,11 +214,12 @@ def test_latent_channels_and_the_autoencoders_floor(tmp_path, capsys):
     net = tmp_path / "features.pt"
     torch.jit.script(PooledFeatures()).save(str(net))
     stdout = here(capsys, "--preset=tiny", f"--out={tmp_path / 'run'}", "--stages=ae", "--latent_channels=8",
-                  f"--inception={net}")
+                  "--ae_steps=6", f"--inception={net}")
     floor = json.loads((tmp_path / "run" / "ae" / "floor.json").read_text())
     assert floor["images"] == 24 and floor["fid"] > 0, floor
     assert f"score FID {floor['fid']:.2f}" in stdout and "latents (256, 8, 8, 8)" in stdout, stdout[-2000:]
-    assert torch.load(tmp_path / "run" / "ae" / "ckpt.pt", weights_only=True)["config"]["model"]["latent_channels"] == 8
+    ckpt = torch.load(tmp_path / "run" / "ae" / "ckpt.pt", weights_only=True)
+    assert ckpt["config"]["model"]["latent_channels"] == 8 and ckpt["step"] == 6, "--ae_steps=6 over the preset's 12"
 
 
 def test_the_global_batch_is_split_or_per_process():
@@ -270,6 +274,7 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
             ([f"--inception={ROOT / 'README.md'}"], 2, "README.md is not a TorchScript file"),
             ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder"),
+            (["--n_pairs=-1"], 2, "--n_pairs must be ≥ 0 (0: the preset's); got -1"),
             (["--stages=teacher,bogus"], 2, "--stages must be all or a comma list of ae, teacher, pairs, rd, rf, "
                                             "phased, eval; got 'teacher,bogus'")]:
         code, err = refused(capsys, "--preset=tiny", f"--out={out}", *flags)
