@@ -34,7 +34,7 @@ from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_weight
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
-from rd.sd.evaluate import eval_prompts, evaluate, fid_reference, held_out_images, reconstruct
+from rd.sd.evaluate import EvalSettings, eval_prompts, evaluate, fid_reference, held_out_images, reconstruct
 from rd.sd.latent import TextUNet, drop_prompts, generate_latents
 from rd.sd.shapes import PROMPTS, captions, make_shapes
 from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
@@ -323,7 +323,8 @@ def pipeline(args: Args, ctx: dist.Context):
              {name: (net, sch, p, 1.0, name.startswith("phased"))
               for (name, net), (_, sch, p, _) in zip(trained.items(), students.values())}
     with lap("eval"):
-        evaluate(args, size.n_eval, size.clf_steps, out, device, images, attrs, tokenizer, length, ae, scale, models)
+        settings = EvalSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalSettings)})
+        evaluate(settings, size.n_eval, size.clf_steps, out, device, images, attrs, tokenizer, length, ae, scale, models)
     print(lap.table())
     if preset == "tiny":
         print("preset tiny: a test-sized run (a few steps per stage) that shows the pipeline works end to end; its "

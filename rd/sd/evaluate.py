@@ -2,6 +2,7 @@
 statistics, prompt fidelity (accuracy of an attribute classifier trained on real images, on samples drawn for
 prompts of known attributes), the autoencoder's floor, and a prompts × (model, calls) figure.  [FID, CFG]"""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,13 +57,25 @@ def ae_latent_shape(ae, images, device) -> tuple:
         return tuple(ae.encode(from_uint8(images[:1].to(device)))[0].shape[1:])
 
 
-def evaluate(args, n_eval: int, clf_steps: int, out: Path, device, images, attrs, tokenizer, length: int, ae,
-             scale: float, models: dict):
+@dataclass
+class EvalSettings:
+    """What the evaluation needs to know of a run (train_sd.py fills it from its flags of the same names)."""
+    data: str            # shapes or cifar10
+    cifar: str           # CIFAR-10's source, for its held-out test images (data=cifar10)
+    inception: str       # TF-Inception TorchScript file ('': no FID)
+    seed: int            # evaluation prompts and noise
+    phases: int          # K of the phased student, sampled in K calls
+    form: str            # the teacher's form, named in the table
+    guidance: float      # the teacher's CFG scale, named in the table
+
+
+def evaluate(args: EvalSettings, n_eval: int, clf_steps: int, out: Path, device, images, attrs, tokenizer,
+             length: int, ae, scale: float, models: dict):
     """FID (decoded images vs the training images' statistics) and prompt fidelity per (model, calls); the figure.
 
-    args: train_sd.py's settings (data, cifar, inception, seed, phases, form, guidance); n_eval samples per row; the
-    classifier trains clf_steps steps on (images, attrs) unless `out`/classifier holds it; models {name: (net,
-    schedule, pred_type, guidance, phased)}. Writes results.md, results.json and prompts.png into `out`."""
+    args: the run's EvalSettings; n_eval samples per row; the classifier trains clf_steps steps on (images, attrs)
+    unless `out`/classifier holds it; models {name: (net, schedule, pred_type, guidance, phased)}. Writes results.md,
+    results.json and prompts.png into `out`."""
     heads = tuple(len(v) for v in ATTRIBUTES.values()) if args.data == "shapes" else (len(CIFAR_CLASSES),)
     clf_path = out / "classifier" / "ckpt.pt"
     clf = AttributeClassifier(ClassifierConfig(heads=heads)).to(device)
