@@ -29,7 +29,7 @@ from rd.cli import arg, parse, parse_stages
 from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid
 from rd.figures import save_grid
-from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder, read_json
+from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, not_a_folder, read_json
 from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_weight
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -348,20 +348,6 @@ def with_defaults(old: dict, free: dict) -> dict:
     size = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}                # as JSON reads back
     kept = {k: v for k, v in old.get("args", {}).items() if k in args}           # a flag that no longer exists: gone
     return old | {"args": args | kept, "size": size | old.get("size", {})}
-
-
-def config_changes(old: dict, new: dict) -> str:
-    """What differs between a run folder's config.json and this one, e.g. "args.form: 'vp-sd-eps' → 'vp-sd-v'"."""
-    changes = []
-    for section in sorted(set(old) | set(new)):
-        a, b = old.get(section), new.get(section)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += [f"{section}.{k}: {a[k]!r} → {b[k]!r}" if k in a and k in b else
-                        f"{section}.{k}: {'not set → ' + repr(b[k]) if k in b else repr(a[k]) + ' → not set'}"
-                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) or (k in a) != (k in b)]
-        elif a != b:
-            changes.append(f"{section}: {a!r} → {b!r}")
-    return ", ".join(changes)
 
 
 if __name__ == "__main__":

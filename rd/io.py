@@ -80,6 +80,21 @@ class ConfigMismatch(ValueError):
     the file and the differences. The command lines print it without a traceback."""
 
 
+def config_changes(old: dict, new: dict) -> str:
+    """What differs between two configs of sections of fields (a run folder's config.json and this run's), e.g.
+    "args.form: 'vp-sd-eps' → 'vp-sd-v', size.batch: not set → 64"."""
+    changes = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += [f"{section}.{k}: {a[k]!r} → {b[k]!r}" if k in a and k in b else
+                        f"{section}.{k}: {'not set → ' + repr(b[k]) if k in b else repr(a[k]) + ' → not set'}"
+                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) or (k in a) != (k in b)]
+        elif a != b:
+            changes.append(f"{section}: {a!r} → {b!r}")
+    return ", ".join(changes)
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's first line (its first sentence when longer than `limit` characters, as torch's are), at most
     `limit` characters: enough to recognise it inside another message."""

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from rd.io import atomic_write, atomic_write_text
+from rd.io import atomic_write, atomic_write_text, config_changes
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -51,3 +51,11 @@ def test_damaged_json_folder_checks_and_tqdm_disable(tmp_path, monkeypatch):
         assert progress_off() is off and progress_off(True) is True
     monkeypatch.delenv("TQDM_DISABLE")
     assert progress_off() is False
+
+
+def test_config_changes_names_each_changed_field_by_section():
+    old = {"args": {"form": "vp-sd-eps", "seed": 0, "gone": 1}, "preset": "cpu", "size": {"batch": 64}}
+    new = {"args": {"form": "vp-sd-v", "seed": 0}, "preset": "gpu", "size": {"batch": 64, "n_pairs": 10}}
+    assert config_changes(old, new) == ("args.form: 'vp-sd-eps' → 'vp-sd-v', args.gone: 1 → not set, "
+                                        "preset: 'cpu' → 'gpu', size.n_pairs: not set → 10")
+    assert config_changes(new, new) == ""
