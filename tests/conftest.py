@@ -12,6 +12,7 @@ The trace follows the test's own thread only. `RD_UPDATE_REACH=1` rewrites assig
 measurement instead of comparing; `RD_REACH_OUT=<file>` writes the measurement to a JSON file."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,10 +29,10 @@ MARKERS = {
 }
 
 
-# the end-to-end runs (whole pipelines and tutorials in subprocesses, torchrun, the student copies): marked e2e, so that
-# `python -m pytest -m "not e2e" tests` is the quick run
-END_TO_END = ("test_tutorials.py", "test_cifar.py", "test_train_sd.py", "test_bench.py", "test_dist.py",
-              "test_assignments.py")
+# the end-to-end runs (whole pipelines and tutorials in subprocesses, torchrun, the student copies): the files that mark
+# themselves e2e (`pytestmark = pytest.mark.e2e`), so that `python -m pytest -m "not e2e" tests` is the quick run
+E2E_FILE = re.compile(r"^pytestmark = .*pytest\.mark\.e2e\b", re.MULTILINE)
+END_TO_END = tuple(sorted(f.name for f in Path(__file__).parent.glob("test_*.py") if E2E_FILE.search(f.read_text())))
 # the files whose markers are compared with the measured reach
 CHECKED = sorted(f"tests/{f.name}" for f in Path(__file__).parent.glob("test_*.py") if f.name not in END_TO_END)
 # the longest files first: with -n 2 (--dist=loadscope, pyproject.toml) each goes whole to one worker, and the two
@@ -53,7 +54,7 @@ def node_id(item) -> str:
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
-    config.addinivalue_line("markers", "e2e: an end-to-end run (tests/conftest.py, END_TO_END); -m 'not e2e' skips them")
+    config.addinivalue_line("markers", "e2e: an end-to-end run (its file's pytestmark); -m 'not e2e' skips them")
     config.rd_reach, config.rd_skipped, config.rd_deselected = {}, set(), False
     config.rd_markers, config.rd_complete, config.rd_problems = {}, False, None
 
@@ -66,8 +67,6 @@ def pytest_deselected(items):
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
     for item in items:
-        if Path(item.path).name in END_TO_END:
-            item.add_marker("e2e")
         item.rd_direct = [m for m in MARKERS if item.get_closest_marker(m)]             # the markers in the files
     if os.environ.get("RD_NO_REACH") or not REACH.exists():          # RD_NO_REACH: the markers in the files only
         return

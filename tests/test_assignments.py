@@ -4,7 +4,7 @@ library) fails with the NotImplementedError of one of its blanked blocks. That t
 is checked by tests/conftest.py at the end of a session that ran every checked file (it traces the lines between the
 markers in each test's thread): a test that reaches none of an assignment's blocks runs the same code in that
 assignment's copy as in the repo, so it passes there as it passes here, and only the marked tests run in the copies.
-The end-to-end runs (END_TO_END: tutorials, train_sd.py, rd.bench, torchrun) are left out of both: they reach nearly
+The end-to-end runs (files marked e2e: tutorials, pipelines, rd.bench, torchrun) are left out of both: they reach nearly
 every block, much of it in subprocesses, and the repo's own run covers them."""
 import json
 import os
@@ -22,7 +22,8 @@ from rd.assignments import ASSIGNMENTS, all_blocks, blank, find_blocks, main, st
 ROOT = Path(__file__).resolve().parents[1]
 REACH = ROOT / "tests" / "assignment_reach.json"         # tests that reach an assignment's blocks through the library
 IN_A_COPY = os.environ.get("RD_STUDENT_COPY")         # set while this check runs the suite inside a student copy
-pytestmark = pytest.mark.skipif(bool(IN_A_COPY), reason="checks the repo, not a student copy")
+pytestmark = [pytest.mark.e2e,                 # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+              pytest.mark.skipif(bool(IN_A_COPY), reason="checks the repo, not a student copy")]
 
 
 def write(tmp_path, text):

@@ -1,8 +1,11 @@
 """rd.bench runs end to end at smoke size and prints its one table (on a CPU: the reference rows only)."""
+import pytest
 import torch
 
 from rd.bench import main, norm_calls, table
 from rd.unet import UNetConfig
+
+pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
 
 
 def test_bench_quick_prints_one_table(capsys):

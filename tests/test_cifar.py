@@ -12,6 +12,8 @@ from helpers import smoke_env, tf32_kept
 
 from rd.cifar import CifarConfig, main, student_warmup
 
+pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 LAST = "out.weight"   # the UNet's last layer
 

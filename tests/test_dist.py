@@ -16,6 +16,8 @@ from rd.schedules import get_schedule
 from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
 
+pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+
 WORLD = 2
 CFG = dict(steps=4, batch=8, lr=1e-3, warmup=2, log_every=2, ckpt_every=2, amp="fp32", channels_last=False)
 

@@ -12,6 +12,8 @@ from helpers import tf32_kept
 
 from rd.io import UnreadableFile
 
+pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import smoke_env
 
+pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
