@@ -69,13 +69,15 @@ class Args:
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the preset's per-stage minute caps (e.g. 0.3 for a short GPU run)")
     latent_channels: int = arg(0, "channels of the autoencoder's latents (0: the preset's: 4 as SD, 8 on gpu)")
-    batch: int = arg(0, "images (latents) per step of every training stage (0: the preset's)")
-    ae_steps: int = arg(0, "autoencoder steps (0: the preset's)")
-    teacher_steps: int = arg(0, "teacher steps (0: the preset's; a minute cap may stop it first)")
+    batch: int = arg(0, "global batch of every training stage, split over torchrun's processes unless "
+                     "--batch_per_process (0: the preset's); a run folder keeps the sizes it began with")
+    ae_steps: int = arg(0, "autoencoder steps; a minute cap may stop it first (0: the preset's, not 'no budget')")
+    teacher_steps: int = arg(0, "teacher steps; a minute cap may stop it first (0: the preset's)")
     n_pairs: int = arg(0, "pairs from the teacher (0: the preset's)")
-    student_steps: int = arg(0, "RD's steps, which RF and phased RD then take (0: the preset's)")
-    batch_per_process: bool = arg(False, "under torchrun, the preset's batch is each process's (the global batch "
-                                  "grows with the processes); default: it is the global batch, split over them")
+    student_steps: int = arg(0, "RD's steps (a minute cap may stop it first); RF and phased RD take as many as RD "
+                             "took (0: the preset's)")
+    batch_per_process: bool = arg(False, "under torchrun, the batch (--batch or the preset's) is each process's (the "
+                                  "global batch grows with the processes); default: the global batch, split over them")
     compile: bool = arg(True, "torch.compile the teacher and students on a GPU (a minute once, then faster steps)")
 
 
@@ -127,7 +129,7 @@ def parse_args(argv=None) -> Args:
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0 or args.latent_channels < 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1, --time_scale > 0 and --latent_channels ≥ 0; got "
                         f"{args.phases}, {args.guidance}, {args.time_scale}, {args.latent_channels}")
-    problems += [f"--{k} must be ≥ 0 (0: the preset's); got {getattr(args, k)}" for k in SIZES if getattr(args, k) < 0]
+    problems += [f"--{k} must be ≥ 0 (0: the preset's); got {getattr(args, k)}" for k in SIZES[1:] if getattr(args, k) < 0]
     if args.out and (file := not_a_folder(args.out)):
         problems.append(f"--out={args.out!r}: {file} is a file, not a folder; pass a folder (it is made if missing)")
     if args.inception and {"ae", "eval"} & set(stages):          # checked now, not after an hour of training
@@ -187,8 +189,14 @@ def pipeline(args: Args, ctx: dist.Context):
     old = (with_defaults(read_json(out / "config.json", f"delete {out} to start over, or pass another --out"), free)
            if (out / "config.json").exists() else config)
     if old != config:
+        own = " ".join(f"--{k}={old['size'][k]}" for k in SIZES
+                       if k in old["size"] and old["size"][k] != config["size"][k])
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
-                         f"{config_changes(old, config)}); pass another --out, or delete the folder to start over")
+                         f"{config_changes(old, config)}); " + (f"rerun with its sizes ({own}), " if own else "")
+                         + "pass another --out, or delete the folder to start over")
+    if not args.batch_per_process and size.batch % ctx.world:
+        raise SystemExit(f"train_sd.py: a batch of {size.batch} does not split over {ctx.world} processes; pass a "
+                         f"--batch divisible by {ctx.world}, or --batch_per_process=true")
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(config, indent=1), out / "config.json")
@@ -334,8 +342,8 @@ def pipeline(args: Args, ctx: dist.Context):
 
 
 def global_batch(args: Args, size: Preset, world: int) -> int:
-    """Images per optimiser step over all processes: the preset's batch, split over the `world` processes, or with
-    --batch_per_process that batch on each of them."""
+    """Images per optimiser step over all processes: the batch (--batch or the preset's), split over the `world`
+    processes, or with --batch_per_process that batch on each of them."""
     return size.batch * (world if args.batch_per_process else 1)
 
 
@@ -346,7 +354,7 @@ def with_defaults(old: dict, free: dict) -> dict:
     args = {f.name: None if f.name in free else f.default for f in dataclasses.fields(Args)}
     size = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
     size = {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()}                # as JSON reads back
-    kept = {k: v for k, v in old.get("args", {}).items() if k in args}           # a flag that no longer exists: gone
+    kept = {k: v for k, v in old.get("args", {}).items() if k in args or v is not None}   # an untied old flag: gone
     return old | {"args": args | kept, "size": size | old.get("size", {})}
 
 

@@ -32,7 +32,8 @@ MARKERS = {
 # the end-to-end runs (whole pipelines and tutorials in subprocesses, torchrun, the student copies): the files that mark
 # themselves e2e (`pytestmark = pytest.mark.e2e`), so that `python -m pytest -m "not e2e" tests` is the quick run
 E2E_FILE = re.compile(r"^pytestmark = .*pytest\.mark\.e2e\b", re.MULTILINE)
-END_TO_END = tuple(sorted(f.name for f in Path(__file__).parent.glob("test_*.py") if E2E_FILE.search(f.read_text())))
+END_TO_END = tuple(sorted(f.name for f in Path(__file__).parent.glob("test_*.py")
+                          if E2E_FILE.search(f.read_text(encoding="utf-8"))))
 # the files whose markers are compared with the measured reach
 CHECKED = sorted(f"tests/{f.name}" for f in Path(__file__).parent.glob("test_*.py") if f.name not in END_TO_END)
 # the longest files first: with -n 2 (--dist=loadscope, pyproject.toml) each goes whole to one worker, and the two
@@ -67,6 +68,10 @@ def pytest_deselected(items):
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
     for item in items:
+        if bool(item.get_closest_marker("e2e")) != (item.path.name in END_TO_END):
+            raise pytest.UsageError(f"{item.nodeid}: mark an end-to-end file on one line, `pytestmark = "
+                                    "pytest.mark.e2e` or `pytestmark = [pytest.mark.e2e, ...]` (tests/conftest.py "
+                                    "reads it to leave the file out of the reach measurement)")
         item.rd_direct = [m for m in MARKERS if item.get_closest_marker(m)]             # the markers in the files
     if os.environ.get("RD_NO_REACH") or not REACH.exists():          # RD_NO_REACH: the markers in the files only
         return

@@ -158,8 +158,10 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     out, _ = whole
     shutil.copytree(out / "ae", tmp_path / "ae")
     config = json.loads((out / "config.json").read_text())
-    for key in ("latent_channels", "batch_per_process", "compile", "teacher_weight"):
+    for key in ("latent_channels", "batch_per_process", "compile", "teacher_weight", "stages", "batch", "ae_steps",
+                "teacher_steps", "n_pairs", "student_steps"):
         del config["args"][key]
+    config["args"]["stage"] = None                   # a flag since removed, which did not tie the run
     del config["size"]["latent_channels"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stages=ae"])
@@ -169,7 +171,7 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     assert "size.latent_channels: 4 → 8" in code, code
     here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=12")        # = the preset's 12
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=13")
-    assert "size.teacher_steps: 12 → 13" in code, code
+    assert "size.teacher_steps: 12 → 13" in code and "rerun with its sizes (--teacher_steps=12)" in code, code
 
 
 def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path, capsys):
@@ -222,6 +224,14 @@ def test_latent_channels_and_the_autoencoders_floor(tmp_path, capsys):
     assert f"score FID {floor['fid']:.2f}" in stdout and "latents (256, 8, 8, 8)" in stdout, stdout[-2000:]
     ckpt = torch.load(tmp_path / "run" / "ae" / "ckpt.pt", weights_only=True)
     assert ckpt["config"]["model"]["latent_channels"] == 8 and ckpt["step"] == 6, "--ae_steps=6 over the preset's 12"
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_any_work(tmp_path):
+    from rd.dist import Context
+    from train_sd import parse_args, pipeline
+    with pytest.raises(SystemExit, match="a batch of 15 does not split over 2 processes; pass a --batch divisible"):
+        pipeline(parse_args(["--preset=tiny", "--batch=15", f"--out={tmp_path / 'run'}"]), Context(world=2))
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_global_batch_is_split_or_per_process():
