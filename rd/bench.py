@@ -1,8 +1,8 @@
 """Benchmark: the fused GroupNorm+SiLU op alone, a CIFAR UNet training step, and few-step sampling.
 
     python -m rd.bench                                # all parts (minutes on a GPU, the kernel build included)
-    python -m rd.bench --parts=op --op-layouts=channels_last
-    python -m rd.bench --quick                        # a tiny smoke run; on a CPU only the reference rows
+    python -m rd.bench --parts=op --op_layouts=channels_last
+    python -m rd.bench --preset=quick                 # a tiny smoke run; on a CPU only the reference rows
 
 Prints one markdown table. Every row holds a baseline and ours measured in the same run, and their ratio
 (> 1: ours is better): eager PyTorch (GroupNorm under bf16 autocast, then scale/shift, then SiLU) against the fused
@@ -11,14 +11,16 @@ after warm-up, measured with CUDA events. The op rows give the GPU time (one fwd
 and replayed) and, summed, also the wall time of calls made one at a time, where the host's overhead shows.
 MFU = 3 × forward FLOPs per image × batch / step time / peak, the peak being the best measured 8192³ bf16 matmul.
 """
-import argparse
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from unittest import mock
 
 import torch
 
 from . import ops
+from .cli import arg, parse
 from .predictions import denoising_loss
 from .sampling import sample
 from .schedules import get_schedule
@@ -73,7 +75,7 @@ def bench_op(args, cuda: bool, rows: list):
     totals = {}
     for layout in args.op_layouts.split(","):
         fmt = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[layout]
-        for (c, h, w, groups, affine), count in norm_calls(UNetConfig.preset(args.preset)).items():
+        for (c, h, w, groups, affine), count in norm_calls(UNetConfig.preset(args.unet)).items():
             g = torch.Generator(device).manual_seed(0)
             x = torch.randn(args.op_batch, c, h, w, device=device, generator=g, dtype=torch.bfloat16)
             x = x.contiguous(memory_format=fmt).requires_grad_()
@@ -120,7 +122,7 @@ def ratio(baseline, ours, higher_is_better=False):
 def bench_train(args, cuda: bool, rows: list):
     """(b) a training step (denoising loss, backward, Adam) under bf16 autocast, channels_last."""
     device = torch.device("cuda" if cuda else "cpu")
-    cfg = UNetConfig.preset(args.preset)
+    cfg = UNetConfig.preset(args.unet)
     flops = count_flops(UNet(cfg))                                     # forward FLOPs per image (CPU pass)
     peak = peak_bf16_flops() if cuda else None
     torch.manual_seed(0)
@@ -180,7 +182,7 @@ def time_train_step(net, compiled: bool, schedule, x0, eps, t, args) -> float:
 def bench_sample(args, cuda: bool, rows: list):
     """(c) 1- and 4-step DPM-Solver++ generation, and the solver's time per step beyond its network call."""
     device = torch.device("cuda" if cuda else "cpu")
-    cfg = UNetConfig.preset(args.preset)
+    cfg = UNetConfig.preset(args.unet)
     torch.manual_seed(0)
     net = UNet(cfg).to(device).to(memory_format=torch.channels_last).eval()
     schedule, batch = get_schedule("vp-sd"), args.sample_batch
@@ -227,28 +229,30 @@ def table(rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])
 
 
+@dataclass
+class BenchConfig:
+    parts: str = arg("op,train,sample", "comma-separated subset of op, train, sample")
+    unet: str = arg("cifar", "UNet preset (rd.unet.UNetConfig.preset)")
+    batches: str = arg("128,512", "training-step batch sizes")
+    compile_batches: str = arg("128", "batch sizes that also run torch.compile (about a minute each per variant); "
+                               "empty for none")
+    compile: bool = arg(True, "run the torch.compile rows")
+    op_batch: int = arg(128, "batch of the op-alone shapes")
+    op_layouts: str = arg("channels_last,contiguous", "memory formats of the op-alone rows")
+    sample_batch: int = arg(512, "images per sampling call")
+    iters: int = arg(20, "timed iterations per measurement (median)")
+    warmup: int = arg(5, "untimed iterations before them")
+
+
+PRESETS = {"quick": dict(unet="tiny", batches="4", compile=False, iters=2, warmup=1, op_batch=4, sample_batch=4)}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--parts", default="op,train,sample", help="comma-separated subset of op, train, sample")
-    p.add_argument("--preset", default="cifar", help="UNet preset (rd.unet.UNetConfig.preset)")
-    p.add_argument("--batches", default="128,512", help="training-step batch sizes")
-    p.add_argument("--compile-batches", default="128", help="batch sizes that also run torch.compile (≈ 1 min each "
-                                                             "per variant); empty for none")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="run the torch.compile rows")
-    p.add_argument("--op-batch", type=int, default=128, help="batch of the op-alone shapes")
-    p.add_argument("--op-layouts", default="channels_last,contiguous", help="memory formats of the op-alone rows")
-    p.add_argument("--sample-batch", type=int, default=512, help="images per sampling call")
-    p.add_argument("--iters", type=int, default=20, help="timed iterations per measurement (median)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed iterations before them")
-    p.add_argument("--quick", action="store_true", help="smoke size: tiny preset, batch 4, 2 iterations, no compile")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.preset, args.batches, args.compile, args.iters, args.warmup = "tiny", "4", False, 2, 1
-        args.op_batch, args.sample_batch = 4, 4
+    args = parse(BenchConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0], presets=PRESETS,
+                 prog="python -m rd.bench")
     parts = args.parts.split(",")
     if unknown := set(parts) - {"op", "train", "sample"}:
-        p.error(f"unknown parts {sorted(unknown)}; allowed: op, train, sample")
+        raise SystemExit(f"rd.bench: --parts={args.parts!r}: unknown parts {sorted(unknown)}; allowed: op, train, sample")
     cuda = torch.cuda.is_available()
     if cuda:
         t0 = time.perf_counter()

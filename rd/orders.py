@@ -7,13 +7,15 @@ denoiser is exact, rd.mixture) from the same noise with 16, 32, 64, 128 steps, c
 (classical Runge–Kutta 4, 4 × 128 steps in λ: it shares no code with the solvers it judges) and fit the slope of
 log(error) against log(steps).
 """
-import argparse
 import math
+import sys
 import time
+from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import torch
 
+from .cli import arg, parse
 from .mixture import ring_mixture
 from .predictions import Predictor
 from .sampling import get_grid
@@ -94,11 +96,16 @@ def solver_table():
     return table
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated schedule names")
-    args = parser.parse_args()
+@dataclass
+class OrdersConfig:
+    schedules: str = arg(",".join(SCHEDULES), "comma-separated schedule names")
+
+
+def main(argv=None):
+    args = parse(OrdersConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0], prog="python -m rd.orders")
     names = args.schedules.split(",")
+    if unknown := [n for n in names if n not in SCHEDULES]:
+        raise SystemExit(f"rd.orders: --schedules={args.schedules!r}: unknown {unknown}; allowed: {', '.join(SCHEDULES)}")
     start = time.time()
     print("| solver | nominal | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 2) + "|")

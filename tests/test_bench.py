@@ -9,7 +9,7 @@ pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` le
 
 
 def test_bench_quick_prints_one_table(capsys):
-    out = main(["--quick", "--op-layouts=channels_last"])
+    out = main(["--preset=quick", "--op_layouts=channels_last"])
     printed = capsys.readouterr().out
     assert printed.rstrip().endswith(out.rstrip()), "the table comes last"
     lines = out.splitlines()
@@ -31,3 +31,11 @@ def test_norm_calls_cover_every_block():
 def test_table_ratio_cells():
     text = table([["op fwd+bwd", "x", "µs", 120.0, 40.0, 3.0, None, None, None]])
     assert text.splitlines()[-1] == "| op fwd+bwd | x | µs | 120 | 40 | 3.00 | – | – | – |"
+
+
+def test_bad_parts_and_unknown_flags_are_refused():
+    with pytest.raises(SystemExit, match=r"--parts='op,gpu': unknown parts \['gpu'\]; allowed: op, train, sample"):
+        main(["--parts=op,gpu"])
+    with pytest.raises(SystemExit) as stop:
+        main(["--quick"])                                    # the preset is --preset=quick
+    assert stop.value.code == 2

@@ -526,3 +526,6 @@ def test_compare_needs_a_gpu_and_says_so():
     run = subprocess.run([sys.executable, "-m", "rd.ops.compare"], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "needs a CUDA GPU" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "rd.ops.compare", "--help"], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "--baseline BASELINE" in run.stdout and "(default: True)" in run.stdout

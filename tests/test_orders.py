@@ -2,9 +2,10 @@
 measured orders are tests/test_solvers.py.)"""
 import math
 
+import pytest
 import torch
 
-from rd.orders import fit_slope, rk4
+from rd.orders import fit_slope, main, rk4
 
 
 def test_fit_slope_recovers_the_exponent_of_a_power_law():
@@ -18,3 +19,8 @@ def test_rk4_is_fourth_order_on_exponential_growth():
     y0 = torch.ones(1, dtype=torch.float64)
     errors = [abs(rk4(lambda y, s: y, y0, 0.0, 1.0, n).item() - math.e) for n in (8, 16, 32)]
     assert 3.85 < fit_slope((8, 16, 32), errors) < 4.1, errors
+
+
+def test_the_command_refuses_an_unknown_schedule_before_measuring():
+    with pytest.raises(SystemExit, match=r"--schedules='vp-sd,bogus': unknown \['bogus'\]; allowed: vp-ddpm"):
+        main(["--schedules=vp-sd,bogus"])

@@ -14,15 +14,16 @@ Per (C, H×W) of the cifar UNet at N=512, bf16, channels_last, G=32, with scale/
 Shapes with H·W > 64 take the multi-pass path in both processes (rd/ops/group_norm_silu_cluster.cu says why); run with
 RD_OPS_DEBUG=1 to see each decision.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
+from ..cli import arg, parse
 from ..timing import graph_timeit
 
 SHAPES = [(128, 32), (256, 32), (384, 32), (128, 16), (256, 16), (384, 16), (512, 16), (256, 8), (512, 8), (256, 4),
@@ -81,14 +82,17 @@ def run(check: bool, iters: int) -> dict:
     return out
 
 
+@dataclass
+class CompareConfig:
+    iters: int = arg(20, "timed replays per shape (median)")
+    child: bool = arg(False, "timing only, JSON on stdout (the RD_OPS_MULTIPASS=1 run)")
+    baseline: bool = arg(True, "also time the multi-pass kernels in a child process")
+
+
 def main():
+    args = parse(CompareConfig, sys.argv[1:], __doc__.split("\n")[0], prog="python -m rd.ops.compare")
     if not torch.cuda.is_available():
         raise SystemExit("rd.ops.compare times CUDA kernels: it needs a CUDA GPU (none is visible here)")
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--child", action="store_true", help="timing only, JSON on stdout (the RD_OPS_MULTIPASS=1 run)")
-    ap.add_argument("--no-baseline", action="store_true", help="skip the multi-pass child process")
-    args = ap.parse_args()
     os.environ["RD_OPS_CLUSTER"] = "1"                 # the build with group_norm_silu_cluster.cu (read at build time)
     if args.child:
         print("JSON " + json.dumps(run(check=False, iters=args.iters)), flush=True)
@@ -96,10 +100,10 @@ def main():
     t0 = time.time()
     ours = run(check=True, iters=args.iters)
     base = {}
-    if not args.no_baseline:
+    if args.baseline:
         env = dict(os.environ, RD_OPS_MULTIPASS="1")
         try:
-            child = subprocess.run([sys.executable, "-m", "rd.ops.compare", "--child", f"--iters={args.iters}"],
+            child = subprocess.run([sys.executable, "-m", "rd.ops.compare", "--child=true", f"--iters={args.iters}"],
                                    env=env, capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired as e:
             child = subprocess.CompletedProcess(e.cmd, -1, str(e.stdout or ""), f"timed out after {e.timeout} s")
