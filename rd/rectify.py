@@ -289,9 +289,8 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3)
     """k with b_{k+1} < t ≤ b_k, moved to k + 1 in the last `handover` fraction (in λ) of phase k.  [RD §2.3]
 
     The sampler queries phase k only at its start b_k, where x_{b_k} is also the end of phase k − 1 with a
-    different pair. Trained right up to b_k, a smooth network blends both targets there (measured on the VP/ε
-    teacher, K = 4: the second phase's one-step error stayed at 0.39 of the teacher's 0.50); handing the end of each
-    phase to the next puts every query inside its own phase's training window (error 0.04).
+    different pair. Trained right up to b_k, a smooth network blends both targets there; handing the end of each
+    phase to the next puts every query inside its own phase's training window (RESULTS.md, "Phase handover").
     """
     b, k = pairs.boundaries, len(pairs.boundaries) - 1
     phase = (torch.searchsorted(-b, -t) - 1).clamp(0, k - 1)
