@@ -11,7 +11,6 @@ after warm-up, measured with CUDA events. The op rows give the GPU time (one fwd
 and replayed) and, summed, also the wall time of calls made one at a time, where the host's overhead shows.
 MFU = 3 × forward FLOPs per image × batch / step time / peak, the peak being the best measured 8192³ bf16 matmul.
 """
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -248,7 +247,7 @@ PRESETS = {"quick": dict(unet="tiny", batches="4", compile=False, iters=2, warmu
 
 
 def main(argv=None):
-    args = parse(BenchConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0], presets=PRESETS,
+    args = parse(BenchConfig, argv, __doc__.split("\n")[0], presets=PRESETS,
                  prog="python -m rd.bench")
     parts = args.parts.split(",")
     if unknown := set(parts) - {"op", "train", "sample"}:

@@ -361,7 +361,7 @@ def _cond_none(batches):
 
 
 def main(argv=None):
-    cfg = parse(CifarConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n\n")[0], presets=PRESETS,
+    cfg = parse(CifarConfig, argv, __doc__.split("\n\n")[0], presets=PRESETS,
                 prog="python -m rd.cifar")
     if dist.env_world() > 1 and not torch.cuda.is_available():
         raise SystemExit("rd.cifar: torchrun with WORLD_SIZE > 1 needs CUDA GPUs; on a CPU run one process")

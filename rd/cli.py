@@ -5,7 +5,7 @@ metadata, its default from the field (or from a named preset), unknown flags ref
     class Config:
         steps: int = arg(1000, "optimiser steps")
 
-    cfg = parse(Config, sys.argv[1:], "what the program does", presets={"tiny": {"steps": 10}})
+    cfg = parse(Config, None, "what the program does", presets={"tiny": {"steps": 10}})   # None: sys.argv[1:]
 
 The tutorials take no flags; their smoke switch is smoke_mode() (RD_SMOKE=1, a run of seconds to minutes).
 """
@@ -59,7 +59,7 @@ def _number(kind):
 
 
 def parse(cls, argv, description: str, presets: dict | None = None, prog: str | None = None):
-    """cls(**flags) from argv; `--preset=NAME` (when presets are given) starts from presets[NAME] instead of the
+    """cls(**flags) from argv (None: sys.argv[1:]); `--preset=NAME` (when presets are given) starts from presets[NAME] instead of the
     field defaults, and explicit flags override it. Exits with status 2 and a message on a bad or unknown flag."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     if presets:

@@ -8,9 +8,9 @@ Pipeline: images (N, 3, H, W) in 0..255 → bilinear resize to 299×299 → (x �
 biased upward at small N, so only compare numbers computed with the same N and the same reference stats.
 
 Everything after the network runs in float64 on the CPU. Tr sqrt(Σ₁Σ₂) uses two symmetric eigendecompositions and
-one SVD (no scipy): it stays accurate when Σ is singular (fewer images than 2048
-features), where a square root of the non-symmetric product Σ₁Σ₂ picks up complex round-off. `fid` of N ≤ 2048 images
-uses the features' own factor of Σ₁ instead: one N × N eigendecomposition (trace_sqrt_product_factored).
+one SVD (no scipy): it stays accurate when Σ is singular (fewer images than 2048 features), where a square root of
+the non-symmetric product Σ₁Σ₂ picks up complex round-off. `fid` of N ≤ 2048 images uses the features' own factor
+of Σ₁ instead: one N × N eigendecomposition (trace_sqrt_product_factored).
 """
 import importlib.util
 from pathlib import Path
@@ -176,8 +176,13 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2, device=None) -> float:
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(f"need μ (D,) and Σ (D, D) of one D for both sets; got μ₁ {tuple(mu1.shape)}, "
                          f"Σ₁ {tuple(s1.shape)}, μ₂ {tuple(mu2.shape)}, Σ₂ {tuple(s2.shape)}")
+    return frechet(mu1, mu2, s1.trace().item(), s2.trace().item(), trace_sqrt_product(s1, s2))
+
+
+def frechet(mu1, mu2, trace1: float, trace2: float, trace_sqrt: float) -> float:
+    """‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2·Tr sqrt(Σ₁Σ₂) from its parts (fid_from_stats, and fid's path for N ≤ D)."""
     diff = mu1 - mu2
-    return (diff @ diff).item() + s1.trace().item() + s2.trace().item() - 2 * trace_sqrt_product(s1, s2)
+    return (diff @ diff).item() + trace1 + trace2 - 2 * trace_sqrt
 
 # ----------------------------------------------------------------------------
 # Reference stats (computed once, cached) and the one-call FID.
@@ -226,6 +231,5 @@ def fid(images, ref_mu, ref_sigma, net, batch: int = 500, device=None, progress:
                          f"μ {tuple(ref_mu.shape)}, Σ {tuple(ref_sigma.shape)}")
     mu = phi.mean(0)
     a = ((phi - mu) / (n - 1) ** 0.5).T.to(device or "cpu")                               # (D, N)
-    diff = mu - ref_mu
-    return ((diff @ diff).item() + a.square().sum().item() + ref_sigma.trace().item()
-            - 2 * trace_sqrt_product_factored(a, ref_sigma))
+    return frechet(mu, ref_mu, a.square().sum().item(), ref_sigma.trace().item(),
+                   trace_sqrt_product_factored(a, ref_sigma))

@@ -8,7 +8,6 @@ denoiser is exact, rd.mixture) from the same noise with 16, 32, 64, 128 steps, c
 log(error) against log(steps).
 """
 import math
-import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -102,7 +101,7 @@ class OrdersConfig:
 
 
 def main(argv=None):
-    args = parse(OrdersConfig, sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0], prog="python -m rd.orders")
+    args = parse(OrdersConfig, argv, __doc__.split("\n")[0], prog="python -m rd.orders")
     names = args.schedules.split(",")
     if unknown := [n for n in names if n not in SCHEDULES]:
         raise SystemExit(f"rd.orders: --schedules={args.schedules!r}: unknown {unknown}; allowed: {', '.join(SCHEDULES)}")

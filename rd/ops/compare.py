@@ -90,7 +90,7 @@ class CompareConfig:
 
 
 def main():
-    args = parse(CompareConfig, sys.argv[1:], __doc__.split("\n")[0], prog="python -m rd.ops.compare")
+    args = parse(CompareConfig, None, __doc__.split("\n")[0], prog="python -m rd.ops.compare")
     if not torch.cuda.is_available():
         raise SystemExit("rd.ops.compare times CUDA kernels: it needs a CUDA GPU (none is visible here)")
     os.environ["RD_OPS_CLUSTER"] = "1"                 # the build with group_norm_silu_cluster.cu (read at build time)

@@ -3,10 +3,10 @@
     y = SiLU(h),   h = ((x − μ_g)·rstd_g·γ_c + β_c)·(1 + scale_nc) + shift_nc,   rstd_g = 1/√(var_g + eps)
 
 with μ_g, var_g (biased) over the C/G channels of group g and all H·W positions of one sample, as nn.GroupNorm.
-`group_norm_silu_ref` is the specification (GroupNorm, scale and shift, SiLU as three PyTorch ops). `forward_with_stats` and
-`backward_formula` are the same math written the way the CUDA kernel computes it — statistics saved by the
-forward, a backward from per-channel sums — so the derivation is tested on the CPU (tests/test_ops.py), and they
-run the custom op on the CPU and on a GPU whose kernel build failed.
+`group_norm_silu_ref` is the specification (GroupNorm, scale and shift, SiLU as three PyTorch ops).
+`forward_with_stats` and `backward_formula` are the same math written the way the CUDA kernel computes it —
+statistics saved by the forward, a backward from per-channel sums — so the derivation is tested on the CPU
+(tests/test_ops.py), and they run the custom op on the CPU and on a GPU whose kernel build failed.
 """
 import torch
 import torch.nn.functional as F
