@@ -5,7 +5,7 @@
     out = net(x, t, labels)                          # class-conditional (labels (B,) int; label = num_classes is ∅)
     out = net(x, t, tokens)                          # cross-attention on token features (B, L, context_dim)
 
-Building blocks, top to bottom: a sinusoidal embedding of 1000·t and an MLP; residual blocks
+Building blocks, top to bottom: a sinusoidal embedding of 1000·t and an MLP; residual blocks (rd.layers.ResBlock)
 GroupNorm → SiLU → conv → (+ time embedding as per-channel scale and shift) → GroupNorm → SiLU → dropout → conv,
 with a 1×1 skip when the width changes; multi-head self-attention (and cross-attention when a context is given)
 at the chosen resolutions; strided-conv downsampling and nearest-neighbour upsampling with skip connections.
@@ -19,16 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from . import ops
-from .layers import Upsample2x
-
-
-def group_norm_silu(x, norm: nn.GroupNorm, scale=None, shift=None):
-    """SiLU(GroupNorm(x)·(1 + scale) + shift), scale/shift (B, C) or None: the UNet's hot spot, fused by rd.ops.
-
-    The reference on CPU tensors; the CUDA kernel on GPU tensors (rd.ops.set_default_impl("ref") turns it off).
-    """
-    return ops.group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift)
+from .layers import ResBlock, Upsample2x, group_norm_silu
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
@@ -37,26 +28,6 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angle = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([angle.cos(), angle.sin()], dim=1)
-
-
-class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))); h = conv(dropout(SiLU(GN(h)·(1 + s) + b))); out = skip(x) + h, (s, b) from the embedding."""
-
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int = 32):
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2, self.drop = nn.GroupNorm(groups, c_out), nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)                     # each block starts as the identity
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x, emb):
-        h = self.conv1(group_norm_silu(x, self.norm1))
-        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)
-        h = self.conv2(self.drop(group_norm_silu(h, self.norm2, scale, shift)))
-        return self.skip(x) + h
 
 
 class Attention(nn.Module):
@@ -128,8 +99,8 @@ class UNet(nn.Module):
                 self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, cfg.dropout), Attention(c, cfg.heads, ctx),
-                                  ResBlock(c, c, emb_dim, cfg.dropout)])
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, cfg.dropout, zero_init=True), Attention(c, cfg.heads, ctx),
+                                  ResBlock(c, c, emb_dim, cfg.dropout, zero_init=True)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.ch_mult))):
             for _ in range(cfg.num_res_blocks + 1):
@@ -144,7 +115,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _block(self, c_in, c_out, emb_dim, res, ctx):
-        blocks = [ResBlock(c_in, c_out, emb_dim, self.cfg.dropout)]
+        blocks = [ResBlock(c_in, c_out, emb_dim, self.cfg.dropout, zero_init=True)]   # each block starts as skip(x)
         if res in self.cfg.attn_resolutions:
             blocks.append(Attention(c_out, self.cfg.heads, ctx))
         return nn.ModuleList(blocks)

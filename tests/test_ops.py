@@ -15,7 +15,8 @@ import torch.nn.functional as F
 import rd.ops as ops
 from rd.ops import fused
 from rd.ops.reference import backward_formula, forward_with_stats, group_norm_silu_ref
-from rd.unet import UNet, UNetConfig, group_norm_silu as unet_group_norm_silu
+from rd.layers import group_norm_silu as block_group_norm_silu
+from rd.unet import UNet, UNetConfig
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fused kernel)")
 
@@ -62,12 +63,12 @@ def test_reference_is_groupnorm_then_scale_shift_then_silu():
     h = norm(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
     torch.testing.assert_close(group_norm_silu_ref(x, weight, bias, 4, 1e-5, scale, shift), F.silu(h))
     torch.testing.assert_close(group_norm_silu_ref(x, weight, bias, 4), F.silu(norm(x)))
-    # the UNet's block on CPU is that composition, bit for bit, also under bf16 autocast (fp32 GroupNorm)
+    # rd.layers' call (the residual block's) on CPU is that composition, bit for bit, also under bf16 autocast
     xf, s, b = x.float(), scale.float(), shift.float()
     norm = norm.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = F.silu(norm(xf) * (1 + s.bfloat16()[:, :, None, None]) + b.bfloat16()[:, :, None, None])
-        assert torch.equal(unet_group_norm_silu(xf, norm, s.bfloat16(), b.bfloat16()), expected)
+        assert torch.equal(block_group_norm_silu(xf, norm, s.bfloat16(), b.bfloat16()), expected)
 
 
 @pytest.mark.a4

@@ -4,7 +4,7 @@ import torch
 
 from helpers import untraced
 
-from rd.unet import UNet, UNetConfig, describe, group_norm_silu, timestep_embedding
+from rd.unet import UNet, UNetConfig, describe, timestep_embedding
 
 
 def tiny(**kw):
@@ -68,17 +68,6 @@ def test_channels_last_gives_the_same_result():
     ref = net(x, t)
     net = net.to(memory_format=torch.channels_last)
     torch.testing.assert_close(net(x.to(memory_format=torch.channels_last), t), ref, rtol=1e-4, atol=1e-5)
-
-
-def test_group_norm_silu_reference():
-    """SiLU(GN(x)·(1 + s) + b) against a hand-written GroupNorm."""
-    x = torch.randn(2, 8, 5, 3, dtype=torch.float64)
-    norm = torch.nn.GroupNorm(4, 8).double()
-    scale, shift = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
-    g = x.view(2, 4, -1)
-    xn = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + norm.eps)).view_as(x)
-    h = xn * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
-    torch.testing.assert_close(group_norm_silu(x, norm, scale, shift), h * torch.sigmoid(h))
 
 
 def test_timestep_embedding():

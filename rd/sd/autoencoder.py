@@ -6,11 +6,11 @@
     z0 = encode_latents(ae, x_data, scale)           # (N, 4, 8, 8), std ≈ 1: what the latent diffusion model learns
     x = decode_latents(ae, z0, scale)                # (N, 3, 32, 32) in ≈ [-1, 1]
 
-Encoder: conv → per level residual blocks GroupNorm → SiLU → conv (no time embedding) and a stride-2 conv between
-levels (f = 2^(len(ch_mult) − 1) = 4: 32 px → 8 × 8 × 4) → a mid block → GroupNorm → SiLU → conv to
-2·latent_channels = (μ, log σ²), log σ² clamped to [−30, 20] as SD does. The decoder mirrors it with nearest-
-neighbour upsampling; its output is not squashed (no tanh): images live in [-1, 1] and are clamped only when
-turned into uint8.
+Encoder: conv → per level residual blocks GroupNorm → SiLU → conv (rd.layers.ResBlock, no time embedding) and a
+stride-2 conv between levels (f = 2^(len(ch_mult) − 1) = 4: 32 px → 8 × 8 × 4) → a mid block → GroupNorm → SiLU →
+conv to 2·latent_channels = (μ, log σ²), log σ² clamped to [−30, 20] as SD does. The decoder mirrors it with
+nearest-neighbour upsampling; its output is not squashed (no tanh): images live in [-1, 1] and are clamped only
+when turned into uint8.
 Simplifications, for teaching: SD's autoencoder also has self-attention in its mid blocks and is trained with a
 perceptual (LPIPS) loss and a patch-GAN discriminator; here the loss is L1 + L2 + KL only, so reconstructions
 are a little blurrier. On 32-px shapes that is enough.
@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Upsample2x
+from ..layers import ResBlock, Upsample2x
 
 LOGVAR_RANGE = (-30.0, 20.0)         # clamp of log σ², as SD's DiagonalGaussianDistribution
 
@@ -32,18 +31,9 @@ def _norm(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, c // 4), c)
 
 
-class ResBlock(nn.Module):
-    """out = skip(x) + conv(SiLU(GN(conv(SiLU(GN(x)))))), skip a 1×1 conv when the width changes."""
-
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__()
-        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
+def _block(c_in: int, c_out: int) -> ResBlock:
+    """out = skip(x) + conv(SiLU(GN(conv(SiLU(GN(x)))))): rd.layers.ResBlock, no time embedding, _norm's groups."""
+    return ResBlock(c_in, c_out, norm=_norm)
 
 
 @dataclass
@@ -79,17 +69,17 @@ class Autoencoder(nn.Module):
         enc, c = [nn.Conv2d(3, widths[0], 3, padding=1)], widths[0]
         for level, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                enc.append(ResBlock(c, w))
+                enc.append(_block(c, w))
                 c = w
             if level < len(widths) - 1:
                 enc.append(nn.Conv2d(c, c, 3, stride=2, padding=1))     # downsample ×2
-        enc += [ResBlock(c, c), ResBlock(c, c),                          # the mid block
+        enc += [_block(c, c), _block(c, c),                              # the mid block
                 _norm(c), nn.SiLU(), nn.Conv2d(c, 2 * cfg.latent_channels, 3, padding=1)]   # → (μ, log σ²)
         self.encoder = nn.Sequential(*enc)
-        dec = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), ResBlock(c, c), ResBlock(c, c)]
+        dec = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), _block(c, c), _block(c, c)]
         for level, w in reversed(list(enumerate(widths))):
             for _ in range(cfg.num_res_blocks + 1):
-                dec.append(ResBlock(c, w))
+                dec.append(_block(c, w))
                 c = w
             if level > 0:
                 dec += [Upsample2x(), nn.Conv2d(c, c, 3, padding=1)]
