@@ -159,7 +159,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         if name in manifest["shards"] and (out / name).exists():
             continue                                                   # finished by an earlier call
         m = min(shard_size, n - i * shard_size)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(dist.stream_seed(seed, i))
         eps = torch.randn((m, *shape), generator=g)
         c = None if cond is None else cond[i * shard_size:i * shard_size + m]
         paths = []
