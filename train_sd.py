@@ -30,7 +30,7 @@ from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import check_inception_file, fid
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, not_a_folder, read_json
-from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_weight
+from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_recipe
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
@@ -58,8 +58,8 @@ class Args:
     form: str = arg("vp-sd-v", "teacher form, a schedule and prediction type by name as in rd.cifar: "
                     + ", ".join(LATENT_FORMS) + "; RD students keep it, RF converts to flow matching")
     teacher_weight: str = arg("auto", "weigh the teacher's loss over t like another prediction type's, e.g. eps on a "
-                              "v form (rd.predictions.loss_weight); '': the form's own; auto: TEACHER_WEIGHTS' (eps "
-                              "for vp-sd-v)")
+                              "v form (rd.predictions.loss_weight); '': the form's own; auto: the form's "
+                              "(rd.predictions.TEACHER_RECIPES: eps for vp-sd-v)")
     out: str = arg("", "run folder: config, logs, checkpoints, grids, results (empty: runs/sd-<preset>-<form>, e.g. "
                    "runs/sd-cpu-vp-sd-v; a teacher weight other than auto adds -loss-<weight>)")
     stages: str = arg("all", "'all' or a comma list of " + ", ".join(STAGES) + " (run in that order; each resumes "
@@ -174,7 +174,7 @@ def pipeline(args: Args, ctx: dist.Context):
     say = print if ctx.main else (lambda *a, **k: None)
     preset = args.preset if args.preset != "auto" else ("gpu" if device != "cpu" else "cpu")
     size = PRESETS[preset]
-    weight = teacher_weight(args.form, args.teacher_weight)
+    weight, _ = teacher_recipe(args.form, args.teacher_weight)       # its own learning rate: 3e-4 below
     out = Path(args.out or f"runs/sd-{preset}-{args.form}" + ("" if args.teacher_weight == "auto" else f"-loss-{weight or 'own'}"))
     stages = parse_stages(args.stages, STAGES)
     run, last = (lambda name: name in stages), stages[-1]                                # noqa: E731

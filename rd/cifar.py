@@ -37,7 +37,7 @@ from .data import GPULoader, load_cifar10
 from .evaluate import evaluate
 from .fid import check_inception_file
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
-from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_weight
+from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
 from .sampling import GRIDS, solver_for
 from .schedules import Schedule, get_schedule, lognormal_t
@@ -66,8 +66,8 @@ class CifarConfig:
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
                              "(7,000 steps × 512 images)")
     batch: int = arg(512, "images per step, teacher and students")
-    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, TEACHER_LRS: 5e-4 for vp-sd-v and edm, "
-                    "1e-3 for the others)")
+    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, rd.predictions.TEACHER_RECIPES: 5e-4 for "
+                    "vp-sd-v and edm, 1e-3 for the others)")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
     warmup: int = arg(200, "linear warm-up steps, teacher and students (theirs at most a fifth of --student_steps)")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
@@ -77,7 +77,7 @@ class CifarConfig:
     teacher_weight: str = arg("auto", "weigh the teacher's squared error like another prediction type's, "
                               + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight): eps keeps a v network's "
                               "output and weighs each t as ε's loss does; '': the form's own loss; auto: the form's "
-                              "(rd.predictions.TEACHER_WEIGHTS: eps for vp-sd-v, '' for the others)")
+                              "(rd.predictions.TEACHER_RECIPES: eps for vp-sd-v, '' for the others)")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
@@ -112,14 +112,10 @@ PRESETS = {
 }
 
 
-# each form's teacher peak LR (RESULTS.md: at 1e-3 EDM diverges and the ε-weighted v teacher can stall)
-TEACHER_LRS = {"vp-sd-v": 5e-4, "edm": 5e-4}
-
-
 def with_recipe(cfg: CifarConfig) -> CifarConfig:
-    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (TEACHER_WEIGHTS, TEACHER_LRS, else 1e-3)."""
-    return dataclasses.replace(cfg, teacher_weight=teacher_weight(cfg.form, cfg.teacher_weight),
-                               lr=cfg.lr or TEACHER_LRS.get(cfg.form, 1e-3))
+    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (rd.predictions.TEACHER_RECIPES)."""
+    weight, lr = teacher_recipe(cfg.form, cfg.teacher_weight, cfg.lr)
+    return dataclasses.replace(cfg, teacher_weight=weight, lr=lr)
 
 
 def _ints(text: str) -> list[int]:
@@ -220,8 +216,8 @@ def load_data(cfg: CifarConfig, cache: Path):
 
 def run(cfg: CifarConfig):
     """Every stage of `cfg.stages`, in order; returns {(model, calls): FID} when the eval stage ran."""
-    cfg = with_recipe(cfg)
     stages = check(cfg)
+    cfg = with_recipe(cfg)
     ctx = dist.init()
     try:
         return _pipeline(cfg, stages, ctx)

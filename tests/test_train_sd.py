@@ -192,7 +192,7 @@ def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_pa
 
 
 def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_path, capsys, monkeypatch):
-    """The default run weighs its vp-sd-v teacher's loss like ε's (rd.predictions.TEACHER_WEIGHTS); --teacher_weight=
+    """The default run weighs its vp-sd-v teacher's loss like ε's (rd.predictions.TEACHER_RECIPES); --teacher_weight=
     (the form's own loss) is recorded in the teacher's checkpoint and names the default run folder."""
     out, _ = whole
     assert torch.load(out / "teacher" / "ckpt.pt", weights_only=True)["config"]["train"]["weight_like"] == "eps"
