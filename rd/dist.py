@@ -35,6 +35,12 @@ def stream_seed(seed: int, i: int) -> int:
     return seed * 1_000_003 + i
 
 
+def global_batch(batch: int, world: int, per_process: bool = False) -> int:
+    """Images per optimiser step over all `world` processes: `batch`, split over them (rd.train gives each
+    batch // world), or with per_process `batch` on each of them."""
+    return batch * (world if per_process else 1)
+
+
 def env_world() -> int:
     """WORLD_SIZE as torchrun sets it (1 without torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
