@@ -34,12 +34,12 @@ import torch
 from . import dist
 from .cli import arg, parse, parse_stages
 from .data import GPULoader, load_cifar10
-from .evaluate import evaluate
-from .fid import check_inception_file
+from .evaluate import call_counts, eval_models, evaluate
+from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
-from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_weight
-from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, read_manifest
-from .sampling import GRIDS, solver_for
+from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
+from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, pairs_on_disk
+from .sampling import GRIDS
 from .schedules import Schedule, get_schedule, lognormal_t
 from .timing import Laps, synchronize
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
@@ -66,8 +66,8 @@ class CifarConfig:
     teacher_steps: int = arg(7000, "teacher budget in steps (0: none); training stops at the first budget reached "
                              "(7,000 steps × 512 images)")
     batch: int = arg(512, "images per step, teacher and students")
-    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, TEACHER_LRS: 5e-4 for vp-sd-v and edm, "
-                    "1e-3 for the others)")
+    lr: float = arg(0.0, "teacher's peak Adam learning rate (0: the form's, rd.predictions.TEACHER_RECIPES: 5e-4 for "
+                    "vp-sd-v and edm, 1e-3 for the others)")
     lr_decay: str = arg("linear", "learning-rate decay after warm-up, teacher and students: " + ", ".join(LR_DECAYS))
     warmup: int = arg(200, "linear warm-up steps, teacher and students (theirs at most a fifth of --student_steps)")
     ema_decay: float = arg(0.999, "teacher's EMA decay per step; the EMA's warm-up (1 + n)/(10 + n) is lower until "
@@ -77,7 +77,7 @@ class CifarConfig:
     teacher_weight: str = arg("auto", "weigh the teacher's squared error like another prediction type's, "
                               + ", ".join(PRED_TYPES) + " (rd.predictions.loss_weight): eps keeps a v network's "
                               "output and weighs each t as ε's loss does; '': the form's own loss; auto: the form's "
-                              "(rd.predictions.TEACHER_WEIGHTS: eps for vp-sd-v, '' for the others)")
+                              "(rd.predictions.TEACHER_RECIPES: eps for vp-sd-v, '' for the others)")
     compile: bool = arg(True, "torch.compile the teacher on a GPU (about a minute once, then faster steps)")
     pairs: int = arg(100_000, "number of (noise, teacher sample) pairs")
     pair_steps: int = arg(24, "teacher's DPM-Solver++(2M) steps per pair, over all phases")
@@ -112,18 +112,10 @@ PRESETS = {
 }
 
 
-# each form's teacher peak LR (RESULTS.md: at 1e-3 EDM diverges and the ε-weighted v teacher can stall)
-TEACHER_LRS = {"vp-sd-v": 5e-4, "edm": 5e-4}
-
-
 def with_recipe(cfg: CifarConfig) -> CifarConfig:
-    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (TEACHER_WEIGHTS, TEACHER_LRS, else 1e-3)."""
-    return dataclasses.replace(cfg, teacher_weight=teacher_weight(cfg.form, cfg.teacher_weight),
-                               lr=cfg.lr or TEACHER_LRS.get(cfg.form, 1e-3))
-
-
-def _ints(text: str) -> list[int]:
-    return [int(c) for c in text.split(",") if c.strip()]
+    """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (rd.predictions.TEACHER_RECIPES)."""
+    weight, lr = teacher_recipe(cfg.form, cfg.teacher_weight, cfg.lr)
+    return dataclasses.replace(cfg, teacher_weight=weight, lr=lr)
 
 
 def student_phases(name: str) -> int:
@@ -181,7 +173,7 @@ def check(cfg: CifarConfig) -> list[str]:
     if cfg.pair_steps < cfg.phases:
         bad("pair_steps", f"needs at least one step per phase (--phases={cfg.phases})")
     try:
-        calls = _ints(cfg.teacher_calls)
+        calls = call_counts(cfg.teacher_calls)
     except ValueError:
         calls = []
     if not calls or min(calls) < 1:
@@ -193,13 +185,8 @@ def check(cfg: CifarConfig) -> list[str]:
         if getattr(cfg, flag) and (file := not_a_folder(getattr(cfg, flag))):
             bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
     if "eval" in stages and cfg.inception:
-        try:
-            check_inception_file(cfg.inception)
-        except FileNotFoundError:
-            bad("inception", "no such file; DATA.md says where to get the FID network inception-2015-12-05-fp16.pt, "
-                             "or pass --inception='' to skip FID")
-        except UnreadableFile as err:
-            bad("inception", f"{err}; or pass --inception='' to skip FID")
+        if why := inception_problem(cfg.inception):
+            bad("inception", why)
         if cfg.data == "random":
             bad("inception", "FID compares with CIFAR-10 (its test split, its train statistics), which --data=random "
                              "has not: pass --inception='' with random images")
@@ -220,8 +207,8 @@ def load_data(cfg: CifarConfig, cache: Path):
 
 def run(cfg: CifarConfig):
     """Every stage of `cfg.stages`, in order; returns {(model, calls): FID} when the eval stage ran."""
-    cfg = with_recipe(cfg)
     stages = check(cfg)
+    cfg = with_recipe(cfg)
     ctx = dist.init()
     try:
         return _pipeline(cfg, stages, ctx)
@@ -283,14 +270,14 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     # %% pairs: ε once, the teacher's ODE to the clean sample through `phases` phases (bf16 network, fp32 state)
     rate_file = out / "pairs_rate.json"
     if "pairs" in stages:
-        before = _pairs_on_disk(out)
+        before = pairs_on_disk(out / "pairs")
         start = time.perf_counter()
         with laps("pairs"), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device != "cpu"):
             generate_pairs(teacher, schedule, pred, out / "pairs", cfg.pairs, (3, 32, 32), shard_size=5000,
                            solver="dpm++2m", steps=cfg.pair_steps, phases=cfg.phases, seed=cfg.seed, batch=2500,
                            device=device, progress=ctx.main)
         synchronize()
-        made = _pairs_on_disk(out) - before
+        made = pairs_on_disk(out / "pairs") - before
         if made > 0 and ctx.main:
             atomic_write_text(json.dumps({"pairs": made, "seconds": time.perf_counter() - start,
                                           "processes": ctx.world}), rate_file)
@@ -331,28 +318,14 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     del pairs
     stop_if_last("students")
 
-    # %% evaluation
-    def solver(calls):
-        return solver_for(calls, cfg.sampler)
-
-    models = {"teacher": (teacher, schedule, pred, _ints(cfg.teacher_calls), solver, cfg.grid)}
-    for name, (net, sch, p) in nets.items():
-        k = student_phases(name)
-        if name.startswith("rd") and name != "rd":          # one first-order step per phase, on the λ-uniform phases
-            models[name] = (net, sch, p, [k], lambda calls: "dpm++1", "logsnr")
-        else:
-            models[name] = (net, sch, p, [1, 2, 4], solver, cfg.grid)
+    # %% evaluation: each model at its call counts and with its sampler (rd.evaluate.eval_models)
+    models = eval_models(cfg, (teacher, schedule, pred), nets)
     return evaluate(cfg, out, esfx, images, models, laps, device, cache, student_sfx=sfx)
 
 
 def student_warmup(cfg: CifarConfig) -> int:
     """Every student's warm-up steps: --warmup, at most a fifth of --student_steps (a minute budget: --warmup)."""
     return min(cfg.warmup, max(1, cfg.student_steps // 5)) if cfg.student_steps else cfg.warmup
-
-
-def _pairs_on_disk(out: Path) -> int:
-    manifest = out / "pairs" / "manifest.json"
-    return sum(s["n"] for s in read_manifest(out / "pairs")["shards"].values()) if manifest.exists() else 0
 
 
 def _cond_none(batches):

@@ -59,15 +59,20 @@ def _number(kind):
 
 
 def parse(cls, argv, description: str, presets: dict | None = None, prog: str | None = None):
-    """cls(**flags) from argv (None: sys.argv[1:]); `--preset=NAME` (when presets are given) starts from presets[NAME] instead of the
-    field defaults, and explicit flags override it. Exits with status 2 and a message on a bad or unknown flag."""
+    """cls(**flags) from argv (None: sys.argv[1:]); `--preset=NAME` (when presets are given) starts from presets[NAME]
+    instead of the field defaults, and explicit flags override it. A field of cls named `preset` then holds NAME: its
+    help leads the flag's, and its default names the preset used without --preset. Exits with status 2 and a message
+    on a bad or unknown flag."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    named = fields.pop("preset", None) if presets else None
     if presets:
-        parser.add_argument("--preset", choices=list(presets), default=None,
-                            help="start from a named preset: " + "; ".join(
-                                f"{k}: {', '.join(f'{f}={v}' for f, v in p.items()) or 'the defaults'}"
-                                for k, p in presets.items()))
-    for f in dataclasses.fields(cls):
+        listing = "; ".join(f"{k}: {', '.join(f'{f}={v}' for f, v in p.items()) or 'the defaults'}"
+                            for k, p in presets.items())
+        parser.add_argument("--preset", choices=list(presets), default=named.default if named else None,
+                            help=f"{named.metadata.get('help', '')}: {listing} (default: {named.default})" if named
+                            else f"start from a named preset: {listing}")
+    for f in fields.values():
         kind = {bool: _bool, int: _number(int), float: _number(float)}.get(type(f.default), str)
         parser.add_argument(f"--{f.name}", type=kind, default=None,
                             help=f"{f.metadata.get('help', '')} (default: {f.default})")
@@ -75,4 +80,4 @@ def parse(cls, argv, description: str, presets: dict | None = None, prog: str | 
     preset = ns.pop("preset", None) if presets else None
     values = dict(presets[preset]) if preset else {}
     values |= {k: v for k, v in ns.items() if v is not None}
-    return cls(**values)
+    return cls(**values, **({"preset": preset} if named else {}))

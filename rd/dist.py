@@ -5,7 +5,8 @@
 
 With one process (python train_sd.py, every CPU run, the tests) every helper here is a no-op, so the library's
 code paths are the same as without torchrun. rd.train wraps the network in DistributedDataParallel and splits each
-batch over the processes; rd.rectify.generate_pairs splits the shards by rank.
+batch over the processes; rd.rectify.generate_pairs splits the shards by rank. Both seed each unit of work (a step, a
+shard) by stream_seed, so the numbers do not depend on how the work was split or interrupted.
 """
 import os
 from dataclasses import dataclass
@@ -25,6 +26,19 @@ class Context:
     def main(self) -> bool:
         """The process that writes files, logs and shows progress bars."""
         return self.rank == 0
+
+
+def stream_seed(seed: int, i: int) -> int:
+    """seed·1,000,003 + i: the seed of stream i (a training step, a pair shard) of a run seeded `seed`. The same
+    whichever process draws it and however often the run was interrupted; distinct for every (seed, i) with
+    seed ≥ 0 and 0 ≤ i < 1,000,003, so runs of nearby seeds share no stream."""
+    return seed * 1_000_003 + i
+
+
+def global_batch(batch: int, world: int, per_process: bool = False) -> int:
+    """Images per optimiser step over all `world` processes: `batch`, split over them (rd.train gives each
+    batch // world), or with per_process `batch` on each of them."""
+    return batch * (world if per_process else 1)
 
 
 def env_world() -> int:

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from .data import load_cifar10, to_uint8
 from .figures import tile
 from .io import atomic_write, atomic_write_text
-from .sampling import sample
+from .sampling import sample, solver_for
 from .timing import synchronize
 
 
@@ -35,6 +35,28 @@ def sampling_rate(net, schedule, pred_type, solver, calls, noise, device, batch=
         generate(net, schedule, pred_type, solver, calls, z, device, batch, grid)
     synchronize()
     return repeats * len(z) / (time.perf_counter() - start)
+
+
+def call_counts(text: str) -> list[int]:
+    """A comma list of network-call counts, "1,2,4,10,25" → [1, 2, 4, 10, 25] (a ValueError if one is no integer)."""
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def eval_models(cfg, teacher: tuple, students: dict) -> dict:
+    """What `evaluate` scores: {name: (net, schedule, pred_type, [calls], solver_of_calls, grid)} from the teacher's
+    and each student's (net, schedule, pred_type). The teacher at --teacher_calls and the plain students (rd, rf) at
+    1, 2 and 4 calls sample with --sampler on --grid (dpm++1 at one call, rd.sampling.solver_for); a phased student
+    rdK at K calls, one first-order step per phase, on the λ-uniform phases it was trained on."""
+    def solver(calls):
+        return solver_for(calls, cfg.sampler)
+
+    models = {"teacher": (*teacher, call_counts(cfg.teacher_calls), solver, cfg.grid)}
+    for name, (net, sch, p) in students.items():
+        if name.startswith("rd") and name != "rd":
+            models[name] = (net, sch, p, [int(name[2:])], lambda calls: "dpm++1", "logsnr")
+        else:
+            models[name] = (net, sch, p, [1, 2, 4], solver, cfg.grid)
+    return models
 
 
 def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path, student_sfx: str = "") -> dict:

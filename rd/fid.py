@@ -74,6 +74,19 @@ def check_inception_file(path) -> Path:
     return path
 
 
+def inception_problem(path) -> str | None:
+    """What a command line says of --inception=path before any work: None when check_inception_file passes, else
+    what is wrong and what to do (get the file as DATA.md says, or pass --inception='' to skip FID)."""
+    try:
+        check_inception_file(path)
+    except FileNotFoundError:
+        return ("no such file; DATA.md says where to get the FID network inception-2015-12-05-fp16.pt, or pass "
+                "--inception='' to skip FID")
+    except UnreadableFile as err:
+        return f"{err}; or pass --inception='' to skip FID"
+    return None
+
+
 @torch.no_grad()
 def inception_features(images, net, batch: int = 500, device=None, progress: bool = True) -> Tensor:
     """φ(x) = pool3(Inception((resize₂₉₉(x) − 128)/128)) for images in 0..255: (N, 3, H, W) → (N, 2048) float64, CPU.

@@ -1,5 +1,6 @@
 """Files that are never half-written: every checkpoint and pair shard in rd goes through `atomic_save`; clear errors
-for files that are missing, damaged or another run's."""
+for files that are missing, damaged or another run's, and the hashes that tell (`sha256` of a file, `fingerprint` of
+a network's weights)."""
 import hashlib
 import json
 import os
@@ -135,4 +136,15 @@ def sha256(path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(net) -> str | None:
+    """SHA-256 of a module's weights (None for a plain function): pairs are tied to the teacher that made them."""
+    if not hasattr(net, "state_dict"):
+        return None
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()

@@ -34,17 +34,27 @@ FORMS = {                                   # form: (schedule, prediction type)
     "vp-sd-zsnr-v": ("vp-sd-zsnr", "v"),    # Stable Diffusion 2 style: v on the schedule rescaled to zero terminal SNR
     "edm": ("ve", "edm"),                   # EDM: VE, preconditioned network, log-normal noise levels
 }
-# The loss weighting a teacher of each form trains with unless told otherwise (--teacher_weight=auto; loss_weight):
-# ε's for v on SD's schedule, which gave the better teacher in both pipelines (RESULTS.md); each form's own loss
-# elsewhere, since ε's weight all but stops the training of the noisiest times where α → 0 (cosine, zero terminal
-# SNR) and on EDM's largest σ, where a 1-call sample starts.
-TEACHER_WEIGHTS = {"vp-sd-v": "eps"}
+# The recipe a teacher of each form trains with unless told otherwise (--teacher_weight=auto; rd.cifar's --lr=0):
+# - the prediction type whose loss weighting it takes (loss_weight; '': the form's own loss): ε's for v on SD's
+#   schedule, which gave the better teacher in both pipelines (RESULTS.md); each form's own loss elsewhere, since ε's
+#   weight all but stops the training of the noisiest times where α → 0 (cosine, zero terminal SNR) and on EDM's
+#   largest σ, where a 1-call sample starts;
+# - its peak Adam learning rate on CIFAR-10 (rd.cifar; train_sd.py keeps its own): at 1e-3 EDM diverges and the
+#   ε-weighted v teacher can stall (RESULTS.md).
+TEACHER_RECIPES = {                         # form: (loss weighted like, peak learning rate)
+    "vp-cosine-v": ("", 1e-3),
+    "vp-sd-eps": ("", 1e-3),
+    "vp-sd-v": ("eps", 5e-4),
+    "vp-sd-zsnr-v": ("", 1e-3),
+    "edm": ("", 5e-4),
+}
 
 
-def teacher_weight(form: str, choice: str) -> str:
-    """The prediction type whose loss weighting a `form` teacher trains with: TEACHER_WEIGHTS' for choice "auto",
-    else the choice ('' for the form's own loss)."""
-    return TEACHER_WEIGHTS.get(form, "") if choice == "auto" else choice
+def teacher_recipe(form: str, weight: str = "auto", lr: float = 0.0) -> tuple[str, float]:
+    """(weight, lr) a `form` teacher trains with: TEACHER_RECIPES' for weight "auto" and lr 0, else those given
+    (weight '': the form's own loss; else the prediction type whose loss weighting it takes)."""
+    own_weight, own_lr = TEACHER_RECIPES[form]
+    return own_weight if weight == "auto" else weight, lr or own_lr
 
 
 def check_pred_type(pred_type: str) -> str:

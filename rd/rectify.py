@@ -28,10 +28,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import dist
-from .io import ConfigMismatch, atomic_save, atomic_write_text, progress_off, read_json, sha256
+from .io import ConfigMismatch, atomic_save, atomic_write_text, fingerprint, progress_off, read_json, sha256
 from .predictions import Predictor
 from .sampling import classifier_free_guidance, get_grid, sample
-from .schedules import FlowMatching, Schedule
+from .schedules import FlowMatching, Schedule, schedule_params
 from .solvers import MIN_STEPS, get_solver
 
 FORMAT = 1
@@ -47,24 +47,14 @@ def read_manifest(pair_dir) -> dict:
     return read_json(d / "manifest.json", f"delete {d} and make the pairs again (generate_pairs, or the pairs stage)")
 
 
+def pairs_on_disk(pair_dir) -> int:
+    """How many pairs a pair directory's manifest lists as written (0 where there is none yet)."""
+    d = Path(pair_dir)
+    return sum(s["n"] for s in read_manifest(d)["shards"].values()) if (d / "manifest.json").exists() else 0
+
+
 def shard_name(i: int) -> str:
     return f"shard_{i:05d}.pt"
-
-
-def fingerprint(net) -> str | None:
-    """SHA-256 of a module's weights (None for a plain function): pairs are tied to the teacher that made them."""
-    if not hasattr(net, "state_dict"):
-        return None
-    h = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def schedule_params(schedule: Schedule) -> dict:
-    """The schedule's name and scalar settings: VE(sigma_max=1) and VE() must not share pairs."""
-    return {k: v for k, v in vars(schedule).items() if isinstance(v, (int, float, str))} | {"name": schedule.name}
 
 
 def phase_boundaries(schedule: Schedule, phases: int) -> Tensor:
@@ -159,7 +149,7 @@ def generate_pairs(net, schedule: Schedule, pred_type: str, out_dir, n: int, sha
         if name in manifest["shards"] and (out / name).exists():
             continue                                                   # finished by an earlier call
         m = min(shard_size, n - i * shard_size)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(dist.stream_seed(seed, i))
         eps = torch.randn((m, *shape), generator=g)
         c = None if cond is None else cond[i * shard_size:i * shard_size + m]
         paths = []

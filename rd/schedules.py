@@ -317,6 +317,12 @@ def get_schedule(name: str) -> Schedule:
     return SCHEDULES[name]()
 
 
+def schedule_params(schedule: Schedule) -> dict:
+    """The schedule's name and scalar settings, what tells two schedules apart: VE(sigma_max=1) is not VE(), and
+    their pairs are not shared (rd.rectify records these in a pair directory's manifest)."""
+    return {k: v for k, v in vars(schedule).items() if isinstance(v, (int, float, str))} | {"name": schedule.name}
+
+
 def lognormal_t(schedule: Schedule, n: int, generator=None, device=None, p_mean: float = -1.2,
                 p_std: float = 1.2) -> Tensor:
     """EDM's log-normal noise levels for any schedule: log(σ/α) ~ N(p_mean, p_std²), mapped to t by t(λ), λ = −log(σ/α),

@@ -260,7 +260,7 @@ def train(net, schedule: Schedule, pred_type: str, batches, cfg: TrainConfig, ru
     with _Terminated() as terminated:
         while step < cfg.steps:
             # every step's randomness (batch, noise, times, dropout) comes from (seed, step, rank): resuming replays it
-            seed = (cfg.seed * 1_000_003 + step) * world + rank
+            seed = dist.stream_seed(cfg.seed, step) * world + rank
             generator.manual_seed(seed)
             torch.manual_seed(seed)
             batch = batches(cfg.batch // world, generator)

@@ -143,6 +143,8 @@ def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
 def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
     """--teacher_weight=auto and --lr=0 (the defaults) stand for the form's weighting and LR; given values win."""
     from rd.cifar import CifarConfig, with_recipe
+    from rd.predictions import FORMS, TEACHER_RECIPES
+    assert list(TEACHER_RECIPES) == list(FORMS), "every form has its recipe, listed in FORMS' order"
     recipe = lambda **kw: (lambda c: (c.teacher_weight, c.lr))(with_recipe(CifarConfig(**kw)))   # noqa: E731
     assert recipe() == recipe(form="vp-sd-v") == ("eps", 5e-4)
     assert recipe(form="edm") == ("", 5e-4)

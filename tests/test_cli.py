@@ -19,6 +19,29 @@ def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
     assert parse(Args, ["--preset=gpu"], "").preset == "gpu"
 
 
+def test_a_field_named_preset_holds_the_chosen_preset_and_its_default_is_used_without_the_flag(capsys):
+    import dataclasses
+
+    import pytest
+    from rd.cli import arg
+
+    @dataclasses.dataclass
+    class Args:
+        preset: str = arg("small", "sizes")
+        steps: int = arg(1000, "optimiser steps")
+        lr: float = arg(1e-3, "learning rate")
+    presets = {"small": {"steps": 10}, "large": {"steps": 10_000, "lr": 1e-4}}
+    assert parse(Args, [], "", presets=presets) == Args("small", 10, 1e-3), "no --preset: the field's default preset"
+    assert parse(Args, ["--preset=large", "--lr=0.5"], "", presets=presets) == Args("large", 10_000, 0.5)
+    with pytest.raises(SystemExit):
+        parse(Args, ["--preset=huge"], "", presets=presets)
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(Args, ["--help"], "", presets=presets)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sizes: small: steps=10; large: steps=10000, lr=0.0001 (default: small)" in text, text
+
+
 def test_stages_are_all_or_a_comma_list_run_in_the_pipelines_order():
     known = ("ae", "teacher", "pairs")
     assert parse_stages("all", known) == ["ae", "teacher", "pairs"]

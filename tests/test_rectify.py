@@ -11,9 +11,9 @@ from rd.mixture import ring_mixture
 from rd.orders import rk4
 from rd.predictions import target_from_pair
 from rd.rectify import (Pairs, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries,
-                        rectify, sample_phased, schedule_params)
+                        rectify, sample_phased)
 from rd.sampling import get_grid, sample
-from rd.schedules import Coeffs, Schedule, get_schedule
+from rd.schedules import Coeffs, Schedule, get_schedule, schedule_params
 from rd.sd.latent import generate_latents
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 

@@ -153,16 +153,19 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
 
 def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     """A config.json without the fields added since (--latent_channels, --batch_per_process, --compile, ...) is the
-    same run when the new fields are at their defaults."""
+    same run when the new fields are at their defaults; its minute caps may be one list, "minutes"."""
     import train_sd
     out, _ = whole
     shutil.copytree(out / "ae", tmp_path / "ae")
     config = json.loads((out / "config.json").read_text())
-    for key in ("latent_channels", "batch_per_process", "compile", "teacher_weight", "stages", "batch", "ae_steps",
-                "teacher_steps", "n_pairs", "student_steps"):
+    for key in ("batch_per_process", "compile", "teacher_weight", "stages", *train_sd.SIZES):   # SIZES: latent_channels, …
         del config["args"][key]
     config["args"]["stage"] = None                   # a flag since removed, which did not tie the run
     del config["size"]["latent_channels"]
+    config["size"]["minutes"] = [config["size"].pop(k) for k in ("ae_min", "teacher_min", "student_min")]
+    (tmp_path / "config.json").write_text(json.dumps(config | {"size": config["size"] | {"minutes": [0, 1, 0]}}))
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae")
+    assert "size.teacher_min: 1 → 0.0" in code and "rerun with its sizes (--teacher_min=1)" in code, code
     (tmp_path / "config.json").write_text(json.dumps(config))
     train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stages=ae"])
     assert "ae done" in capsys.readouterr().out
@@ -192,7 +195,7 @@ def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_pa
 
 
 def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_path, capsys, monkeypatch):
-    """The default run weighs its vp-sd-v teacher's loss like ε's (rd.predictions.TEACHER_WEIGHTS); --teacher_weight=
+    """The default run weighs its vp-sd-v teacher's loss like ε's (rd.predictions.TEACHER_RECIPES); --teacher_weight=
     (the form's own loss) is recorded in the teacher's checkpoint and names the default run folder."""
     out, _ = whole
     assert torch.load(out / "teacher" / "ckpt.pt", weights_only=True)["config"]["train"]["weight_like"] == "eps"
@@ -235,18 +238,20 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_any_wo
 
 
 def test_the_global_batch_is_split_or_per_process():
-    from train_sd import PRESETS, global_batch, parse_args
-    gpu = PRESETS["gpu"]
-    assert global_batch(parse_args([]), gpu, 2) == gpu.batch                          # split: 128 per process
-    assert global_batch(parse_args(["--batch_per_process=true"]), gpu, 2) == 2 * gpu.batch
-    assert global_batch(parse_args(["--batch_per_process=true"]), gpu, 1) == gpu.batch
+    from rd.dist import global_batch
+    from train_sd import PRESETS, parse_args
+    gpu = PRESETS["gpu"]["batch"]
+    for flags, world, expected in [([], 2, gpu), (["--batch_per_process=true"], 2, 2 * gpu),  # split: 128 per process
+                                   (["--batch_per_process=true"], 1, gpu)]:
+        args = parse_args(["--preset=gpu", *flags])
+        assert global_batch(args.batch, world, args.batch_per_process) == expected, (flags, world)
 
 
 def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path, capsys, monkeypatch):
     import train_sd
     for flags, message in [
             (["--bogus=1"], "unrecognized arguments: --bogus=1"),
-            (["--preset=huge"], "--preset must be auto, tiny, cpu, gpu; got 'huge'"),
+            (["--preset=huge"], "argument --preset: invalid choice: 'huge' (choose from 'auto', 'cpu', 'gpu', 'tiny')"),
             (["--form=vp-sd-x0"], "--form must be one of vp-cosine-v, vp-sd-eps, vp-sd-v, vp-sd-zsnr-v; got 'vp-sd-x0'"),
             (["--form=edm"], "got 'edm' (EDM's preconditioning assumes data of std σ_d = 0.5")]:   # σ_d ≠ the latents'
         code, err = refused(capsys, *flags)
@@ -270,9 +275,10 @@ def test_help_lists_every_flag_with_its_default(capsys):
     for flag, default in (("--preset", "auto"), ("--data", "shapes"), ("--form", "vp-sd-v"), ("--out", ""),
                           ("--stages", "all"),
                           ("--guidance", "3.0"), ("--phases", "4"), ("--seed", "0"), ("--inception", ""),
-                          ("--cifar", "data/cifar10-jpg.tar.gz")):
+                          ("--cifar", "data/cifar10-jpg.tar.gz"), ("--n_pairs", "2000"), ("--ae", "tiny")):
         help_of_flag = text.split(f"{flag} ", 2)[-1].split(" --", 1)[0]
         assert f"(default: {default})" in help_of_flag, (flag, help_of_flag)
+    assert "tiny: n_train=256, ae=tiny, ae_steps=12," in text, "--preset's help lists each preset's sizes"
 
 
 def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, capsys):
@@ -280,13 +286,16 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
     out = tmp_path / "run"
     for flags, status, message in [
             (["--time_scale=nan"], 2, "argument --time_scale: expected a finite number, got 'nan'"),
-            (["--time_scale=0"], 2, "--time_scale > 0 and --latent_channels ≥ 0; got 4, 3.0, 0.0, 0"),
-            (["--latent_channels=-4"], 2, "--latent_channels ≥ 0; got 4, 3.0, 1.0, -4"),
+            (["--time_scale=0"], 2, "--guidance ≥ 1 and --time_scale > 0; got 4, 3.0, 0.0"),
+            (["--latent_channels=-4"], 2, "--latent_channels must be ≥ 1; got -4"),
+            (["--teacher_min=-1"], 2, "--teacher_min must be ≥ 0; got -1.0"),
+            (["--pair_steps=3"], 2, "--pair_steps must be at least one step per phase (--phases=4); got 3"),
+            (["--ae=huge"], 2, "--ae: unknown autoencoder preset 'huge'; allowed: tiny, small, base"),
             (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
             ([f"--inception={ROOT / 'README.md'}"], 2, "README.md is not a TorchScript file"),
             ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder"),
-            (["--n_pairs=-1"], 2, "--n_pairs must be ≥ 0 (0: the preset's); got -1"),
+            (["--n_pairs=0"], 2, "--n_pairs must be ≥ 1; got 0"),
             (["--stages=teacher,bogus"], 2, "--stages must be all or a comma list of ae, teacher, pairs, rd, rf, "
                                             "phased, eval; got 'teacher,bogus'")]:
         code, err = refused(capsys, "--preset=tiny", f"--out={out}", *flags)

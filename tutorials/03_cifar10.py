@@ -71,7 +71,7 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 # - **Teacher**: the `cifar` UNet (38.3 M parameters) in the form `CONFIG.form` — v-prediction on Stable Diffusion's
 #   schedule by default (as SD 2 trains), its squared error weighed over t like ε's; `FORMS` lists the others (SD's
 #   ε, the cosine schedule's v, SD-2's zero-terminal-SNR v, EDM), each runnable with `--form=NAME`. Each form trains
-#   with its measured loss weighting and peak LR (`rd.predictions.TEACHER_WEIGHTS`, `rd.cifar.TEACHER_LRS`), and
+#   with its measured loss weighting and peak LR (`rd.predictions.TEACHER_RECIPES`), and
 #   `--teacher_weight`, `--lr` override it. bf16, `torch.compile`, learning-rate warm-up to 5e-4 (vp-sd-v) then
 #   linear decay to 0 over 7,000 steps.
 # - **Pairs**: ε drawn once; the teacher's EMA solves its ODE with DPM-Solver++(2M) through 4 λ-uniform phases down to

@@ -108,7 +108,7 @@ print(f"vocabulary of {len(tokenizer.vocab)} words; {demo} → {tokenizer.encode
 # %% 4. The teacher: SD's schedule, v-prediction with its loss weighed over t like ε's (train_sd.py's default: the
 # network keeps v's bounded output, the loss counts each t as ε's does), 10 % of prompts dropped (the null prompt = all
 # padding)
-schedule, PRED, WEIGHT = get_schedule("vp-sd"), "v", "eps"      # vp-sd-v, rd.predictions.TEACHER_WEIGHTS
+schedule, PRED, WEIGHT = get_schedule("vp-sd"), "v", "eps"      # vp-sd-v, rd.predictions.TEACHER_RECIPES
 unet_cfg = UNetConfig(in_channels=4, resolution=8, channels=32, ch_mult=(1, 2), num_res_blocks=2,
                       attn_resolutions=(8, 4), dropout=0.0, context_dim=64)     # cross-attention at 8×8 and 4×4
 text_cfg = TextEncoderConfig(vocab_size=len(tokenizer.vocab), length=length, dim=64)

@@ -69,6 +69,17 @@ class EvalSettings:
     guidance: float      # the teacher's CFG scale, named in the table
 
 
+def autoencoder_floor(args: EvalSettings, n_eval: int, ae, scale: float, images, out: Path, device) -> dict:
+    """{"fid", "images"}: FID of the autoencoder's reconstructions of n_eval held-out images against the training
+    images' statistics, every latent model's floor (args.inception needed); kept in out/ae/floor.json."""
+    inception, ref = fid_reference(args.inception, args.data, images, out / "cache", device)
+    held_out, _ = held_out_images(args.data, n_eval, args.seed, args.cifar, out / "cache")
+    floor = {"fid": fid(reconstruct(ae, held_out, scale, device), *ref, inception, device=device, progress=False),
+             "images": len(held_out)}
+    atomic_write_text(json.dumps(floor), out / "ae" / "floor.json")
+    return floor
+
+
 def evaluate(args: EvalSettings, n_eval: int, clf_steps: int, out: Path, device, images, attrs, tokenizer,
              length: int, ae, scale: float, models: dict):
     """FID (decoded images vs the training images' statistics) and prompt fidelity per (model, calls); the figure.

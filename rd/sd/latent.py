@@ -7,10 +7,14 @@ classifier-free guidance, and few-step sampling with or without guidance. train_
 import torch
 from torch import Tensor, nn
 
+from ..predictions import FORMS
 from ..rectify import sample_phased
 from ..sampling import classifier_free_guidance, sample, solver_for
 from ..schedules import Schedule
 
+# the teacher forms of rd.predictions.FORMS that suit latents: EDM's preconditioning assumes data of std σ_d = 0.5,
+# SD-scaled latents have std 1
+LATENT_FORMS = tuple(name for name, (_, pred) in FORMS.items() if pred != "edm")
 
 class TextUNet(nn.Module):
     """(z_t (B, c, h, w), t (B,), tokens (B, L)) → UNet(z_t, t, TextEncoder(tokens)): one module, trained together.
