@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from rd import dist
-from rd.cli import arg, parse, parse_stages
+from rd.cli import arg, parse
 from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
 from rd.fid import inception_problem
 from rd.figures import save_grid
@@ -38,7 +38,7 @@ from rd.sd.evaluate import EvalSettings, autoencoder_floor, eval_prompts, evalua
 from rd.sd.latent import LATENT_FORMS, TextUNet, drop_prompts, generate_latents
 from rd.sd.shapes import PROMPTS, captions, make_shapes
 from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
-from rd.timing import Laps
+from rd.stages import Laps, StepMatch, parse_stages
 from rd.train import TrainConfig, read_checkpoint, train
 from rd.unet import UNet, UNetConfig
 
@@ -297,18 +297,18 @@ def pipeline(args: Args, ctx: dist.Context):
         "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm)),
         f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, pred, pair_batches(pairs, schedule)),
     }
-    trained, steps = {}, args.student_steps
+    trained, match = {}, StepMatch(args.student_steps, args.student_min * args.time_scale)
     for (name, (init, sch, pred_type, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
         # RD may stop at its minute cap; RF and phased RD then take as many steps, same recipe (warm-up, intervals)
-        student_cfg = dataclasses.replace(cfg(args.student_steps, 1e-4, args.student_min), steps=steps,
-                                          max_minutes=args.student_min * args.time_scale if stage == "rd" else 0)
+        student_cfg = dataclasses.replace(cfg(args.student_steps, 1e-4, args.student_min), **match.budget())
         with lap(stage):
             trained[name] = train(init().requires_grad_(True), sch, pred_type, batches, student_cfg, out / stage,
                                   desc=stage, require_done=not run(stage))
             phased = stage == "phased"
             grid(stage, trained[name], sch, pred_type, args.phases if phased else 1, phased=phased)
         if stage == "rd":
-            steps = read_checkpoint(out / "rd" / "ckpt.pt")["step"]
+            found = {c: read_checkpoint(c)["step"] for o in ("rf", "phased") if (c := out / o / "ckpt.pt").exists()}
+            match.first_took(stage, read_checkpoint(out / stage / "ckpt.pt")["step"], found)
         if last == stage:
             return say(f"{stage} done")
 

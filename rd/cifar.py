@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .cli import arg, parse, parse_stages
+from .cli import arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import call_counts, eval_models, evaluate
 from .fid import inception_problem
@@ -41,7 +41,7 @@ from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
 from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, pairs_on_disk
 from .sampling import GRIDS
 from .schedules import Schedule, get_schedule, lognormal_t
-from .timing import Laps, synchronize
+from .stages import Laps, StepMatch, parse_stages, synchronize
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 
@@ -293,11 +293,9 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         return train_cfg(warmup=student_warmup(cfg), lr=cfg.student_lr, ema_decay=cfg.student_ema,
                          seed=cfg.student_seed, loss=cfg.student_loss, **kw)
 
-    nets, ref_steps = {}, None             # the first student takes the budget, the others its step count
+    nets, match = {}, StepMatch(cfg.student_steps or 10**9, cfg.student_min)   # the others take the first's steps
     for name in students:
         path = out / f"{name}{sfx}"
-        budget = (dict(steps=cfg.student_steps or 10**9, max_minutes=cfg.student_min) if ref_steps is None
-                  else dict(steps=ref_steps, max_minutes=0.0))
         if name == "rf":
             sch, p, net = get_schedule("fm"), "flow", flow_student(teacher).requires_grad_(True)
             batches = pairs and flow_batches(pairs, sch)
@@ -306,15 +304,11 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             times = None if cfg.student_t == "schedule" else functools.partial(Schedule.sample_t, schedule)
             batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule, sample_t=times)
         with laps(f"{name}{sfx}"):
-            nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**budget), path,
+            nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
                                 desc=name, require_done=pairs is None and "students"), sch, p)
-        if ref_steps is None:
-            ref_steps = read_checkpoint(path / "ckpt.pt")["step"]
-            for other in students[1:]:
-                ckpt = out / f"{other}{sfx}" / "ckpt.pt"
-                if ckpt.exists() and (n := read_checkpoint(ckpt)["step"]) > ref_steps:
-                    raise SystemExit(f"{ckpt.parent} holds a student of {n} steps, {name} took {ref_steps}: the "
-                                     f"comparison needs equal steps; delete {ckpt.parent} and run the students again")
+        if name == students[0]:
+            found = {c: read_checkpoint(c)["step"] for o in students[1:] if (c := out / f"{o}{sfx}/ckpt.pt").exists()}
+            match.first_took(name, read_checkpoint(path / "ckpt.pt")["step"], found)
     del pairs
     stop_if_last("students")
 

@@ -19,15 +19,6 @@ def arg(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def parse_stages(text: str, known: tuple) -> list[str] | None:
-    """A --stages value: 'all' → every stage of `known`; a comma list → those stages in `known`'s order (a pipeline
-    runs them in that order and stops after the last); None when the list is empty or names an unknown stage."""
-    names = list(known) if text.strip() == "all" else [s.strip() for s in text.split(",") if s.strip()]
-    if not names or any(n not in known for n in names):
-        return None
-    return [s for s in known if s in names]
-
-
 def smoke_mode() -> bool:
     """RD_SMOKE=1: a tutorial's smoke run; unset, empty or 0: the full run; any other value is refused (exit 1)."""
     value = os.environ.get("RD_SMOKE", "")

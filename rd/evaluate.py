@@ -11,7 +11,7 @@ from .data import load_cifar10, to_uint8
 from .figures import tile
 from .io import atomic_write, atomic_write_text
 from .sampling import sample, solver_for
-from .timing import synchronize
+from .stages import synchronize
 
 
 @torch.no_grad()

@@ -1,62 +1,9 @@
-"""Timing: `Laps`, a pipeline's minutes per stage kept in a file that is never half-written; `synchronize`, so
-that queued GPU work is timed where it was queued; `timeit` and `graph_timeit`, medians of short calls."""
-import json
+"""Timing of short calls for the benchmarks: `timeit` and `graph_timeit`, medians over repeated calls (a pipeline's
+minutes per stage: rd.stages.Laps)."""
 import statistics
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-
-from .io import atomic_write_text, read_json
-
-
-class Laps:
-    """Wall-clock minutes per stage of a pipeline, summed over its invocations, kept in a JSON file (GPU-minutes on one
-    GPU; the device is synchronised at both ends of a stage).
-
-        laps = Laps(run / "minutes.json")
-        with laps("teacher"):
-            teacher = train(...)
-
-    A block's time is added when it ends, also when it ends by an exception, e.g. the SystemExit with which rd.train
-    answers SIGTERM (after saving its checkpoint), so a run split over several invocations reports its whole cost; a
-    stage that is only loaded from its checkpoint adds its loading time. (SIGTERM outside a training loop kills the
-    process at once: that stage's minutes are lost.) `write=False` (processes other than 0) only counts."""
-
-    def __init__(self, path, write: bool = True):
-        self.path, self.write = Path(path), write
-        self.minutes = read_json(self.path, "delete it to count the minutes per stage from 0 again, or restore "
-                                 "it from a copy") if self.path.exists() else {}
-
-    @contextmanager
-    def __call__(self, stage: str):
-        synchronize()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize()
-            self.add(stage, (time.perf_counter() - start) / 60)
-
-    def add(self, stage: str, minutes: float):
-        """Add minutes timed elsewhere to `stage`."""
-        self.minutes[stage] = self.minutes.get(stage, 0.0) + minutes
-        if self.write:
-            atomic_write_text(json.dumps(self.minutes, indent=1), self.path)
-
-    def table(self) -> str:
-        return "minutes per stage (summed over runs): " + ", ".join(f"{k} {v:.2f}" for k, v in self.minutes.items()) \
-            + f"; total {sum(self.minutes.values()):.2f}"
-
-
-def synchronize():
-    """Wait for queued GPU work, so that it is timed where it was queued (a GPU in an error state is not waited for)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        try:
-            torch.cuda.synchronize()
-        except RuntimeError:
-            pass
 
 
 def timeit(fn, iters: int, warmup: int) -> float:

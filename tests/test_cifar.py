@@ -2,6 +2,7 @@
 at a time, resume, another students' seed, and the refusals that come before any work."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,11 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     other = (out / "results-edm-dpmpp3m.md").read_text()
     assert "dpm++3m (dpm++2m at 2 calls) on the edm grid" in other and "| rd2 |" in other and "| rf |" not in other
     assert table == (out / "results.md").read_text() and logs["rd"] == (out / "rd" / "log.txt").read_text()
+    # students are compared at equal steps: a later student of more steps than the first took is refused by name
+    shutil.rmtree(out / "rd-s1")
+    proc = Run(capsys, out, "--stages=students", "--student_seed=1", "--students=rd,rf", "--student_steps=3")
+    assert proc.returncode != 0 and "rf-s1/ckpt.pt holds a student of 5 steps, rd took 3: the comparison needs " \
+        "equal steps" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_every_student_warms_up_alike_for_at_most_a_fifth_of_its_steps():

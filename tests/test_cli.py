@@ -1,6 +1,6 @@
 """rd.cli: a dataclass's fields as --flags, presets as named keyword sets, unknown flags refused."""
 from rd.cifar import PRESETS, CifarConfig
-from rd.cli import parse, parse_stages
+from rd.cli import parse
 
 
 def test_cli_presets_and_overrides():
@@ -40,11 +40,3 @@ def test_a_field_named_preset_holds_the_chosen_preset_and_its_default_is_used_wi
         parse(Args, ["--help"], "", presets=presets)
     text = " ".join(capsys.readouterr().out.split())
     assert "sizes: small: steps=10; large: steps=10000, lr=0.0001 (default: small)" in text, text
-
-
-def test_stages_are_all_or_a_comma_list_run_in_the_pipelines_order():
-    known = ("ae", "teacher", "pairs")
-    assert parse_stages("all", known) == ["ae", "teacher", "pairs"]
-    assert parse_stages("pairs, ae", known) == ["ae", "pairs"] and parse_stages("teacher", known) == ["teacher"]
-    for bad in ("", ",", "ae,bogus", "All"):
-        assert parse_stages(bad, known) is None, bad

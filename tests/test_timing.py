@@ -1,34 +1,14 @@
-"""rd.timing: Laps sums a pipeline's minutes over invocations, interrupted ones too."""
-import json
-
+"""rd.timing: the benchmarks' medians of short calls."""
 import pytest
 
-from rd.timing import Laps
+import rd.timing
+from rd.timing import timeit
 
 
-def test_laps_sum_over_invocations_and_count_a_stage_that_ends_by_an_exception(tmp_path, monkeypatch):
-    clock = iter([0.0, 60.0, 100.0, 130.0, 200.0, 320.0])             # perf_counter at each stage's start and end
-    monkeypatch.setattr("rd.timing.time.perf_counter", lambda: next(clock))
-    laps = Laps(tmp_path / "minutes.json")
-    with laps("teacher"):
-        pass
-    with pytest.raises(SystemExit), laps("pairs"):                     # e.g. rd.train stopped by SIGTERM
-        raise SystemExit("stopped by SIGTERM")
-    again = Laps(tmp_path / "minutes.json")                            # the next invocation goes on
-    with again("pairs"):
-        pass
-    assert json.loads((tmp_path / "minutes.json").read_text()) == {"teacher": 1.0, "pairs": 0.5 + 2.0}
-    assert again.table() == "minutes per stage (summed over runs): teacher 1.00, pairs 2.50; total 3.50"
-    quiet = Laps(tmp_path / "other.json", write=False)                 # processes other than 0 only count
-    monkeypatch.setattr("rd.timing.time.perf_counter", iter([0.0, 6.0]).__next__)
-    with quiet("x"):
-        pass
-    assert quiet.minutes == {"x": 0.1} and not (tmp_path / "other.json").exists()
-
-
-def test_a_damaged_minutes_file_names_itself_and_the_fix(tmp_path):
-    from rd.io import UnreadableFile
-    path = tmp_path / "minutes.json"
-    path.write_text('{"teacher": 1.')
-    with pytest.raises(UnreadableFile, match=r"minutes.json is not valid JSON .*delete it to count the minutes"):
-        Laps(path)
+def test_timeit_is_the_median_after_the_warm_up_calls(monkeypatch):
+    calls = []
+    clock = iter([0.0, 0.5, 1.0, 1.1, 2.0, 2.3])                      # three timed calls: 0.5, 0.1, 0.3 s
+    monkeypatch.setattr(rd.timing.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(rd.timing.time, "perf_counter", lambda: next(clock))
+    assert timeit(lambda: calls.append(1), iters=3, warmup=2) == pytest.approx(0.3)
+    assert len(calls) == 5, "2 warm-up calls, then 3 timed ones"
