@@ -26,7 +26,7 @@ import torch
 
 from rd import dist
 from rd.cli import arg, parse
-from rd.data import CIFAR_CLASSES, GPULoader, from_uint8, load_cifar10, to_uint8
+from rd.data import GPULoader, from_uint8, to_uint8
 from rd.fid import inception_problem
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, not_a_folder, read_json
@@ -34,16 +34,16 @@ from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_recipe
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
-from rd.sd.evaluate import EvalSettings, autoencoder_floor, eval_prompts, evaluate
+from rd.sd.data import eval_prompts, train_images
+from rd.sd.evaluate import EvalSettings, autoencoder_floor, evaluate
 from rd.sd.latent import LATENT_FORMS, TextUNet, drop_prompts, generate_latents
-from rd.sd.shapes import PROMPTS, captions, make_shapes
+from rd.sd.shapes import PROMPTS
 from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
 from rd.stages import Laps, StepMatch, parse_stages
 from rd.train import TrainConfig, read_checkpoint, train
 from rd.unet import UNet, UNetConfig
 
 STAGES = ("ae", "teacher", "pairs", "rd", "rf", "phased", "eval")
-TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a small {}", "a photo of the {}")
 
 
 @dataclass
@@ -112,13 +112,16 @@ def parse_args(argv=None) -> Args:
     auto = "gpu" if torch.cuda.is_available() else "cpu"
     args = parse(Args, argv, __doc__.split("\n\n")[0], presets={"auto": PRESETS[auto]} | PRESETS, prog="train_sd.py")
     args = dataclasses.replace(args, preset=auto) if args.preset == "auto" else args
-    problems = [f"--data must be shapes or cifar10; got {args.data!r}"] * (args.data not in ("shapes", "cifar10"))
+    problems = []
+    if args.data not in ("shapes", "cifar10"):
+        problems.append(f"--data must be shapes or cifar10; got {args.data!r}")
     if args.form not in LATENT_FORMS:
         why = (f" (EDM's preconditioning assumes data of std σ_d = {SIGMA_DATA}; these latents have std 1)"
                if args.form in FORMS else "")
         problems.append(f"--form must be one of {', '.join(LATENT_FORMS)}; got {args.form!r}{why}")
     stages = parse_stages(args.stages, STAGES) or []
-    problems += [f"--stages must be all or a comma list of {', '.join(STAGES)}; got {args.stages!r}"] * (not stages)
+    if not stages:
+        problems.append(f"--stages must be all or a comma list of {', '.join(STAGES)}; got {args.stages!r}")
     if args.teacher_weight not in ("auto", "", *PRED_TYPES):
         problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got {args.teacher_weight!r}")
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
@@ -126,8 +129,11 @@ def parse_args(argv=None) -> Args:
                         f"{args.time_scale}")
     least = {k: 0 if k in MINUTES else 1 for k in SIZES if k != "ae"}
     problems += [f"--{k} must be ≥ {v}; got {getattr(args, k)}" for k, v in least.items() if getattr(args, k) < v]
-    problems += [f"--pair_steps must be at least one step per phase (--phases={args.phases}); got {args.pair_steps}"
-                 ] * (args.pair_steps < args.phases)
+    if args.pair_steps < args.phases:
+        problems.append(f"--pair_steps must be at least one step per phase (--phases={args.phases}); got {args.pair_steps}")
+    if args.channels % 32 or args.text_dim % TextEncoderConfig.heads:      # the UNet's GroupNorms; the heads
+        problems.append(f"--channels must be a multiple of 32 and --text_dim of {TextEncoderConfig.heads}; got "
+                        f"{args.channels}, {args.text_dim}")
     try:
         AutoencoderConfig.preset(args.ae)
     except ValueError as err:
@@ -140,16 +146,6 @@ def parse_args(argv=None) -> Args:
         print(f"train_sd.py: error: {problems[0]}", file=sys.stderr)
         raise SystemExit(2)
     return args
-
-
-def load_data(args: Args, out: Path):
-    """Training images uint8 (N, 3, 32, 32), attributes (N, A) for the fidelity classifier, and captions."""
-    if args.data == "shapes":
-        images, attrs = make_shapes(args.n_train, seed=args.seed)
-        return images, attrs, captions(attrs)
-    images, labels = load_cifar10(args.cifar, "train", cache_dir=out / "cache", strict=args.n_train >= 50_000)
-    caps = [TEMPLATES[i % len(TEMPLATES)].format(CIFAR_CLASSES[y]) for i, y in enumerate(labels.tolist())]
-    return images, labels[:, None], caps
 
 
 def main(argv=None):
@@ -180,10 +176,13 @@ def pipeline(args: Args, ctx: dist.Context):
                                     "size": {k: getattr(args, k) for k in SIZES}}))   # as config.json reads back
     old = (with_defaults(read_json(out / "config.json", f"delete {out} to start over, or pass another --out"), free)
            if (out / "config.json").exists() else config)
-    if old != config:
-        own = " ".join(f"--{k}={old['size'][k]}" for k in SIZES if old["size"][k] != config["size"][k])
+    if old != config:                       # the flags that give the run's own config: its preset, its sizes
+        flags, base = [], config["size"]
+        if old["preset"] != args.preset:    # then its sizes that differ from its preset's
+            flags, base = [f"--preset={old['preset']}"], dataclasses.asdict(Args()) | PRESETS.get(old["preset"], {})
+        own = " ".join(flags + [f"--{k}={old['size'][k]}" for k in SIZES if old["size"][k] != base[k]])
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
-                         f"{config_changes(old, config)}); " + (f"rerun with its sizes ({own}), " if own else "")
+                         f"{config_changes(old, config)}); " + (f"rerun with its flags ({own}), " if own else "")
                          + "pass another --out, or delete the folder to start over")
     if not args.batch_per_process and args.batch % ctx.world:
         raise SystemExit(f"train_sd.py: a batch of {args.batch} does not split over {ctx.world} processes; pass a "
@@ -201,7 +200,7 @@ def pipeline(args: Args, ctx: dist.Context):
     with lap("data"):
         if not ctx.main:
             dist.barrier()                           # process 0 decodes and caches the data first
-        images, attrs, caps = load_data(args, out)
+        images, attrs, caps = train_images(args.data, args.n_train, args.seed, args.cifar, out / "cache")
         if ctx.main:
             dist.barrier()
     tokenizer = Tokenizer.from_texts(caps + eval_prompts(args.data, 64, args.seed)[1] + list(PROMPTS))

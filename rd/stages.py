@@ -83,19 +83,19 @@ class StepMatch:
     stop it first); every later one takes the step count the first reached and no minute cap."""
 
     def __init__(self, steps: int, max_minutes: float = 0.0):
-        self.steps, self.max_minutes, self.first = steps, max_minutes, None      # first: (name, steps) once trained
+        self.steps, self.max_minutes, self.first_steps = steps, max_minutes, None   # the first's, once trained
 
     def budget(self) -> dict:
         """The next student's `steps` and `max_minutes` (rd.train.TrainConfig's fields)."""
-        if self.first is None:
+        if self.first_steps is None:
             return dict(steps=self.steps, max_minutes=self.max_minutes)
-        return dict(steps=self.first[1], max_minutes=0.0)
+        return dict(steps=self.first_steps, max_minutes=0.0)
 
     def first_took(self, name: str, steps: int, found: dict | None = None):
         """The first student, `name`, has `steps` steps: the budget of every later one. found: {checkpoint path:
         steps} of later students already on disk (an earlier run's); one of more steps cannot be compared, and a
         ConfigMismatch names it and the fix."""
-        self.first = (name, steps)
+        self.first_steps = steps
         for path, n in (found or {}).items():
             if n > steps:
                 raise ConfigMismatch(f"{path} holds a student of {n} steps, {name} took {steps}: the comparison "

@@ -147,6 +147,10 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
     assert "another configuration" in code and "args.guidance: 3.0 → 2.0" in code
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--form=vp-sd-eps")
     assert "args.form: 'vp-sd-v' → 'vp-sd-eps'" in code, code
+    code, _ = refused(capsys, "--preset=cpu", f"--out={tmp_path}")          # another preset: name the run's own
+    assert "preset: 'tiny' → 'cpu'" in code and "rerun with its flags (--preset=tiny)," in code, code
+    code, _ = refused(capsys, "--preset=cpu", f"--out={tmp_path}", "--n_pairs=48")
+    assert "rerun with its flags (--preset=tiny)," in code, code           # a size the two presets share is not named
     config = json.loads((tmp_path / "config.json").read_text())["args"]
     assert config["guidance"] == 3.0 and config["form"] == "vp-sd-v", "nothing overwritten"
 
@@ -165,7 +169,7 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     config["size"]["minutes"] = [config["size"].pop(k) for k in ("ae_min", "teacher_min", "student_min")]
     (tmp_path / "config.json").write_text(json.dumps(config | {"size": config["size"] | {"minutes": [0, 1, 0]}}))
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae")
-    assert "size.teacher_min: 1 → 0.0" in code and "rerun with its sizes (--teacher_min=1)" in code, code
+    assert "size.teacher_min: 1 → 0.0" in code and "rerun with its flags (--teacher_min=1)" in code, code
     (tmp_path / "config.json").write_text(json.dumps(config))
     train_sd.main(["--preset=tiny", f"--out={tmp_path}", "--stages=ae"])
     assert "ae done" in capsys.readouterr().out
@@ -174,7 +178,7 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     assert "size.latent_channels: 4 → 8" in code, code
     here(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=12")        # = the preset's 12
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=13")
-    assert "size.teacher_steps: 12 → 13" in code and "rerun with its sizes (--teacher_steps=12)" in code, code
+    assert "size.teacher_steps: 12 → 13" in code and "rerun with its flags (--teacher_steps=12)" in code, code
 
 
 def test_another_form_trains_the_teacher_pairs_and_rd_in_that_form(whole, tmp_path, capsys):
@@ -296,6 +300,8 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
             ([f"--inception={ROOT / 'README.md'}"], 2, "README.md is not a TorchScript file"),
             ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder"),
             (["--n_pairs=0"], 2, "--n_pairs must be ≥ 1; got 0"),
+            (["--channels=48"], 2, "--channels must be a multiple of 32 and --text_dim of 4; got 48, 32"),
+            (["--text_dim=66"], 2, "--channels must be a multiple of 32 and --text_dim of 4; got 32, 66"),
             (["--stages=teacher,bogus"], 2, "--stages must be all or a comma list of ae, teacher, pairs, rd, rf, "
                                             "phased, eval; got 'teacher,bogus'")]:
         code, err = refused(capsys, "--preset=tiny", f"--out={out}", *flags)

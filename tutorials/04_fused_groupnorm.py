@@ -2,8 +2,9 @@
 # # 04 — A fused GroupNorm + SiLU kernel for the UNet
 #
 # Every residual block of the UNet (rd.layers.ResBlock) runs `SiLU(GroupNorm(x)·(1 + scale) + shift)` twice (the
-# scale/shift of the time embedding enters the second one). In eager PyTorch under bf16 autocast that is a cast to fp32, GroupNorm, a
-# multiply, an add, SiLU and a cast back — each a full pass over the activations, and twice as many in the backward.
+# scale/shift of the time embedding enters the second one). In eager PyTorch under bf16 autocast that is a cast to
+# fp32, GroupNorm, a multiply, an add, SiLU and a cast back — each a full pass over the activations, and twice as many
+# in the backward.
 # rd.ops fuses it into one CUDA op (rd/ops/group_norm_silu.cu) whose reference is four lines of PyTorch
 # (rd/ops/reference.py). We
 # 1. check the reference against nn.GroupNorm + SiLU;

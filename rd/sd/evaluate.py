@@ -7,33 +7,15 @@ from pathlib import Path
 
 import torch
 
-from ..data import CIFAR_CLASSES, from_uint8, load_cifar10, to_uint8
+from ..data import CIFAR_CLASSES, from_uint8, to_uint8
 from ..fid import fid, load_inception, reference_stats
 from ..figures import image_table
 from ..io import UnreadableFile, atomic_save, atomic_write_text
 from .autoencoder import decode_latents, encode_latents
 from .classifier import AttributeClassifier, ClassifierConfig, accuracy, train_classifier
+from .data import eval_prompts, held_out_images
 from .latent import generate_latents
-from .shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
-
-
-def eval_prompts(data: str, n: int, seed: int):
-    """n prompts with their attributes: uniform random attributes (shapes) or balanced classes (CIFAR-10)."""
-    g = torch.Generator().manual_seed(seed + 7)
-    if data == "shapes":
-        attrs = torch.stack([torch.randint(len(v), (n,), generator=g) for v in ATTRIBUTES.values()], 1)
-        return attrs, captions(attrs)
-    labels = torch.arange(n) % len(CIFAR_CLASSES)
-    return labels[:, None], [f"a photo of a {CIFAR_CLASSES[y]}" for y in labels.tolist()]
-
-
-def held_out_images(data: str, n: int, seed: int, cifar: str, cache: Path):
-    """n images no model trained on, uint8 (N, 3, 32, 32), with their attributes (N, A): new shapes, or the first
-    CIFAR-10 test images (from `cifar`, decoded once into `cache`)."""
-    if data == "shapes":
-        return make_shapes(n, seed=seed + 1000)
-    held_out, labels = load_cifar10(cifar, "test", cache_dir=cache, strict=False, verbose=False)
-    return held_out[:n], labels[:n, None]
+from .shapes import ATTRIBUTES, PROMPTS
 
 
 def fid_reference(inception_file: str, data: str, images, cache: Path, device):

@@ -16,6 +16,7 @@ from ..schedules import Schedule
 # SD-scaled latents have std 1
 LATENT_FORMS = tuple(name for name, (_, pred) in FORMS.items() if pred != "edm")
 
+
 class TextUNet(nn.Module):
     """(z_t (B, c, h, w), t (B,), tokens (B, L)) → UNet(z_t, t, TextEncoder(tokens)): one module, trained together.
 
