@@ -75,8 +75,8 @@ class Args:
     ae: str = arg("tiny", "autoencoder preset (rd.sd.autoencoder.AutoencoderConfig.preset)")
     latent_channels: int = arg(4, "channels of the autoencoder's latents (4 as SD)")
     ae_steps: int = arg(800, "autoencoder steps (a minute cap may stop it first)")
-    channels: int = arg(32, "latent UNet width")
-    text_dim: int = arg(64, "text encoder width (= the UNet's context_dim)")
+    channels: int = arg(32, "latent UNet width (a multiple of 32)")
+    text_dim: int = arg(64, "text encoder width (= the UNet's context_dim; a multiple of its 4 heads)")
     batch: int = arg(64, "global batch of every training stage, split over torchrun's processes unless "
                      "--batch_per_process")
     teacher_steps: int = arg(3000, "teacher steps (a minute cap may stop it first)")
@@ -123,14 +123,16 @@ def parse_args(argv=None) -> Args:
     if not stages:
         problems.append(f"--stages must be all or a comma list of {', '.join(STAGES)}; got {args.stages!r}")
     if args.teacher_weight not in ("auto", "", *PRED_TYPES):
-        problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got {args.teacher_weight!r}")
+        problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got "
+                        f"{args.teacher_weight!r}")
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
                         f"{args.time_scale}")
     least = {k: 0 if k in MINUTES else 1 for k in SIZES if k != "ae"}
     problems += [f"--{k} must be ≥ {v}; got {getattr(args, k)}" for k, v in least.items() if getattr(args, k) < v]
     if args.pair_steps < args.phases:
-        problems.append(f"--pair_steps must be at least one step per phase (--phases={args.phases}); got {args.pair_steps}")
+        problems.append(f"--pair_steps must be at least one step per phase (--phases={args.phases}); got "
+                        f"{args.pair_steps}")
     if args.channels % 32 or args.text_dim % TextEncoderConfig.heads:      # the UNet's GroupNorms; the heads
         problems.append(f"--channels must be a multiple of 32 and --text_dim of {TextEncoderConfig.heads}; got "
                         f"{args.channels}, {args.text_dim}")
@@ -296,10 +298,10 @@ def pipeline(args: Args, ctx: dist.Context):
         "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm)),
         f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, pred, pair_batches(pairs, schedule)),
     }
-    trained, match = {}, StepMatch(args.student_steps, args.student_min * args.time_scale)
+    recipe = cfg(args.student_steps, 1e-4, args.student_min)     # RD's budget; RF and phased RD take RD's steps
+    trained, match = {}, StepMatch(recipe.steps, recipe.max_minutes)
     for (name, (init, sch, pred_type, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
-        # RD may stop at its minute cap; RF and phased RD then take as many steps, same recipe (warm-up, intervals)
-        student_cfg = dataclasses.replace(cfg(args.student_steps, 1e-4, args.student_min), **match.budget())
+        student_cfg = dataclasses.replace(recipe, **match.budget())         # same recipe (warm-up, intervals)
         with lap(stage):
             trained[name] = train(init().requires_grad_(True), sch, pred_type, batches, student_cfg, out / stage,
                                   desc=stage, require_done=not run(stage))

@@ -8,8 +8,9 @@ that are compared (`StepMatch`).
     for name in ("rd", "rf"):
         with laps(name):
             student = train(..., TrainConfig(**match.budget(), ...))
-        if name == "rd":                                    # the first: its steps are the budget of the rest
-            match.first_took(name, read_checkpoint(run / name / "ckpt.pt")["step"])
+        if name == "rd":              # the first: its steps are the budget of the rest; a later one of more is refused
+            found = {run / "rf/ckpt.pt": read_checkpoint(run / "rf/ckpt.pt")["step"]} if (run / "rf").exists() else {}
+            match.first_took(name, read_checkpoint(run / name / "ckpt.pt")["step"], found)
 """
 import json
 import time
@@ -91,12 +92,12 @@ class StepMatch:
             return dict(steps=self.steps, max_minutes=self.max_minutes)
         return dict(steps=self.first_steps, max_minutes=0.0)
 
-    def first_took(self, name: str, steps: int, found: dict | None = None):
+    def first_took(self, name: str, steps: int, found: dict):
         """The first student, `name`, has `steps` steps: the budget of every later one. found: {checkpoint path:
         steps} of later students already on disk (an earlier run's); one of more steps cannot be compared, and a
         ConfigMismatch names it and the fix."""
         self.first_steps = steps
-        for path, n in (found or {}).items():
+        for path, n in found.items():
             if n > steps:
                 raise ConfigMismatch(f"{path} holds a student of {n} steps, {name} took {steps}: the comparison "
                                      f"needs equal steps; delete {Path(path).parent} and run the students again")

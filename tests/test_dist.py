@@ -134,15 +134,3 @@ def test_sigterm_on_one_process_stops_both_at_the_same_step_with_a_checkpoint(tw
     assert [(two / f"sigterm{r}").read_text() for r in range(WORLD)] == ["143", "143"]
     assert torch.load(two / "sigterm" / "ckpt.pt", weights_only=True)["step"] == 4
     assert (two / "sigterm" / "log.txt").read_text().splitlines()[-1] == "train: stopped by SIGTERM at step 4"
-
-
-def test_the_global_batch_is_split_or_per_process():
-    from rd.dist import global_batch
-    assert global_batch(256, 2) == 256 and global_batch(256, 1) == 256, "split: 128 per process on two"
-    assert global_batch(256, 2, per_process=True) == 512 and global_batch(256, 1, per_process=True) == 256
-
-
-def test_stream_seeds_are_the_formula_that_earlier_runs_resume_with():
-    """seed·1,000,003 + i: a checkpoint resumed by a later version replays the same batches and pair noise."""
-    from rd.dist import stream_seed
-    assert [stream_seed(s, i) for s, i in ((0, 0), (0, 7), (1, 0), (2, 5))] == [0, 7, 1_000_003, 2_000_011]

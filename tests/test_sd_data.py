@@ -21,7 +21,9 @@ def test_cifar_captions_take_the_templates_in_turn(tmp_path):
             Image.new("RGB", (32, 32), (40 * c, 10 * i, 0)).save(folder / "train" / CIFAR_CLASSES[c] / f"{i}.png")
     images, attrs, caps = train_images("cifar10", 9, seed=0, cifar=str(folder), cache=tmp_path / "cache")
     assert images.shape == (9, 3, 32, 32) and attrs.shape == (9, 1)
-    assert caps == [TEMPLATES[i % len(TEMPLATES)].format(CIFAR_CLASSES[y]) for i, y in enumerate(attrs[:, 0].tolist())]
+    assert attrs[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert caps[:4] == ["a photo of a airplane", "a picture of a airplane", "an image of a airplane", "a small automobile"]
+    assert caps[5] == "a photo of a automobile" and len(TEMPLATES) == 5
 
 
 def test_cifar_prompts_are_balanced_and_shape_prompts_are_seeded():

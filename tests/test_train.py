@@ -226,3 +226,9 @@ def test_tqdm_disable_silences_the_bar_and_a_minute_budget_shows_no_step_total(t
     assert "budget" in bar and "1000000000" not in bar and "min" in bar, bar
     log = (tmp_path / "budget" / "log.txt").read_text()
     assert log.startswith("step 2 (") and "/1e-09 min) | loss" in log and "1000000000" not in log, log
+
+
+def test_stream_seeds_are_the_formula_that_earlier_runs_resume_with():
+    """seed·1,000,003 + i: a checkpoint resumed by a later version replays the same batches and pair noise."""
+    from rd.dist import stream_seed
+    assert [stream_seed(s, i) for s, i in ((0, 0), (0, 7), (1, 0), (2, 5))] == [0, 7, 1_000_003, 2_000_011]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import tf32_kept
 
-from rd.io import UnreadableFile
+from rd.io import ConfigMismatch, UnreadableFile
 
 pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
 
@@ -138,6 +138,17 @@ def test_a_damaged_classifier_is_named_with_what_to_do(whole, tmp_path, capsys):
     assert "delete it and rerun" in str(err.value)
 
 
+def test_a_later_student_of_more_steps_than_rd_is_refused_by_name(whole, tmp_path):
+    import train_sd
+    out, _ = whole
+    shutil.copytree(out, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "rf" / "ckpt.pt", weights_only=False)
+    torch.save(ckpt | {"step": ckpt["step"] + 1}, tmp_path / "run" / "rf" / "ckpt.pt")     # as if from a longer run
+    with pytest.raises(ConfigMismatch, match=rf"rf/ckpt.pt holds a student of {ckpt['step'] + 1} steps, rd took "
+                                             rf"{ckpt['step']}: the comparison needs equal steps; delete"):
+        train_sd.main(["--preset=tiny", f"--out={tmp_path / 'run'}", "--stages=rd"])
+
+
 def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
     import train_sd
     with pytest.raises(FileNotFoundError, match="run the 'ae' stage first"):         # the script exits 1 with it
@@ -149,8 +160,10 @@ def test_missing_prerequisite_and_other_config_are_refused(tmp_path, capsys):
     assert "args.form: 'vp-sd-v' → 'vp-sd-eps'" in code, code
     code, _ = refused(capsys, "--preset=cpu", f"--out={tmp_path}")          # another preset: name the run's own
     assert "preset: 'tiny' → 'cpu'" in code and "rerun with its flags (--preset=tiny)," in code, code
-    code, _ = refused(capsys, "--preset=cpu", f"--out={tmp_path}", "--n_pairs=48")
-    assert "rerun with its flags (--preset=tiny)," in code, code           # a size the two presets share is not named
+    with pytest.raises(FileNotFoundError):                                  # a tiny run with a size of its own
+        train_sd.main(["--preset=tiny", "--n_pairs=40", f"--out={tmp_path / 'b'}", "--stages=teacher"])
+    code, _ = refused(capsys, "--preset=cpu", f"--out={tmp_path / 'b'}", "--n_pairs=40")
+    assert "rerun with its flags (--preset=tiny --n_pairs=40)," in code, code
     config = json.loads((tmp_path / "config.json").read_text())["args"]
     assert config["guidance"] == 3.0 and config["form"] == "vp-sd-v", "nothing overwritten"
 

@@ -40,8 +40,9 @@ from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, p
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.sd.classifier import ClassifierConfig, accuracy, train_classifier
+from rd.sd.data import eval_prompts, held_out_images, train_images
 from rd.sd.latent import TextUNet, drop_prompts, generate_latents
-from rd.sd.shapes import ATTRIBUTES, PROMPTS, captions, make_shapes
+from rd.sd.shapes import ATTRIBUTES, PROMPTS
 from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
 from rd.train import TrainConfig, train
 from rd.unet import UNet, UNetConfig
@@ -67,8 +68,7 @@ def cfg(steps, lr, weight_like=None):
 
 
 # %% 1. Data: every caption's words are visible in its image
-images, attrs = make_shapes(N_TRAIN, seed=0)                  # (N, 3, 32, 32) uint8, (N, 3) = colour, shape, position
-texts = captions(attrs)
+images, attrs, texts = train_images("shapes", N_TRAIN, seed=0)  # (N, 3, 32, 32) uint8, (N, 3) = colour, shape, position
 print(f"{N_TRAIN} captioned shapes, e.g. {texts[:3]}")
 
 # %% 2. Autoencoder: 32×32×3 → 8×8×4, then SD's scale factor from the data
@@ -144,10 +144,9 @@ rf_student = train(flow_student(teacher).requires_grad_(True), fm, "flow", flow_
 # %% 7. Prompt fidelity: a classifier trained on real shapes reads colour, shape and position back
 heads = tuple(len(v) for v in ATTRIBUTES.values())
 clf = train_classifier(images, attrs, ClassifierConfig(heads=heads), CLF_STEPS, device=DEVICE, seed=0).eval()
-held_out, held_attrs = make_shapes(N_EVAL, seed=1000)
-g = torch.Generator().manual_seed(7)
-eval_attrs = torch.stack([torch.randint(len(v), (N_EVAL,), generator=g) for v in ATTRIBUTES.values()], 1)
-eval_tokens = tokenizer.encode(captions(eval_attrs), length).to(DEVICE)
+held_out, held_attrs = held_out_images("shapes", N_EVAL, seed=0)      # shapes no model trained on
+eval_attrs, eval_texts = eval_prompts("shapes", N_EVAL, seed=0)          # random attributes, their captions
+eval_tokens = tokenizer.encode(eval_texts, length).to(DEVICE)
 noise = torch.randn(N_EVAL, 4, 8, 8, generator=torch.Generator().manual_seed(2)).to(DEVICE)
 fig_tokens = tokenizer.encode(list(PROMPTS), length).to(DEVICE)
 

@@ -3,7 +3,7 @@ captions name colour, shape and position, and CIFAR-10, whose captions put the c
 the training images, held-out images and the evaluation's prompts, with the attributes (N, A) a fidelity
 classifier reads back (shapes: colour, shape, position; CIFAR-10: the class).
 
-    images, attrs, caps = train_images("shapes", 20_000, seed=0, cifar="", cache=run / "cache")
+    images, attrs, caps = train_images("shapes", 20_000, seed=0)     # CIFAR-10: cifar=…, cache=…
     attrs, prompts = eval_prompts("cifar10", 10_000, seed=0)       # ["a photo of a airplane", …], balanced classes
 """
 from pathlib import Path
@@ -16,7 +16,7 @@ from .shapes import ATTRIBUTES, captions, make_shapes
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a small {}", "a photo of the {}")
 
 
-def train_images(data: str, n: int, seed: int, cifar: str, cache: Path):
+def train_images(data: str, n: int, seed: int, cifar: str = "", cache: Path | None = None):
     """uint8 images (N, 3, 32, 32), attributes (N, A) and captions: n new shapes, or CIFAR-10's train split (from
     `cifar`, decoded once into `cache`; n ≥ 50,000 demands the full split) with the templates taken in turn."""
     if data == "shapes":
@@ -37,7 +37,7 @@ def eval_prompts(data: str, n: int, seed: int):
     return labels[:, None], [f"a photo of a {CIFAR_CLASSES[y]}" for y in labels.tolist()]
 
 
-def held_out_images(data: str, n: int, seed: int, cifar: str, cache: Path):
+def held_out_images(data: str, n: int, seed: int, cifar: str = "", cache: Path | None = None):
     """n images no model trained on, uint8 (N, 3, 32, 32), with their attributes (N, A): new shapes, or the first
     CIFAR-10 test images (from `cifar`, decoded once into `cache`)."""
     if data == "shapes":
