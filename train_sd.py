@@ -180,8 +180,8 @@ def pipeline(args: Args, ctx: dist.Context):
            if (out / "config.json").exists() else config)
     if old != config:                       # the flags that give the run's own config: its preset, its sizes
         flags, base = [], config["size"]
-        if old["preset"] != args.preset:    # then its sizes that differ from its preset's
-            flags, base = [f"--preset={old['preset']}"], dataclasses.asdict(Args()) | PRESETS.get(old["preset"], {})
+        if (preset := old.get("preset", args.preset)) != args.preset:    # then its sizes that differ from its preset's
+            flags, base = [f"--preset={preset}"], dataclasses.asdict(Args()) | PRESETS.get(preset, {})
         own = " ".join(flags + [f"--{k}={old['size'][k]}" for k in SIZES if old["size"][k] != base[k]])
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
                          f"{config_changes(old, config)}); " + (f"rerun with its flags ({own}), " if own else "")
