@@ -34,7 +34,7 @@ import torch
 from . import dist
 from .cli import arg, parse
 from .data import GPULoader, load_cifar10
-from .evaluate import call_counts, eval_models, evaluate
+from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
@@ -116,11 +116,6 @@ def with_recipe(cfg: CifarConfig) -> CifarConfig:
     """cfg with --teacher_weight=auto and --lr=0 replaced by the form's (rd.predictions.TEACHER_RECIPES)."""
     weight, lr = teacher_recipe(cfg.form, cfg.teacher_weight, cfg.lr)
     return dataclasses.replace(cfg, teacher_weight=weight, lr=lr)
-
-
-def student_phases(name: str) -> int:
-    """K of a student name: rd → 1, rdK → K; rf → 1."""
-    return int(name[2:]) if name.startswith("rd") and name[2:].isdigit() else 1
 
 
 def check(cfg: CifarConfig) -> list[str]:

@@ -42,6 +42,11 @@ def call_counts(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
+def student_phases(name: str) -> int:
+    """K of a student name: rd → 1, rdK → K; rf → 1."""
+    return int(name[2:]) if name.startswith("rd") and name[2:].isdigit() else 1
+
+
 def eval_models(cfg, teacher: tuple, students: dict) -> dict:
     """What `evaluate` scores: {name: (net, schedule, pred_type, [calls], solver_of_calls, grid)} from the teacher's
     and each student's (net, schedule, pred_type). The teacher at --teacher_calls and the plain students (rd, rf) at
@@ -53,7 +58,7 @@ def eval_models(cfg, teacher: tuple, students: dict) -> dict:
     models = {"teacher": (*teacher, call_counts(cfg.teacher_calls), solver, cfg.grid)}
     for name, (net, sch, p) in students.items():
         if name.startswith("rd") and name != "rd":
-            models[name] = (net, sch, p, [int(name[2:])], lambda calls: "dpm++1", "logsnr")
+            models[name] = (net, sch, p, [student_phases(name)], lambda calls: "dpm++1", "logsnr")
         else:
             models[name] = (net, sch, p, [1, 2, 4], solver, cfg.grid)
     return models

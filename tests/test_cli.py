@@ -1,6 +1,10 @@
 """rd.cli: a dataclass's fields as --flags, presets as named keyword sets, unknown flags refused."""
+import dataclasses
+
+import pytest
+
 from rd.cifar import PRESETS, CifarConfig
-from rd.cli import parse
+from rd.cli import arg, parse
 
 
 def test_cli_presets_and_overrides():
@@ -20,11 +24,6 @@ def test_cli_keeps_a_field_named_preset_when_there_are_no_presets():
 
 
 def test_a_field_named_preset_holds_the_chosen_preset_and_its_default_is_used_without_the_flag(capsys):
-    import dataclasses
-
-    import pytest
-    from rd.cli import arg
-
     @dataclasses.dataclass
     class Args:
         preset: str = arg("small", "sizes")
