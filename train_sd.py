@@ -17,6 +17,7 @@ Every sample ends on the clean latent (σ = 0).
 """
 import copy
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from rd.fid import inception_problem
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, not_a_folder, read_json
 from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_recipe
-from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
+from rd.rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
+                       student_times)
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.sd.data import eval_prompts, train_images
@@ -64,6 +66,9 @@ class Args:
                       "or skips what is done)")
     guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
+    student_t: str = arg("schedule", "RD's and RF's training times: " + ", ".join(STUDENT_TIMES) + " (rd.rectify."
+                         "student_times; late: weighted towards t_max, where one call samples; phased RD keeps "
+                         "its form's)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the minute caps (--ae_min, --teacher_min, --student_min), e.g. 0.3 for a "
                             "short GPU run")
@@ -125,6 +130,8 @@ def parse_args(argv=None) -> Args:
     if args.teacher_weight not in ("auto", "", *PRED_TYPES):
         problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got "
                         f"{args.teacher_weight!r}")
+    if args.student_t not in STUDENT_TIMES:
+        problems.append(f"--student_t must be one of {', '.join(STUDENT_TIMES)}; got {args.student_t!r}")
     if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
         problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
                         f"{args.time_scale}")
@@ -267,8 +274,7 @@ def pipeline(args: Args, ctx: dist.Context):
     with lap("teacher"):
         teacher = train(TextUNet(UNet(unet_cfg), TextEncoder(text_cfg)).to(device), schedule, pred, teacher_batches,
                         cfg(args.teacher_steps, 3e-4, args.teacher_min, weight_like=weight or None),
-                        out / "teacher", desc="teacher",
-                        require_done=not run("teacher"),
+                        out / "teacher", desc="teacher", require_done=not run("teacher"),
                         model_config={"unet": dataclasses.asdict(unet_cfg), "text": dataclasses.asdict(text_cfg),
                                       "vocab": tokenizer.vocab})
         grid("teacher", teacher, schedule, pred, 25, args.guidance)
@@ -292,11 +298,13 @@ def pipeline(args: Args, ctx: dist.Context):
 
     # -- students: same pairs, same steps; RD and phased RD keep the teacher's form, RF is FM + velocity; phased RD
     # samples with one first-order step per phase (generate_latents(phased=True))
-    fm = get_schedule("fm")
+    fm, times = get_schedule("fm"), functools.partial(student_times, args.student_t)    # None: each form's own times
     students = {
-        "RD": (lambda: copy.deepcopy(teacher), schedule, pred, pair_batches(pairs.endpoints(), schedule)),
-        "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm)),
-        f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, pred, pair_batches(pairs, schedule)),
+        "RD": (lambda: copy.deepcopy(teacher), schedule, pred,
+               pair_batches(pairs.endpoints(), schedule, sample_t=times(schedule))),
+        "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm, sample_t=times(fm))),
+        f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, pred,
+                                         pair_batches(pairs, schedule, sample_t=times(schedule, args.phases))),
     }
     recipe = cfg(args.student_steps, 1e-4, args.student_min)     # RD's budget; RF and phased RD take RD's steps
     trained, match = {}, StepMatch(recipe.steps, recipe.max_minutes)

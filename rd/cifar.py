@@ -22,7 +22,6 @@ With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs ar
 """
 import copy
 import dataclasses
-import functools
 import json
 import sys
 import time
@@ -38,16 +37,16 @@ from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
-from .rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, pairs_on_disk
+from .rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, pairs_on_disk,
+                      student_times)
 from .sampling import GRIDS
-from .schedules import Schedule, get_schedule, lognormal_t
+from .schedules import get_schedule, lognormal_t
 from .stages import Laps, StepMatch, parse_stages, synchronize
 from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
 from .unet import UNet, UNetConfig
 
 STAGES = ("teacher", "pairs", "students", "eval")
 T_SAMPLINGS = ("schedule", "lognormal")
-STUDENT_TS = ("schedule", "uniform")
 EVAL_SAMPLERS = ("dpm++2m", "dpm++3m")     # one network call a step
 
 
@@ -91,9 +90,11 @@ class CifarConfig:
     student_loss: str = arg("huber", "students' loss: huber (pseudo-Huber on x̂0, the official RD code's) or mse "
                             "(each form's own squared error; students and tables get a suffix -mse)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
-    student_t: str = arg("schedule", "RD students' training times: schedule (the form's own: uniform t on VP, "
-                         "log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts) or uniform "
-                         "(uniform t: log-uniform σ on EDM; students and tables get a suffix -tuniform)")
+    student_t: str = arg("schedule", "students' training times: schedule (each form's own: uniform t on VP and FM, "
+                         "log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts), uniform "
+                         "(RD's uniform in t: log-uniform σ on EDM) or late (rd and rf alike: t = t_max − (t_max − "
+                         "t_min)·u², weighted towards t_max, where one call samples; phased students keep their "
+                         "form's); other than schedule, students and tables get a suffix -t<value>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
                     + ", ".join(GRIDS) + " (phased students keep their phase boundaries)")
@@ -154,8 +155,8 @@ def check(cfg: CifarConfig) -> list[str]:
         bad("grid", f"allowed: {', '.join(GRIDS)}")
     if cfg.sampler not in EVAL_SAMPLERS:
         bad("sampler", f"allowed: {', '.join(EVAL_SAMPLERS)}")
-    if cfg.student_t not in STUDENT_TS:
-        bad("student_t", f"allowed: {', '.join(STUDENT_TS)}")
+    if cfg.student_t not in STUDENT_TIMES:
+        bad("student_t", f"allowed: {', '.join(STUDENT_TIMES)}")
     if cfg.student_loss not in LOSSES:
         bad("student_loss", f"allowed: {', '.join(LOSSES)}")
     if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
@@ -293,11 +294,11 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         path = out / f"{name}{sfx}"
         if name == "rf":
             sch, p, net = get_schedule("fm"), "flow", flow_student(teacher).requires_grad_(True)
-            batches = pairs and flow_batches(pairs, sch)
+            batches = pairs and flow_batches(pairs, sch, sample_t=student_times(cfg.student_t, sch))
         else:
             sch, p, net = schedule, pred, copy.deepcopy(teacher)
-            times = None if cfg.student_t == "schedule" else functools.partial(Schedule.sample_t, schedule)
-            batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule, sample_t=times)
+            batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule,
+                                             sample_t=student_times(cfg.student_t, schedule, student_phases(name)))
         with laps(f"{name}{sfx}"):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
                                 desc=name, require_done=pairs is None and "students"), sch, p)

@@ -17,6 +17,7 @@
    boundaries its pairs were made on.
 """
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -31,8 +32,10 @@ from . import dist
 from .io import ConfigMismatch, atomic_save, atomic_write_text, fingerprint, progress_off, read_json, sha256
 from .predictions import Predictor
 from .sampling import classifier_free_guidance, get_grid, sample
-from .schedules import FlowMatching, Schedule, schedule_params
+from .schedules import FlowMatching, Schedule, late_t, schedule_params
 from .solvers import MIN_STEPS, get_solver
+
+STUDENT_TIMES = ("schedule", "uniform", "late")    # students' training times: student_times
 
 FORMAT = 1
 
@@ -310,6 +313,18 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3, sample
     return batch
 
 
+def student_times(choice: str, schedule: Schedule, phases: int = 1):
+    """sample_t(n, generator, device) → t for a student's batches on `schedule`, by a choice of STUDENT_TIMES.
+
+    schedule: None (the form's own times); uniform: uniform t (None on FM, whose own times are uniform); late:
+    rd.schedules.late_t for a plain student (phases 1), None for a phased one, queried at every phase's start."""
+    if choice == "late" and phases == 1:
+        return functools.partial(late_t, schedule)
+    if choice == "uniform" and schedule.name != "fm":
+        return functools.partial(Schedule.sample_t, schedule)
+    return None
+
+
 def rectify(model, schedule: Schedule, pred_type: str, train_fn, pair_dir, n: int, shape: tuple, rounds: int = 1,
             phases: int = 1, seed: int = 0, **pair_kw):
     """model_{i+1} = train_fn(copy of model_i, pairs of model_i), i = 1..rounds: k-rectified.  [RD Alg. 4]
@@ -325,16 +340,17 @@ def rectify(model, schedule: Schedule, pred_type: str, train_fn, pair_dir, n: in
     # END ASSIGNMENT
 
 
-def flow_batches(pairs: Pairs, fm: Schedule):
+def flow_batches(pairs: Pairs, fm: Schedule, sample_t=None):
     """x_t = (1 − t)·x̂0 + t·ε on the teacher's pairs (x̂0 = its x_{t_min}), t from FM's training times.  [RF, InstaFlow]
 
     The raw pair of [RD Alg. 4]: FM samples from x_{0.999} = 0.999·ε, which this path meets up to 0.001·x̂0, so
-    it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs). Conditional pairs add cond."""
+    it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs). Conditional pairs add cond;
+    sample_t(n, generator, device) → t replaces FM's training times (uniform), as in pair_batches."""
     x0, eps = pairs.x_path[:, -1], pairs.eps
 
     def batch(n, generator):
         idx = torch.randint(0, x0.shape[0], (n,), generator=generator, device=x0.device)
-        out = x0[idx], eps[idx], fm.sample_t(n, generator, device=x0.device)
+        out = x0[idx], eps[idx], (sample_t or fm.sample_t)(n, generator, device=x0.device)
         return out if pairs.cond is None else (*out, pairs.cond[idx])
     return batch
 

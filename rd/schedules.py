@@ -333,3 +333,13 @@ def lognormal_t(schedule: Schedule, n: int, generator=None, device=None, p_mean:
     """
     log_r = p_mean + p_std * torch.randn(n, generator=generator, dtype=torch.float64, device=device)
     return schedule.inverse_lambda(-log_r).clamp(schedule.t_min, schedule.t_max)
+
+
+def late_t(schedule: Schedule, n: int, generator=None, device=None) -> Tensor:
+    """t = t_max − (t_max − t_min)·u², u ~ U(0, 1): density ∝ (t_max − t)^(−1/2) on [t_min, t_max], float64.
+
+    Training times weighted towards t_max, where a one-call sampler queries the network and a two-call sampler
+    takes its first step; E[t] = t_max − (t_max − t_min)/3 and P(t > t_max − δ·(t_max − t_min)) = √δ.
+    """
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    return schedule.t_max - (schedule.t_max - schedule.t_min) * u.square()

@@ -176,14 +176,17 @@ def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
     (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: auto (the form's), '' (the form's own), eps"),
-    (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform"),
+    (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform, late"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),
     (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),
-    (["--out=README.md"], "--out='README.md': README.md is a file, not a folder"),
-    (["--inception=README.md"], "--inception='README.md': README.md is not a TorchScript file"),
+    (["--out={text}"], "--out='{text}': {text} is a file, not a folder"),
+    (["--inception={text}"], "--inception='{text}': {text} is not a TorchScript file"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    text = tmp_path / "notes.md"                      # {text}: a file that is neither a folder nor a network
+    text.write_text("a text file, not a network\n")
+    flags, message = [f.replace("{text}", str(text)) for f in flags], message.replace("{text}", str(text))
     with pytest.raises(SystemExit) as exit_:
         main(["--preset=smoke", f"--out={tmp_path / 'out'}", *flags])
     said = f"{exit_.value.code}\n{capsys.readouterr().err}"

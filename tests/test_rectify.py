@@ -11,7 +11,7 @@ from rd.mixture import ring_mixture
 from rd.orders import rk4
 from rd.predictions import target_from_pair
 from rd.rectify import (Pairs, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries,
-                        rectify, sample_phased)
+                        rectify, sample_phased, student_times)
 from rd.sampling import get_grid, sample
 from rd.schedules import Coeffs, Schedule, get_schedule, schedule_params
 from rd.sd.latent import generate_latents
@@ -131,6 +131,9 @@ def test_rf_baseline_uses_the_same_pairs_in_the_flow_form(tmp_path):
     x0, eps, t = flow_batches(pairs, fm)(500, torch.Generator().manual_seed(0))
     assert torch.cdist(x0.double(), pairs.x_path[:, -1].double()).min(1).values.max() == 0
     assert torch.cdist(eps.double(), pairs.eps.double()).min(1).values.max() == 0
+    late = lambda n, g, device: torch.full((n,), 0.9, dtype=torch.float64, device=device)   # noqa: E731
+    x0l, epsl, tl = flow_batches(pairs, fm, sample_t=late)(500, torch.Generator().manual_seed(0))
+    assert torch.equal(x0l, x0) and torch.equal(epsl, eps) and bool((tl == 0.9).all())    # same pairs, other times
     teacher = make_toy(s, "eps", 1.0, width=16)
     student = flow_student(teacher)
     assert student.schedule.name == "fm" and student.pred_type == "flow" and teacher.schedule.name == "vp-sd"
@@ -399,3 +402,15 @@ def test_perfect_phased_student_reproduces_the_teachers_boundary_states(teacher_
     if phases == 4:   # the test can fail: DPM-Solver++(2M) on the same boundaries extrapolates across the phases
         missed = (sample(net, noise, s, "edm", "dpm++2m", phases) - states[:, -1]).abs().max().item()
         assert missed > 1e-2, f"DPM-Solver++(2M) should miss the teacher's clean sample; it is {missed:.2e} away"
+
+
+def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plain_students():
+    vp, fm, g = get_schedule("vp-sd"), get_schedule("fm"), lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert student_times("schedule", vp) is None and student_times("schedule", fm) is None
+    assert student_times("uniform", fm) is None                             # FM's own times are uniform already
+    torch.testing.assert_close(student_times("uniform", vp)(64, g()), Schedule.sample_t(vp, 64, g()))  # continuous
+    assert student_times("late", vp, phases=2) is None                      # phased: queried at every phase's start
+    for sch in (vp, fm):
+        t = student_times("late", sch)(4096, g())
+        u = torch.rand(4096, generator=g(), dtype=torch.float64)
+        torch.testing.assert_close(t, sch.t_max - (sch.t_max - sch.t_min) * u * u)

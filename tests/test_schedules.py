@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rd.schedules import SCHEDULES, VPDiscrete, get_schedule
+from rd.schedules import SCHEDULES, VPDiscrete, get_schedule, late_t
 
 NAMES = list(SCHEDULES)
 VP = ["vp-ddpm", "vp-sd", "vp-linear", "vp-cosine"]       # built on the VP helpers of assignment A1 (A1.3–A1.5)
@@ -165,3 +165,15 @@ def test_lognormal_t_is_edms_noise_levels_on_any_schedule():
     inside = (t > cosine.t_min) & (t < cosine.t_max)
     assert inside.float().mean() > 0.99
     torch.testing.assert_close(cosine.lam(t[inside]), log_r[inside], rtol=0, atol=1e-8)
+
+
+def test_late_t_has_its_closed_form_law_on_every_schedule():
+    """t = t_max − (t_max − t_min)·u²: inside [t_min, t_max], P(t > t_max − δ·range) = √δ, E[t] = t_max − range/3."""
+    for name in ("vp-sd", "ve", "fm"):
+        s = get_schedule(name)
+        span = s.t_max - s.t_min
+        t = late_t(s, 200_000, torch.Generator().manual_seed(0))
+        assert t.dtype == torch.float64 and t.min() >= s.t_min and t.max() <= s.t_max
+        for delta in (0.01, 0.1, 0.5):                       # 200k draws: the frequency's std ≤ 0.0012
+            assert (t > s.t_max - delta * span).double().mean().item() == pytest.approx(delta ** 0.5, abs=0.006)
+        assert t.mean().item() == pytest.approx(s.t_max - span / 3, abs=0.003 * span)

@@ -225,6 +225,22 @@ def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_pa
     assert code == 2 and "--teacher_weight must be auto, '' or one of eps, x0, v" in err
 
 
+def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, monkeypatch):
+    """--student_t=late: RD's and RF's batches take rd.schedules.late_t on their own schedules, phased RD its form's."""
+    import rd.rectify
+    out, _ = whole
+    for stage in ("ae", "teacher", "pairs"):
+        shutil.copytree(out / stage, tmp_path / stage)
+    drawn = []
+    monkeypatch.setattr(rd.rectify, "late_t", lambda sch, n, g, device=None: drawn.append(sch.name) or
+                        torch.full((n,), sch.t_max, dtype=torch.float64, device=device))
+    assert "phased done" in here(capsys, "--preset=tiny", f"--out={tmp_path}", "--student_t=late", "--stages=rd,rf,phased")
+    assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn  # not for phased
+    assert json.loads((tmp_path / "config.json").read_text())["args"]["student_t"] == "late"
+    code, err = refused(capsys, "--preset=tiny", "--student_t=middle")
+    assert code == 2 and "--student_t must be one of schedule, uniform, late; got 'middle'" in err
+
+
 class PooledFeatures(torch.nn.Module):
     """A stand-in for the Inception network: (B, 3, 299, 299) → (B, 2048) average-pooled pixels."""
 
@@ -300,7 +316,8 @@ def test_help_lists_every_flag_with_its_default(capsys):
 
 def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, capsys):
     """Non-finite numbers, a wrong --inception or --out, a damaged config.json: a clear message, no work."""
-    out = tmp_path / "run"
+    out, text = tmp_path / "run", tmp_path / "notes.md"
+    text.write_text("a text file, not a network\n")
     for flags, status, message in [
             (["--time_scale=nan"], 2, "argument --time_scale: expected a finite number, got 'nan'"),
             (["--time_scale=0"], 2, "--guidance ≥ 1 and --time_scale > 0; got 4, 3.0, 0.0"),
@@ -310,8 +327,8 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
             (["--ae=huge"], 2, "--ae: unknown autoencoder preset 'huge'; allowed: tiny, small, base"),
             (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
-            ([f"--inception={ROOT / 'README.md'}"], 2, "README.md is not a TorchScript file"),
-            ([f"--out={ROOT / 'README.md'}"], 2, "README.md is a file, not a folder"),
+            ([f"--inception={text}"], 2, "notes.md is not a TorchScript file"),
+            ([f"--out={text}"], 2, "notes.md is a file, not a folder"),
             (["--n_pairs=0"], 2, "--n_pairs must be ≥ 1; got 0"),
             (["--channels=48"], 2, "--channels must be a multiple of 32 and --text_dim of 4; got 48, 32"),
             (["--text_dim=66"], 2, "--channels must be a multiple of 32 and --text_dim of 4; got 32, 66"),
