@@ -37,8 +37,8 @@ from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
-from .rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, pairs_on_disk,
-                      student_times)
+from .rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
+                      pairs_on_disk, student_times)
 from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
 from .stages import Laps, StepMatch, parse_stages, synchronize

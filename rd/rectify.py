@@ -314,7 +314,7 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3, sample
 
 
 def student_times(choice: str, schedule: Schedule, phases: int = 1):
-    """sample_t(n, generator, device) → t for a student's batches on `schedule`, by a choice of STUDENT_TIMES.
+    """sample_t(n, generator, device) → t for a student's batches on `schedule` by a choice of STUDENT_TIMES, or None.
 
     schedule: None (the form's own times); uniform: uniform t (None on FM, whose own times are uniform); late:
     rd.schedules.late_t for a plain student (phases 1), None for a phased one, queried at every phase's start."""
@@ -341,7 +341,7 @@ def rectify(model, schedule: Schedule, pred_type: str, train_fn, pair_dir, n: in
 
 
 def flow_batches(pairs: Pairs, fm: Schedule, sample_t=None):
-    """x_t = (1 − t)·x̂0 + t·ε on the teacher's pairs (x̂0 = its x_{t_min}), t from FM's training times.  [RF, InstaFlow]
+    """x_t = (1 − t)·x̂0 + t·ε on the teacher's pairs (x̂0 = its x_{t_min}), t from FM's times or sample_t.  [RF, InstaFlow]
 
     The raw pair of [RD Alg. 4]: FM samples from x_{0.999} = 0.999·ε, which this path meets up to 0.001·x̂0, so
     it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs). Conditional pairs add cond;

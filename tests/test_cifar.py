@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import smoke_env, tf32_kept
 
+import rd.rectify
 from rd.cifar import CifarConfig, main, student_warmup
 
 pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
@@ -121,6 +122,17 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     proc = Run(capsys, out, "--stages=students", "--student_seed=1", "--students=rd,rf", "--student_steps=3")
     assert proc.returncode != 0 and "rf-s1/ckpt.pt holds a student of 5 steps, rd took 3: the comparison needs " \
         "equal steps" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_student_t_late_reaches_rd_and_rf_not_the_phased_students(tmp_path, capsys, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(rd.rectify, "late_t", lambda sch, n, g, device=None: drawn.append(sch.name) or
+                        torch.full((n,), sch.t_max, dtype=torch.float64, device=device))
+    with tf32_kept():
+        main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2", "--student_t=late"])
+    assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd2: its own
+    assert (tmp_path / "rd-tlate" / "ckpt.pt").exists() and (tmp_path / "results-tlate.md").exists()
+    capsys.readouterr()
 
 
 def test_every_student_warms_up_alike_for_at_most_a_fifth_of_its_steps():

@@ -410,6 +410,7 @@ def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plai
     assert student_times("uniform", fm) is None                             # FM's own times are uniform already
     torch.testing.assert_close(student_times("uniform", vp)(64, g()), Schedule.sample_t(vp, 64, g()))  # continuous
     assert student_times("late", vp, phases=2) is None                      # phased: queried at every phase's start
+    assert student_times("uniform", vp, phases=2) is not None               # uniform: every RD student
     for sch in (vp, fm):
         t = student_times("late", sch)(4096, g())
         u = torch.rand(4096, generator=g(), dtype=torch.float64)

@@ -169,7 +169,7 @@ def test_lognormal_t_is_edms_noise_levels_on_any_schedule():
 
 def test_late_t_has_its_closed_form_law_on_every_schedule():
     """t = t_max − (t_max − t_min)·u²: inside [t_min, t_max], P(t > t_max − δ·range) = √δ, E[t] = t_max − range/3."""
-    for name in ("vp-sd", "ve", "fm"):
+    for name in NAMES:
         s = get_schedule(name)
         span = s.t_max - s.t_min
         t = late_t(s, 200_000, torch.Generator().manual_seed(0))

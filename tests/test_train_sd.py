@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import tf32_kept
 
+import rd.rectify
 from rd.io import ConfigMismatch, UnreadableFile
 
 pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
@@ -227,14 +228,14 @@ def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_pa
 
 def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, monkeypatch):
     """--student_t=late: RD's and RF's batches take rd.schedules.late_t on their own schedules, phased RD its form's."""
-    import rd.rectify
     out, _ = whole
     for stage in ("ae", "teacher", "pairs"):
         shutil.copytree(out / stage, tmp_path / stage)
     drawn = []
     monkeypatch.setattr(rd.rectify, "late_t", lambda sch, n, g, device=None: drawn.append(sch.name) or
                         torch.full((n,), sch.t_max, dtype=torch.float64, device=device))
-    assert "phased done" in here(capsys, "--preset=tiny", f"--out={tmp_path}", "--student_t=late", "--stages=rd,rf,phased")
+    stdout = here(capsys, "--preset=tiny", f"--out={tmp_path}", "--student_t=late", "--stages=rd,rf,phased")
+    assert "phased done" in stdout
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn  # not for phased
     assert json.loads((tmp_path / "config.json").read_text())["args"]["student_t"] == "late"
     code, err = refused(capsys, "--preset=tiny", "--student_t=middle")

@@ -117,16 +117,17 @@ results = run(CONFIG)
 # The ε teacher is a good teacher, and its RD student is the better one at 2 and 4 calls; at 1 call it fails,
 # because its one step from t = 1 multiplies ε̂'s error by σ_T/α_T = 14.6 (its grid: the right images under coloured
 # speckle). RF, which converts the pairs to velocity, does not inherit the factor. The v form on the same schedule
-# bounds it by σ_T ≤ 1: with v's own loss its RD student is the best 1-call model measured, ahead of RF on its own
-# pairs (22.5 against 29.7), at the price of a teacher 2.6 FID worse at 25 calls. The same v network with its loss
-# weighed like ε's is the best v teacher measured (within 0.2 FID of ε's) and keeps a working 1-call student, but
-# RD's lead is gone (27.2 against 27.4): v's own loss counts an x̂0 error at t ≈ 1 about 215 times more than ε's, and
-# that weight, not the output alone, gave RD its 1-call lead. The default takes the better teacher;
-# `--teacher_weight= --lr=1e-3` gives the RD-favoured one. The weight can also go to the students: with
-# `--student_t=late` both train on t = t_max − (t_max − t_min)·u², u uniform (a third of their batches in the last
-# tenth of t, against a tenth), and from the default teacher RD gives 21.1 at one call against RF's 27.5 (RD ÷ RF
-# 0.77; 19.2 against 18.6 at 2 calls; one H200, 2026-12-01): RF gains nothing from these times, RD 5.9 FID. (EDM's
-# students fail for another reason: its log-normal training times never reach σ_max, where a 1-call sample starts.)
+# bounds it by σ_T ≤ 1: with v's own loss its RD student leads RF on its own pairs at one call (22.5 against 29.7),
+# at the price of a teacher 2.6 FID worse at 25 calls. The same v network with its loss weighed like ε's is the best
+# v teacher measured (within 0.2 FID of ε's) and keeps a working 1-call student, but RD's lead is gone (27.2 against
+# 27.4): v's own loss counts an x̂0 error at t ≈ 1 about 215 times more than ε's, and that weight, not the output
+# alone, gave RD its 1-call lead. The default takes the better teacher; `--teacher_weight= --lr=1e-3` gives the
+# RD-favoured one. The weight can also go to the students: with `--student_t=late` both train on t = t_max − (t_max −
+# t_min)·u², u uniform (a third of their batches in the last tenth of t, against a tenth), and from the default
+# teacher RD gives 21.1 at one call against RF's 27.5 (RD ÷ RF 0.77; 19.2 against 18.6 at 2 calls; one H200,
+# 2026-12-01). Against the same run's students on the forms' own times (RD 27.0, RF 27.6) RD gains 5.9 FID and RF
+# nothing. (EDM's students fail for another reason: its log-normal training times never reach σ_max, where a 1-call
+# sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
