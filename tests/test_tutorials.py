@@ -81,7 +81,8 @@ def test_02_rectification_2d(smoke):
     assert (out / "02_samples.png").stat().st_size > 10_000
     table = (out / "02_results.md").read_text()
     for row in ("| VP/eps RD |", "| VP/eps RF (FM, velocity) |", "| VP/eps RD, loss weighted like v |",
-                "| VP/eps phased RD K=4 |", "| VP/eps 2-RD (second round) |"):
+                "| VP/eps RD, late times |", "| VP/eps RF, late times |", "| VP/eps phased RD K=4 |",
+                "| VP/eps 2-RD (second round) |"):
         assert row in table and row in stdout
 
 

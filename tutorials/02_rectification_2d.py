@@ -8,8 +8,8 @@
 # * the sliced-W₂ distance to the true mixture after 1, 2 and 4 model calls;
 # then, from the VP/ε teacher at equal budget: RD (its own form) against RF (the same pairs in the flow-matching
 # form with velocity prediction, initialised from the same weights), RD with its loss weighted like v's (same
-# network, schedule and ε-prediction; only how much each t counts changes), phased RD with K = 2 and 4, and a
-# second round.
+# network, schedule and ε-prediction; only how much each t counts changes), RD and RF trained on times weighted
+# towards t = 1 (where a 1-call sample starts), phased RD with K = 2 and 4, and a second round.
 #
 # Run: `python tutorials/02_rectification_2d.py` (2 to 6 min on 2 CPU cores; it reuses the teachers of tutorial 01 when
 # `runs/tutorials/teacher_*.pt` exist and trains them otherwise). `RD_SMOKE=1` shrinks it for the tests.
@@ -29,7 +29,7 @@ from rd.cli import smoke_mode
 from rd.metrics import first_order_error, sliced_wasserstein, trajectory
 from rd.mixture import ring_mixture
 from rd.predictions import Predictor
-from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, rectify
+from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, rectify, student_times
 from rd.sampling import get_grid, sample, solver_for
 from rd.schedules import get_schedule
 from rd.solvers import SOLVERS
@@ -113,6 +113,15 @@ rdv = train_toy(copy.deepcopy(teacher), s, pred_type, pair_batches(pairs, s),
                 dataclasses.replace(student_cfg, weight_like="v"), desc="RD, weighted like v")[0]
 results[f"{BASELINE} RD, loss weighted like v"] = (few_step_distances(rdv, s, pred_type, noise, target),
                                                     first_order(rdv, s, pred_type))
+# The same question asked of the times instead of the weights: both students train on t = t_max − (t_max − t_min)·u²
+# (rd.schedules.late_t: a third of the batches in the last tenth of t, against a tenth), each in its own t.
+rd_late = train_student(teacher, pair_batches(pairs, s, sample_t=student_times("late", s)), s, pred_type, "RD, late t")
+rf_late = train_toy(flow_student(teacher), fm, "flow", flow_batches(pairs, fm, sample_t=student_times("late", fm)),
+                    student_cfg, desc="RF, late t")[0]
+results[f"{BASELINE} RD, late times"] = (few_step_distances(rd_late, s, pred_type, noise, target),
+                                         first_order(rd_late, s, pred_type))
+results[f"{BASELINE} RF, late times"] = (few_step_distances(rf_late, fm, "flow", noise, target),
+                                         first_order(rf_late, fm, "flow"))
 phased = {}
 for k in PHASES:
     d = generate_pairs(teacher, s, pred_type, OUT / "pairs" / f"{tag}_phased{k}", N_PAIRS, (2,),
