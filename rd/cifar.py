@@ -296,9 +296,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             sch, p, net = get_schedule("fm"), "flow", flow_student(teacher).requires_grad_(True)
             batches = pairs and flow_batches(pairs, sch, sample_t=student_times(cfg.student_t, sch))
         else:
-            sch, p, net = schedule, pred, copy.deepcopy(teacher)
-            batches = pairs and pair_batches(pairs.coarsen(student_phases(name)), schedule,
-                                             sample_t=student_times(cfg.student_t, schedule, student_phases(name)))
+            sch, p, net, k = schedule, pred, copy.deepcopy(teacher), student_phases(name)
+            batches = pairs and pair_batches(pairs.coarsen(k), schedule, sample_t=student_times(cfg.student_t, schedule, k))
         with laps(f"{name}{sfx}"):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
                                 desc=name, require_done=pairs is None and "students"), sch, p)

@@ -304,9 +304,11 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3, sample
                          f"in the teacher's form")
     x0_ph, eps_ph = pairs.phase_pairs(schedule)
 
+    sample_t = sample_t or schedule.sample_t
+
     def batch(n, generator):
         idx = torch.randint(0, x0_ph.shape[0], (n,), generator=generator, device=x0_ph.device)
-        t = (sample_t or schedule.sample_t)(n, generator, device=x0_ph.device)
+        t = sample_t(n, generator, device=x0_ph.device)
         phase = phase_of(pairs, schedule, t, handover)
         out = x0_ph[idx, phase], eps_ph[idx, phase], t
         return out if pairs.cond is None else (*out, pairs.cond[idx])
@@ -346,11 +348,11 @@ def flow_batches(pairs: Pairs, fm: Schedule, sample_t=None):
     The raw pair of [RD Alg. 4]: FM samples from x_{0.999} = 0.999·ε, which this path meets up to 0.001·x̂0, so
     it needs no endpoint correction (unlike the teacher's form: see Pairs.phase_pairs). Conditional pairs add cond;
     sample_t(n, generator, device) → t replaces FM's training times (uniform), as in pair_batches."""
-    x0, eps = pairs.x_path[:, -1], pairs.eps
+    x0, eps, sample_t = pairs.x_path[:, -1], pairs.eps, sample_t or fm.sample_t
 
     def batch(n, generator):
         idx = torch.randint(0, x0.shape[0], (n,), generator=generator, device=x0.device)
-        out = x0[idx], eps[idx], (sample_t or fm.sample_t)(n, generator, device=x0.device)
+        out = x0[idx], eps[idx], sample_t(n, generator, device=x0.device)
         return out if pairs.cond is None else (*out, pairs.cond[idx])
     return batch
 

@@ -19,6 +19,15 @@ def noisy_batch(schedule, n=257, d=3, seed=0):
     return x0, eps, c, c.alpha[:, None] * x0 + c.sigma[:, None] * eps
 
 
+def record_late_t(monkeypatch) -> list:
+    """rd.rectify.late_t replaced by t_max for every draw, recording each drawing schedule's name: who trains on it."""
+    import rd.rectify
+    drawn = []
+    monkeypatch.setattr(rd.rectify, "late_t", lambda sch, n, g, device=None: drawn.append(sch.name) or
+                        torch.full((n,), sch.t_max, dtype=torch.float64, device=device))
+    return drawn
+
+
 def smoke_env(out, **extra) -> dict:
     """The environment of a tutorial's smoke run (RD_SMOKE=1) writing to `out`, quiet, without a display, importing
     this clone's rd whichever clone is installed; `extra` adds or overrides variables."""

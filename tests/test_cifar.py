@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import smoke_env, tf32_kept
+from helpers import record_late_t, smoke_env, tf32_kept
 
-import rd.rectify
 from rd.cifar import CifarConfig, main, student_warmup
 
 pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
@@ -125,9 +124,7 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
 
 
 def test_student_t_late_reaches_rd_and_rf_not_the_phased_students(tmp_path, capsys, monkeypatch):
-    drawn = []
-    monkeypatch.setattr(rd.rectify, "late_t", lambda sch, n, g, device=None: drawn.append(sch.name) or
-                        torch.full((n,), sch.t_max, dtype=torch.float64, device=device))
+    drawn = record_late_t(monkeypatch)
     with tf32_kept():
         main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2", "--student_t=late"])
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd2: its own

@@ -409,6 +409,8 @@ def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plai
     assert student_times("schedule", vp) is None and student_times("schedule", fm) is None
     assert student_times("uniform", fm) is None                             # FM's own times are uniform already
     torch.testing.assert_close(student_times("uniform", vp)(64, g()), Schedule.sample_t(vp, 64, g()))  # continuous
+    u = torch.rand(64, generator=g(), dtype=torch.float64)
+    torch.testing.assert_close(student_times("uniform", vp)(64, g()), vp.t_min + (vp.t_max - vp.t_min) * u)
     assert student_times("late", vp, phases=2) is None                      # phased: queried at every phase's start
     assert student_times("uniform", vp, phases=2) is not None               # uniform: every RD student
     for sch in (vp, fm):

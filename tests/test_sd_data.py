@@ -39,3 +39,4 @@ def test_held_out_shapes_are_not_the_training_images(tmp_path):
     images, attrs = held_out_images("shapes", 16, seed=0, cifar="", cache=tmp_path)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and attrs.shape == (16, len(ATTRIBUTES))
     assert not torch.equal(images, make_shapes(16, seed=0)[0])
+    assert torch.equal(images, make_shapes(16, seed=1000)[0])            # new shapes: the seed the training never takes

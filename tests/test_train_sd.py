@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tf32_kept
+from helpers import record_late_t, tf32_kept
 
-import rd.rectify
 from rd.io import ConfigMismatch, UnreadableFile
 
 pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
@@ -231,9 +230,7 @@ def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, 
     out, _ = whole
     for stage in ("ae", "teacher", "pairs"):
         shutil.copytree(out / stage, tmp_path / stage)
-    drawn = []
-    monkeypatch.setattr(rd.rectify, "late_t", lambda sch, n, g, device=None: drawn.append(sch.name) or
-                        torch.full((n,), sch.t_max, dtype=torch.float64, device=device))
+    drawn = record_late_t(monkeypatch)
     stdout = here(capsys, "--preset=tiny", f"--out={tmp_path}", "--student_t=late", "--stages=rd,rf,phased")
     assert "phased done" in stdout
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn  # not for phased
