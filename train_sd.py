@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from rd import dist
+from rd.dist import named_seed
 from rd.cli import arg, parse
 from rd.data import GPULoader, from_uint8, to_uint8
 from rd.fid import inception_problem
@@ -42,7 +43,7 @@ from rd.sd.latent import LATENT_FORMS, TextUNet, drop_prompts, generate_latents
 from rd.sd.shapes import PROMPTS
 from rd.sd.text import TextEncoder, TextEncoderConfig, Tokenizer
 from rd.stages import Laps, StepMatch, parse_stages
-from rd.train import TrainConfig, read_checkpoint, train
+from rd.train import TrainConfig, checkpoint_steps, train
 from rd.unet import UNet, UNetConfig
 
 STAGES = ("ae", "teacher", "pairs", "rd", "rf", "phased", "eval")
@@ -247,7 +248,8 @@ def pipeline(args: Args, ctx: dist.Context):
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     n_grid = min(64, args.n_eval)
     grid_tokens = tokenizer.encode(eval_prompts(args.data, args.n_eval, args.seed)[1][:n_grid], length).to(device)
-    grid_noise = torch.randn(n_grid, *latents.shape[1:], generator=torch.Generator().manual_seed(args.seed + 3)).to(device)
+    g = torch.Generator().manual_seed(named_seed(args.seed, "grid noise"))      # no training pair's ε
+    grid_noise = torch.randn(n_grid, *latents.shape[1:], generator=g).to(device)
 
     def grid(stage, net, sch, pred_type, calls, w=1.0, phased=False):
         """The stage's samples (process 0, once): the first min(64, n_eval) evaluation prompts, the same noise."""
@@ -307,7 +309,7 @@ def pipeline(args: Args, ctx: dist.Context):
                                          pair_batches(pairs, schedule, sample_t=times(schedule, args.phases))),
     }
     recipe = cfg(args.student_steps, 1e-4, args.student_min)     # RD's budget; RF and phased RD take RD's steps
-    trained, match = {}, StepMatch(recipe.steps, recipe.max_minutes)
+    trained, match = {}, StepMatch(recipe.steps, recipe.max_minutes, checkpoint_steps)
     for (name, (init, sch, pred_type, batches)), stage in zip(students.items(), ("rd", "rf", "phased")):
         student_cfg = dataclasses.replace(recipe, **match.budget())         # same recipe (warm-up, intervals)
         with lap(stage):
@@ -316,8 +318,7 @@ def pipeline(args: Args, ctx: dist.Context):
             phased = stage == "phased"
             grid(stage, trained[name], sch, pred_type, args.phases if phased else 1, phased=phased)
         if stage == "rd":
-            found = {c: read_checkpoint(c)["step"] for o in ("rf", "phased") if (c := out / o / "ckpt.pt").exists()}
-            match.first_took(stage, read_checkpoint(out / stage / "ckpt.pt")["step"], found)
+            match.first_took(out / stage / "ckpt.pt", [out / o / "ckpt.pt" for o in ("rf", "phased")])
         if last == stage:
             return say(f"{stage} done")
 
@@ -339,15 +340,13 @@ def pipeline(args: Args, ctx: dist.Context):
 
 
 def with_defaults(old: dict, free: dict) -> dict:
-    """A config.json written before a field of Args existed, read with the field at its default value (what that run
-    used) — or, for a field that does not tie a run folder (`free`), as None; a flag that no longer exists is dropped
-    (one with a value still ties the run). Its sizes may keep the minute caps as one list, "minutes"."""
+    """A run folder's config.json with every field of Args it lacks at its default value (what a run without that
+    field used) — or, for a field that does not tie a run folder (`free`), as None; a flag Args does not have is
+    dropped when it is None and ties the run otherwise."""
     defaults = {f.name: f.default for f in dataclasses.fields(Args)}
     args = {k: None if k in free else v for k, v in defaults.items()}
     kept = {k: v for k, v in old.get("args", {}).items() if k in args or v is not None}   # an untied old flag: gone
-    size = dict(old.get("size", {}))
-    size |= dict(zip(MINUTES, size.pop("minutes", ())))
-    return old | {"args": args | kept, "size": {k: defaults[k] for k in SIZES} | size}
+    return old | {"args": args | kept, "size": {k: defaults[k] for k in SIZES} | old.get("size", {})}
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ ASSIGNMENTS = {
 }
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN ASSIGNMENT (?P<id>A(?P<n>\d+)\.\d+): (?P<task>.+?)\s*$")
 END = re.compile(r"^[ \t]*# END ASSIGNMENT\s*$")
-SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", "build", "data", "runs", "out", ".device"}
+SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", "build", "data", "runs", "out"}
 
 
 @dataclass

@@ -42,7 +42,7 @@ from .rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs,
 from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
 from .stages import Laps, StepMatch, parse_stages, synchronize
-from .train import LR_DECAYS, TrainConfig, read_checkpoint, train
+from .train import LR_DECAYS, TrainConfig, checkpoint_steps, train
 from .unet import UNet, UNetConfig
 
 STAGES = ("teacher", "pairs", "students", "eval")
@@ -162,10 +162,10 @@ def check(cfg: CifarConfig) -> list[str]:
     if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
         bad("ema_decay" if not 0 <= cfg.ema_decay < 1 else "student_ema", "an EMA decay lies in [0, 1)")
     for name in filter(None, (s.strip() for s in cfg.students.split(","))):
-        if name not in ("rd", "rf") and not (name.startswith("rd") and name[2:].isdigit() and int(name[2:]) > 0):
+        if (k := student_phases(name)) is None:
             bad("students", f"unknown student {name!r}: use rd, rf or rd<K>")
-        if cfg.phases % student_phases(name):
-            bad("students", f"{name} needs phases divisible by {student_phases(name)} (--phases={cfg.phases})")
+        elif cfg.phases % k:
+            bad("students", f"{name} needs phases divisible by {k} (--phases={cfg.phases})")
     if cfg.pair_steps < cfg.phases:
         bad("pair_steps", f"needs at least one step per phase (--phases={cfg.phases})")
     try:
@@ -289,7 +289,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         return train_cfg(warmup=student_warmup(cfg), lr=cfg.student_lr, ema_decay=cfg.student_ema,
                          seed=cfg.student_seed, loss=cfg.student_loss, **kw)
 
-    nets, match = {}, StepMatch(cfg.student_steps or 10**9, cfg.student_min)   # the others take the first's steps
+    nets = {}
+    match = StepMatch(cfg.student_steps or 10**9, cfg.student_min, checkpoint_steps)   # the others: the first's steps
     for name in students:
         path = out / f"{name}{sfx}"
         if name == "rf":
@@ -302,8 +303,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
                                 desc=name, require_done=pairs is None and "students"), sch, p)
         if name == students[0]:
-            found = {c: read_checkpoint(c)["step"] for o in students[1:] if (c := out / f"{o}{sfx}/ckpt.pt").exists()}
-            match.first_took(name, read_checkpoint(path / "ckpt.pt")["step"], found)
+            match.first_took(path / "ckpt.pt", [out / f"{o}{sfx}/ckpt.pt" for o in students[1:]])
     del pairs
     stop_if_last("students")
 

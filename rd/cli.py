@@ -53,8 +53,8 @@ def parse(cls, argv, description: str, presets: dict | None = None, prog: str | 
     """cls(**flags) from argv (None: sys.argv[1:]); `--preset=NAME` (when presets are given) starts from presets[NAME]
     instead of the field defaults, and explicit flags override it. A field of cls named `preset` then holds NAME: its
     help leads the flag's, and its default names the preset used without --preset. Exits with status 2 and a message
-    on a bad or unknown flag."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    on a bad or unknown flag (a prefix of a flag is unknown too)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)   # --fid=5 is no --fid_n
     fields = {f.name: f for f in dataclasses.fields(cls)}
     named = fields.pop("preset", None) if presets else None
     if presets:

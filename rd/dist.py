@@ -6,8 +6,10 @@
 With one process (python train_sd.py, every CPU run, the tests) every helper here is a no-op, so the library's
 code paths are the same as without torchrun. rd.train wraps the network in DistributedDataParallel and splits each
 batch over the processes; rd.rectify.generate_pairs splits the shards by rank. Both seed each unit of work (a step, a
-shard) by stream_seed, so the numbers do not depend on how the work was split or interrupted.
+shard) by stream_seed, so the numbers do not depend on how the work was split or interrupted; evaluation draws its
+noise from named_seed streams, which no unit of work shares.
 """
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -33,6 +35,14 @@ def stream_seed(seed: int, i: int) -> int:
     whichever process draws it and however often the run was interrupted; distinct for every (seed, i) with
     seed ≥ 0 and 0 ≤ i < 1,000,003, so runs of nearby seeds share no stream."""
     return seed * 1_000_003 + i
+
+
+def named_seed(seed: int, name: str) -> int:
+    """The seed of the stream called `name` ("eval noise", "grid noise") of a run seeded `seed`: 2^61 + 61 bits of
+    SHA-256(name, seed). Above every stream_seed of a seed < 2·10^12, so evaluation noise is never a training step's
+    or a pair shard's noise; another name or seed gives another stream."""
+    digest = hashlib.sha256(f"{name}\0{seed}".encode()).digest()
+    return (1 << 61) | int.from_bytes(digest[:8], "little") >> 3
 
 
 def global_batch(batch: int, world: int, per_process: bool = False) -> int:

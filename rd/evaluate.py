@@ -8,6 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import load_cifar10, to_uint8
+from .dist import named_seed
 from .figures import tile
 from .io import atomic_write, atomic_write_text
 from .sampling import sample, solver_for
@@ -42,9 +43,16 @@ def call_counts(text: str) -> list[int]:
     return [int(c) for c in text.split(",") if c.strip()]
 
 
-def student_phases(name: str) -> int:
-    """K of a student name: rd → 1, rdK → K; rf → 1."""
-    return int(name[2:]) if name.startswith("rd") and name[2:].isdigit() else 1
+def student_phases(name: str) -> int | None:
+    """K of a student name: the plain students rd and rf → 1, the phased rdK → K ≥ 1; None for any other name."""
+    if name in ("rd", "rf"):
+        return 1
+    return int(name[2:]) if name.startswith("rd") and name[2:].isdigit() and int(name[2:]) > 0 else None
+
+
+def is_phased(name: str) -> bool:
+    """Whether a (valid) student name is a phased RD, rdK: sampled with one first-order step per phase."""
+    return name not in ("rd", "rf")
 
 
 def eval_models(cfg, teacher: tuple, students: dict) -> dict:
@@ -57,7 +65,7 @@ def eval_models(cfg, teacher: tuple, students: dict) -> dict:
 
     models = {"teacher": (*teacher, call_counts(cfg.teacher_calls), solver, cfg.grid)}
     for name, (net, sch, p) in students.items():
-        if name.startswith("rd") and name != "rd":
+        if is_phased(name):
             models[name] = (net, sch, p, [student_phases(name)], lambda calls: "dpm++1", "logsnr")
         else:
             models[name] = (net, sch, p, [1, 2, 4], solver, cfg.grid)
@@ -67,7 +75,8 @@ def eval_models(cfg, teacher: tuple, students: dict) -> dict:
 def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path, student_sfx: str = "") -> dict:
     """models: {name: (net, schedule, pred_type, [calls], solver_of_calls, grid)}; writes results<sfx>.md / .json and
     samples<sfx>.png; the students' logs are in <out>/<name><student_sfx>. Returns {(name, calls): FID or None}."""
-    noise = torch.randn(cfg.fid_n, 3, 32, 32, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    g = torch.Generator().manual_seed(named_seed(cfg.seed, "eval noise"))       # no training pair's ε
+    noise = torch.randn(cfg.fid_n, 3, 32, 32, generator=g)
     inception, calibration, stats = None, None, None
     if cfg.inception:
         from .fid import feature_stats, fid, fid_from_stats, inception_features, load_inception, reference_stats
@@ -139,7 +148,7 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
         if ("rd", k) in results and ("rf", k) in results:
             lines.append(f"| RD ÷ RF at {k} call{'s' * (k > 1)} | {ratio(results[('rd', k)], results[('rf', k)])} |")
     for (n, k), v in results.items():
-        if n != "teacher" and (n == "rd" and k in (1, 2) or n.startswith("rd") and n != "rd"):
+        if n == "rd" and k in (1, 2) or n != "teacher" and is_phased(n):
             lines.append(f"| {n} at {k} ÷ teacher at its most calls | {ratio(v, ref)} |")
     if calibration is not None:
         lines += ["", f"Calibration: FID(CIFAR-10 test vs train) = {calibration:.4f} (3.11 on the JPEG copy)"]

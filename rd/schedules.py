@@ -46,10 +46,22 @@ class Schedule:
     t_min = 0.0   # sampling ends here (first discrete step, or ε)
     t_max = 1.0   # sampling starts here, x_{t_max} ≈ σ_{t_max}·ε
 
-    def log_alpha(self, t: Tensor) -> Tensor: raise NotImplementedError
-    def log_sigma(self, t: Tensor) -> Tensor: raise NotImplementedError
-    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]: raise NotImplementedError
-    def inverse_lambda(self, lam: Tensor) -> Tensor: raise NotImplementedError
+    def log_alpha(self, t: Tensor) -> Tensor:
+        """log α_t of x_t = α_t·x0 + σ_t·ε, for float64 t in [0, 1] (t's shape).  [MATH.md (1.1)]"""
+        raise NotImplementedError
+
+    def log_sigma(self, t: Tensor) -> Tensor:
+        """log σ_t, for float64 t in [0, 1] (t's shape); −∞ where σ_t = 0.  [MATH.md (1.1), (1.4)]"""
+        raise NotImplementedError
+
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(dα/dt, dσ/dt) at float64 t (each t's shape).  [MATH.md (1.6)]"""
+        raise NotImplementedError
+
+    def inverse_lambda(self, lam: Tensor) -> Tensor:
+        """t(λ): the time where λ_t = log(α_t/σ_t) equals lam, float64 (lam's shape).  [MATH.md (1.2), (1.7)]"""
+        raise NotImplementedError
+
     def sample_t(self, n: int, generator=None, device=None) -> Tensor:
         """Default training times: uniform on [t_min, t_max]."""
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)

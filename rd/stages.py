@@ -4,18 +4,18 @@ that are compared (`StepMatch`).
 
     stages = parse_stages("teacher,pairs", STAGES)          # in STAGES' order; None for an unknown name
     laps = Laps(run / "minutes.json")
-    match = StepMatch(steps=1000, max_minutes=0.0)
+    match = StepMatch(steps=1000, max_minutes=0.0, steps_of=checkpoint_steps)  # rd.train's
     for name in ("rd", "rf"):
         with laps(name):
             student = train(..., TrainConfig(**match.budget(), ...))
         if name == "rd":              # the first: its steps are the budget of the rest; a later one of more is refused
-            found = {run / "rf/ckpt.pt": read_checkpoint(run / "rf/ckpt.pt")["step"]} if (run / "rf").exists() else {}
-            match.first_took(name, read_checkpoint(run / name / "ckpt.pt")["step"], found)
+            match.first_took(run / "rd/ckpt.pt", [run / "rf/ckpt.pt"])
 """
 import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 
@@ -83,8 +83,10 @@ class StepMatch:
     """Equal steps for every compared student: the first trains to its budget (steps, and a minute cap that may
     stop it first); every later one takes the step count the first reached and no minute cap."""
 
-    def __init__(self, steps: int, max_minutes: float = 0.0):
-        self.steps, self.max_minutes, self.first_steps = steps, max_minutes, None   # the first's, once trained
+    def __init__(self, steps: int, max_minutes: float, steps_of: Callable[[Path], int]):
+        """steps_of(checkpoint path) → its training steps (the pipelines pass rd.train.checkpoint_steps)."""
+        self.steps, self.max_minutes, self.steps_of = steps, max_minutes, steps_of
+        self.first_steps = None                                     # the first's, once trained
 
     def budget(self) -> dict:
         """The next student's `steps` and `max_minutes` (rd.train.TrainConfig's fields)."""
@@ -92,12 +94,13 @@ class StepMatch:
             return dict(steps=self.steps, max_minutes=self.max_minutes)
         return dict(steps=self.first_steps, max_minutes=0.0)
 
-    def first_took(self, name: str, steps: int, found: dict):
-        """The first student, `name`, has `steps` steps: the budget of every later one. found: {checkpoint path:
-        steps} of later students already on disk (an earlier run's); one of more steps cannot be compared, and a
-        ConfigMismatch names it and the fix."""
-        self.first_steps = steps
-        for path, n in found.items():
-            if n > steps:
-                raise ConfigMismatch(f"{path} holds a student of {n} steps, {name} took {steps}: the comparison "
-                                     f"needs equal steps; delete {Path(path).parent} and run the students again")
+    def first_took(self, first: Path, later: Iterable[Path]):
+        """The first student's checkpoint `first`: its steps are the budget of every later one. later: the
+        checkpoints the later students resume from; one already on disk (an earlier run's) with more steps cannot be
+        compared, and a ConfigMismatch names it and the fix."""
+        self.first_steps = steps = self.steps_of(Path(first))
+        for path in map(Path, later):
+            if path.exists() and (n := self.steps_of(path)) > steps:
+                raise ConfigMismatch(f"{path} holds a student of {n} steps, {Path(first).parent.name} took {steps}: "
+                                     f"the comparison needs equal steps; delete {path.parent} and run the students "
+                                     f"again")

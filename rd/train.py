@@ -151,6 +151,11 @@ def read_checkpoint(path) -> dict:
     return ckpt
 
 
+def checkpoint_steps(path) -> int:
+    """The training steps an rd.train checkpoint holds (read_checkpoint's "step")."""
+    return read_checkpoint(path)["step"]
+
+
 def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | None = None) -> dict:
     """Restore a checkpoint (read_checkpoint) into net (and ema, opt); refuse one written with another config.
     Returns the dict."""

@@ -119,7 +119,7 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     # students are compared at equal steps: a later student of more steps than the first took is refused by name
     shutil.rmtree(out / "rd-s1")
     proc = Run(capsys, out, "--stages=students", "--student_seed=1", "--students=rd,rf", "--student_steps=3")
-    assert proc.returncode != 0 and "rf-s1/ckpt.pt holds a student of 5 steps, rd took 3: the comparison needs " \
+    assert proc.returncode != 0 and "rf-s1/ckpt.pt holds a student of 5 steps, rd-s1 took 3: the comparison needs " \
         "equal steps" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -177,6 +177,7 @@ def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
     (["--teacher_min=-1"], "--teacher_min=-1.0: must be a number ≥ 0"),
     (["--teacher_steps=0", "--teacher_min=0"], "the teacher needs a budget"),
     (["--students=rd,rd3"], "rd3 needs phases divisible by 3"),
+    (["--students=rd,rd0"], "unknown student 'rd0': use rd, rf or rd<K>"),
     (["--data=/nonexistent/cifar"], "rd.data.download(\"data\")' fetches CIFAR-10"),
     (["--inception=/nonexistent.pt"], "pass --inception='' to skip FID"),
     (["--bogus=1"], "unrecognized arguments: --bogus=1"),

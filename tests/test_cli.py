@@ -39,3 +39,11 @@ def test_a_field_named_preset_holds_the_chosen_preset_and_its_default_is_used_wi
         parse(Args, ["--help"], "", presets=presets)
     text = " ".join(capsys.readouterr().out.split())
     assert "sizes: small: steps=10; large: steps=10000, lr=0.0001 (default: small)" in text, text
+
+
+@pytest.mark.parametrize("flag", ["--fid=5", "--pair_s=3", "--bogus=1"])
+def test_unknown_flags_and_prefixes_of_flags_are_refused(flag, capsys):
+    with pytest.raises(SystemExit) as err:
+        parse(CifarConfig, [flag], "", presets=PRESETS)
+    assert err.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
+    assert parse(CifarConfig, ["--fid_n=5", "--pair_steps=3"], "", presets=PRESETS).fid_n == 5   # whole names work

@@ -1,11 +1,11 @@
 """rd.evaluate, the CIFAR pipeline's evaluation stage, in parts: samples as uint8 in batches, steady-state sampling
-rates, training rates read from a log (the whole stage runs in tests/test_cifar.py)."""
+rates, training rates read from a log, student names (the whole stage runs in tests/test_cifar.py)."""
 import math
 
 import torch
 
 from rd.data import to_uint8
-from rd.evaluate import generate, logged_rate, sampling_rate
+from rd.evaluate import generate, is_phased, logged_rate, sampling_rate, student_phases
 from rd.sampling import sample
 from rd.schedules import get_schedule
 
@@ -49,3 +49,9 @@ def test_logged_rate_is_the_median_of_a_logs_lines_but_the_first(tmp_path):
     assert logged_rate(tmp_path) == 7100.0, "the first line (compilation, warm-up) left out; the lower middle value"
     (tmp_path / "log.txt").write_text(lines[0] + "\n")
     assert logged_rate(tmp_path) == 500.0, "a log of one line gives that line"
+
+
+def test_student_names_give_their_phases_and_unknown_names_none():
+    assert [student_phases(n) for n in ("rd", "rf", "rd1", "rd2", "rd4", "rd12")] == [1, 1, 1, 2, 4, 12]
+    assert [student_phases(n) for n in ("rd0", "rdx", "rf2", "teacher", "", "rd-2")] == [None] * 6
+    assert [is_phased(n) for n in ("rd", "rf", "rd1", "rd4")] == [False, False, True, True]

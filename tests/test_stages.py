@@ -44,15 +44,28 @@ def test_a_damaged_minutes_file_names_itself_and_the_fix(tmp_path):
         Laps(path)
 
 
+def on_disk(tmp_path, steps: dict) -> dict:
+    """{path: steps} of fake checkpoints, each file made; the dict's lookup stands in for rd.train.checkpoint_steps."""
+    for name in steps:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    return {tmp_path / name: n for name, n in steps.items()}
+
+
 def test_step_match_gives_the_first_students_steps_to_the_rest(tmp_path):
-    match = StepMatch(steps=1000, max_minutes=2.5)
+    steps = on_disk(tmp_path, {"rd/ckpt.pt": 640, "rf/ckpt.pt": 300, "rd2/ckpt.pt": 640})
+    match = StepMatch(steps=1000, max_minutes=2.5, steps_of=steps.__getitem__)
     assert match.budget() == {"steps": 1000, "max_minutes": 2.5}          # the first: the budget, its minute cap
-    match.first_took("rd", 640, {tmp_path / "rf/ckpt.pt": 300, tmp_path / "rd2/ckpt.pt": 640})
+    match.first_took(tmp_path / "rd/ckpt.pt", [tmp_path / "rf/ckpt.pt", tmp_path / "rd2/ckpt.pt",
+                                               tmp_path / "rd4/ckpt.pt"])   # rd4: not trained yet, not read
     assert match.budget() == {"steps": 640, "max_minutes": 0.0}           # the rest: its steps, no minute cap
-    assert StepMatch(steps=50).budget() == {"steps": 50, "max_minutes": 0.0}
+    assert StepMatch(steps=50, max_minutes=0.0, steps_of=steps.__getitem__).budget() == {"steps": 50,
+                                                                                        "max_minutes": 0.0}
 
 
 def test_step_match_refuses_a_later_student_of_more_steps_and_names_it(tmp_path):
+    steps = on_disk(tmp_path, {"rd/ckpt.pt": 640, "rf/ckpt.pt": 700})
     with pytest.raises(ConfigMismatch, match=r"rf/ckpt.pt holds a student of 700 steps, rd took 640: the comparison "
                                              r"needs equal steps; delete .*rf and run the students again"):
-        StepMatch(steps=1000).first_took("rd", 640, {tmp_path / "rf/ckpt.pt": 700})
+        StepMatch(steps=1000, max_minutes=0.0, steps_of=steps.__getitem__).first_took(
+            tmp_path / "rd/ckpt.pt", [tmp_path / "rf/ckpt.pt"])

@@ -96,7 +96,8 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (one H200, 2026-12-01; RESULTS.md has the tables, commands and grids' description):
+# What to expect at the defaults (one H200, 2026-12-01, before the evaluation noise was drawn apart from the pairs'
+# noise: RESULTS.md has that change, the tables, commands and grids' description):
 # the teacher reaches FID-10k 11.7 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 27.2 / 18.9 /
 # 16.2 at 1 / 2 / 4 calls against RF's 27.4 / 18.1 / 16.0 on the same pairs, steps and loss (a second students' seed
 # moves these by at most 0.9); phased RD gives 16.2 at 2 calls (K = 2) and 14.3 at 4 (K = 4). Both students give
