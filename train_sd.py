@@ -102,7 +102,7 @@ SIZES = ("n_train", "ae", "latent_channels", "ae_steps", "channels", "text_dim",
 MINUTES = ("ae_min", "teacher_min", "student_min")      # the sizes that may be 0 (no cap)
 
 PRESETS = {
-    "cpu": {},                                                     # ≈ 9 minutes on 2 CPU cores
+    "cpu": {},                                                     # 9–27 minutes on 2 CPU cores, by machine
     # ≈ 25 GPU-minutes in all: the minute caps bind before the step counts
     "gpu": dict(n_train=50_000, ae="base", latent_channels=8, ae_steps=20_000, channels=128, text_dim=256, batch=256,
                 teacher_steps=100_000, n_pairs=25_000, pair_steps=28, student_steps=20_000, clf_steps=2000,

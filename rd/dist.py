@@ -39,8 +39,9 @@ def stream_seed(seed: int, i: int) -> int:
 
 def named_seed(seed: int, name: str) -> int:
     """The seed of the stream called `name` ("eval noise", "grid noise") of a run seeded `seed`: 2^61 + 61 bits of
-    SHA-256(name, seed). Above every stream_seed of a seed < 2·10^12, so evaluation noise is never a training step's
-    or a pair shard's noise; another name or seed gives another stream."""
+    SHA-256(name, seed). Above every seed a pair shard (stream_seed) or a training step (stream_seed·world + rank,
+    up to 16 processes) draws from in a run seeded below 10^11, so evaluation noise is never a training pair's or a
+    step's noise; another name or seed gives another stream."""
     digest = hashlib.sha256(f"{name}\0{seed}".encode()).digest()
     return (1 << 61) | int.from_bytes(digest[:8], "little") >> 3
 

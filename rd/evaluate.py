@@ -51,8 +51,9 @@ def student_phases(name: str) -> int | None:
 
 
 def is_phased(name: str) -> bool:
-    """Whether a (valid) student name is a phased RD, rdK: sampled with one first-order step per phase."""
-    return name not in ("rd", "rf")
+    """Whether a student name is a phased RD, rdK (sampled with one first-order step per phase); False for rd, rf and
+    any other name."""
+    return name not in ("rd", "rf") and student_phases(name) is not None
 
 
 def eval_models(cfg, teacher: tuple, students: dict) -> dict:

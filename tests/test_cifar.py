@@ -212,3 +212,20 @@ def test_fid_of_random_images_is_refused_before_any_work(tmp_path, capsys):
         main(["--preset=smoke", f"--out={tmp_path / 'out'}", f"--inception={net}"])
     assert "which --data=random has not: pass --inception=''" in str(exit_.value.code)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_evaluation_draws_its_noise_from_a_named_stream(finished, tmp_path, capsys, monkeypatch):
+    """The FID samples start from rd.dist.named_seed(seed, "eval noise"), a stream no pair shard draws from (seed + k,
+    the old seed, was shard k's at seed 0: tests/test_rectify.py)."""
+    import rd.evaluate
+    from rd import dist
+    names = []
+
+    def recorded(seed, name):
+        names.append((seed, name))
+        return dist.named_seed(seed, name)
+    monkeypatch.setattr(rd.evaluate, "named_seed", recorded)
+    shutil.copytree(finished[0], tmp_path / "run")
+    proc = Run(capsys, tmp_path / "run", "--stages=eval")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert names == [(0, "eval noise")]

@@ -54,4 +54,5 @@ def test_logged_rate_is_the_median_of_a_logs_lines_but_the_first(tmp_path):
 def test_student_names_give_their_phases_and_unknown_names_none():
     assert [student_phases(n) for n in ("rd", "rf", "rd1", "rd2", "rd4", "rd12")] == [1, 1, 1, 2, 4, 12]
     assert [student_phases(n) for n in ("rd0", "rdx", "rf2", "teacher", "", "rd-2")] == [None] * 6
-    assert [is_phased(n) for n in ("rd", "rf", "rd1", "rd4")] == [False, False, True, True]
+    assert [is_phased(n) for n in ("rd", "rf", "rd1", "rd4", "teacher", "rdx")] == [False, False, True, True, False,
+                                                                                     False]
