@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rd import dist
-from rd.dist import named_seed
+from rd.dist import named_noise
 from rd.cli import arg, parse
 from rd.data import GPULoader, from_uint8, to_uint8
 from rd.fid import inception_problem
@@ -248,8 +248,7 @@ def pipeline(args: Args, ctx: dist.Context):
         return say(f"ae done: latent scale {scale:.4f}, latents {tuple(latents.shape)}")
     n_grid = min(64, args.n_eval)
     grid_tokens = tokenizer.encode(eval_prompts(args.data, args.n_eval, args.seed)[1][:n_grid], length).to(device)
-    g = torch.Generator().manual_seed(named_seed(args.seed, "grid noise"))      # no training pair's ε
-    grid_noise = torch.randn(n_grid, *latents.shape[1:], generator=g).to(device)
+    grid_noise = named_noise(args.seed, "grid noise", (n_grid, *latents.shape[1:])).to(device)   # no pair's ε
 
     def grid(stage, net, sch, pred_type, calls, w=1.0, phased=False):
         """The stage's samples (process 0, once): the first min(64, n_eval) evaluation prompts, the same noise."""

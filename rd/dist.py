@@ -7,7 +7,7 @@ With one process (python train_sd.py, every CPU run, the tests) every helper her
 code paths are the same as without torchrun. rd.train wraps the network in DistributedDataParallel and splits each
 batch over the processes; rd.rectify.generate_pairs splits the shards by rank. Both seed each unit of work (a step, a
 shard) by stream_seed, so the numbers do not depend on how the work was split or interrupted; evaluation draws its
-noise from named_seed streams, which no unit of work shares.
+noise from named streams (named_noise), which no unit of work shares.
 """
 import hashlib
 import os
@@ -44,6 +44,12 @@ def named_seed(seed: int, name: str) -> int:
     step's noise; another name or seed gives another stream."""
     digest = hashlib.sha256(f"{name}\0{seed}".encode()).digest()
     return (1 << 61) | int.from_bytes(digest[:8], "little") >> 3
+
+
+def named_noise(seed: int, name: str, shape: tuple) -> torch.Tensor:
+    """ε ~ N(0, I) of `shape` (float32, CPU) from the stream named_seed(seed, name): the noise an evaluation or a
+    figure starts from, which no training pair and no training step draws."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(named_seed(seed, name)))
 
 
 def global_batch(batch: int, world: int, per_process: bool = False) -> int:

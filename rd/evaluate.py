@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import load_cifar10, to_uint8
-from .dist import named_seed
+from .dist import named_noise
 from .figures import tile
 from .io import atomic_write, atomic_write_text
 from .sampling import sample, solver_for
@@ -76,8 +76,7 @@ def eval_models(cfg, teacher: tuple, students: dict) -> dict:
 def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path, student_sfx: str = "") -> dict:
     """models: {name: (net, schedule, pred_type, [calls], solver_of_calls, grid)}; writes results<sfx>.md / .json and
     samples<sfx>.png; the students' logs are in <out>/<name><student_sfx>. Returns {(name, calls): FID or None}."""
-    g = torch.Generator().manual_seed(named_seed(cfg.seed, "eval noise"))       # no training pair's ε
-    noise = torch.randn(cfg.fid_n, 3, 32, 32, generator=g)
+    noise = named_noise(cfg.seed, "eval noise", (cfg.fid_n, 3, 32, 32))          # no training pair's ε
     inception, calibration, stats = None, None, None
     if cfg.inception:
         from .fid import feature_stats, fid, fid_from_stats, inception_features, load_inception, reference_stats

@@ -215,16 +215,16 @@ def test_fid_of_random_images_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_the_evaluation_draws_its_noise_from_a_named_stream(finished, tmp_path, capsys, monkeypatch):
-    """The FID samples start from rd.dist.named_seed(seed, "eval noise"), a stream no pair shard draws from (seed + k,
+    """The FID samples start from rd.dist.named_noise(seed, "eval noise", …), a stream no pair shard draws from (seed + k,
     the old seed, was shard k's at seed 0: tests/test_rectify.py)."""
     import rd.evaluate
     from rd import dist
     names = []
 
-    def recorded(seed, name):
+    def recorded(seed, name, shape):
         names.append((seed, name))
-        return dist.named_seed(seed, name)
-    monkeypatch.setattr(rd.evaluate, "named_seed", recorded)
+        return dist.named_noise(seed, name, shape)
+    monkeypatch.setattr(rd.evaluate, "named_noise", recorded)
     shutil.copytree(finished[0], tmp_path / "run")
     proc = Run(capsys, tmp_path / "run", "--stages=eval")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

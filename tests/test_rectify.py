@@ -420,12 +420,12 @@ def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plai
 
 
 def test_evaluation_noise_is_no_pairs_noise(tmp_path):
-    """The evaluations (rd.evaluate, rd.sd.evaluate, the tutorials) draw noise from named_seed(seed, "eval noise"):
+    """The evaluations (rd.evaluate, rd.sd.evaluate, the tutorials) draw noise from named_noise(seed, "eval noise", …):
     none of its rows is the ε of a pair of the same seed, so a student is never scored on its training pairs."""
-    from rd.dist import named_seed
+    from rd.dist import named_noise
     s, d = oracle_pairs(tmp_path, seed=0, n=512, shard_size=128)
     eps = load_pairs(d, s, (2,)).eps
-    noise = torch.randn(512, 2, generator=torch.Generator().manual_seed(named_seed(0, "eval noise")))
+    noise = named_noise(0, "eval noise", (512, 2))
     assert not (noise[:, None] == eps[None]).all(-1).any(), "an evaluation noise equals a pair's ε"
     old = torch.randn(512, 2, generator=torch.Generator().manual_seed(0 + 2))       # what seed + 2 would have drawn
     assert (old[:128] == eps[256:384]).all(), "the check sees the collision a small seed offset makes"

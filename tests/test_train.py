@@ -236,9 +236,11 @@ def test_stream_seeds_are_the_formula_that_earlier_runs_resume_with():
 
 def test_named_seeds_lie_above_every_stream_seed_and_differ_by_name_and_seed():
     """Evaluation noise (named_seed) is never the noise of a training step or a pair shard (stream_seed)."""
-    from rd.dist import named_seed, stream_seed
+    from rd.dist import named_noise, named_seed, stream_seed
     seeds = {(s, name): named_seed(s, name) for s in (0, 1, 2, 10**6) for name in ("eval noise", "grid noise")}
     assert len(set(seeds.values())) == len(seeds), "another name or seed, another stream"
     assert all(2**61 <= v < 2**62 for v in seeds.values()), "above stream_seed's range, a valid torch seed"
     assert stream_seed(10**11 - 1, 1_000_002) * 16 + 15 < 2**61        # a step's seed: stream_seed·world + rank
     assert named_seed(0, "eval noise") == named_seed(0, "eval noise") == 3129271355690211884   # fixed across versions
+    assert torch.equal(named_noise(0, "eval noise", (3, 2)),
+                       torch.randn(3, 2, generator=torch.Generator().manual_seed(3129271355690211884)))

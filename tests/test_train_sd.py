@@ -342,18 +342,18 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
 
 
 def test_the_evaluation_and_the_grids_draw_their_noise_from_named_streams(whole, tmp_path, capsys, monkeypatch):
-    """The evaluation's and the stage grids' noise come from rd.dist.named_seed, streams no pair shard draws from
+    """The evaluation's and the stage grids' noise come from rd.dist.named_noise, streams no pair shard draws from
     (seed + k, the old seeds, were shard k's at seed 0: tests/test_rectify.py)."""
     import rd.sd.evaluate
     import train_sd
     from rd import dist
     names = []
 
-    def recorded(seed, name):
+    def recorded(seed, name, shape):
         names.append((seed, name))
-        return dist.named_seed(seed, name)
-    monkeypatch.setattr(rd.sd.evaluate, "named_seed", recorded)
-    monkeypatch.setattr(train_sd, "named_seed", recorded)
+        return dist.named_noise(seed, name, shape)
+    monkeypatch.setattr(rd.sd.evaluate, "named_noise", recorded)
+    monkeypatch.setattr(train_sd, "named_noise", recorded)
     shutil.copytree(whole[0], tmp_path / "run")
     train_sd.main(["--preset=tiny", f"--out={tmp_path / 'run'}", "--stages=eval"])
     assert "results in" in capsys.readouterr().out

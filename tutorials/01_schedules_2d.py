@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.cli import smoke_mode
-from rd.dist import named_seed
+from rd.dist import named_noise
 from rd.metrics import first_order_error, path_deviation, sliced_wasserstein, trajectory
 from rd.mixture import ring_mixture
 from rd.predictions import Predictor
@@ -98,7 +98,7 @@ fig.savefig(OUT / "01_first_order_paths.png", dpi=110)
 
 # %% 3. Train one teacher per form; their sampled paths bend (the prediction x̂0 moves along the path)
 target = mixture.sample(N_EVAL, torch.Generator().manual_seed(SEED + 1)).float()
-noise = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(named_seed(SEED, "eval noise")))  # as 02's
+noise = named_noise(SEED, "eval noise", (N_EVAL, 2))                # as tutorial 02's
 rows = []
 fig, axes = plt.subplots(1, len(TEACHERS), figsize=(4 * len(TEACHERS), 4))
 for j, (label, (name, pred_type)) in enumerate(TEACHERS.items()):

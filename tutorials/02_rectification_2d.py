@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rd.cli import smoke_mode
-from rd.dist import named_seed
+from rd.dist import named_noise
 from rd.metrics import first_order_error, sliced_wasserstein, trajectory
 from rd.mixture import ring_mixture
 from rd.predictions import Predictor
@@ -58,7 +58,7 @@ torch.manual_seed(SEED)
 mixture = ring_mixture(k=8, radius=2.0, std=0.2)
 SIGMA_DATA = mixture.sample(100_000, torch.Generator().manual_seed(SEED)).std().item()
 target = mixture.sample(N_EVAL, torch.Generator().manual_seed(SEED + 1)).float()
-noise = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(named_seed(SEED, "eval noise")))  # no pair ε
+noise = named_noise(SEED, "eval noise", (N_EVAL, 2))                # a stream no pair's ε comes from
 floor = sliced_wasserstein(target, mixture.sample(N_EVAL, torch.Generator().manual_seed(SEED + 3)).float())
 student_cfg = ToyTrainConfig(steps=STUDENT_STEPS, batch=BATCH, lr=STUDENT_LR, seed=SEED + 1)
 

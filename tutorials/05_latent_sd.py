@@ -35,7 +35,7 @@ import torch
 
 from rd.cli import smoke_mode
 from rd.data import from_uint8, to_uint8
-from rd.dist import named_seed
+from rd.dist import named_noise
 from rd.figures import image_table
 from rd.rectify import flow_batches, flow_student, generate_pairs, load_pairs, pair_batches
 from rd.schedules import get_schedule
@@ -148,8 +148,7 @@ clf = train_classifier(images, attrs, ClassifierConfig(heads=heads), CLF_STEPS, 
 held_out, held_attrs = held_out_images("shapes", N_EVAL, seed=0)      # shapes no model trained on
 eval_attrs, eval_texts = eval_prompts("shapes", N_EVAL, seed=0)          # random attributes, their captions
 eval_tokens = tokenizer.encode(eval_texts, length).to(DEVICE)
-eval_g = torch.Generator().manual_seed(named_seed(0, "eval noise"))           # a stream no pair's ε comes from
-noise = torch.randn(N_EVAL, 4, 8, 8, generator=eval_g).to(DEVICE)
+noise = named_noise(0, "eval noise", (N_EVAL, 4, 8, 8)).to(DEVICE)   # a stream no pair's ε comes from
 fig_tokens = tokenizer.encode(list(PROMPTS), length).to(DEVICE)
 
 rows = [("teacher, no guidance", teacher, schedule, PRED, 25, 1.0),

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import CIFAR_CLASSES, from_uint8, to_uint8
-from ..dist import named_seed
+from ..dist import named_noise
 from ..fid import fid, load_inception, reference_stats
 from ..figures import image_table
 from ..io import UnreadableFile, atomic_save, atomic_write_text
@@ -90,8 +90,7 @@ def evaluate(args: EvalSettings, n_eval: int, clf_steps: int, out: Path, device,
 
     eval_attrs, eval_caps = eval_prompts(args.data, n_eval, args.seed)
     eval_tokens = tokenizer.encode(eval_caps, length).to(device)
-    g = torch.Generator().manual_seed(named_seed(args.seed, "eval noise"))      # no training pair's ε
-    noise = torch.randn(n_eval, *ae_latent_shape(ae, images, device), generator=g)
+    noise = named_noise(args.seed, "eval noise", (n_eval, *ae_latent_shape(ae, images, device)))   # no pair's ε
     fig_tokens = tokenizer.encode(list(PROMPTS), length).to(device) if args.data == "shapes" else eval_tokens[:len(PROMPTS)]
     fig_noise = noise[:len(fig_tokens)].to(device)
     calls = {"teacher": (25, 1, 2, 4)} | {name: ((args.phases,) if phased else (1, 2, 4))
