@@ -96,17 +96,17 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (one H200, 2026-12-01, before the evaluation noise was drawn apart from the pairs'
-# noise: RESULTS.md has that change, the tables, commands and grids' description):
-# the teacher reaches FID-10k 11.7 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 27.2 / 18.9 /
-# 16.2 at 1 / 2 / 4 calls against RF's 27.4 / 18.1 / 16.0 on the same pairs, steps and loss (a second students' seed
-# moves these by at most 0.9); phased RD gives 16.2 at 2 calls (K = 2) and 14.3 at 4 (K = 4). Both students give
+# What to expect at the defaults (one H200, 2026-12-01; RESULTS.md has the tables, commands and grids' description):
+# the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 27.2 / 19.2 /
+# 16.4 at 1 / 2 / 4 calls against RF's 27.9 / 18.3 / 16.3 on the same pairs, steps and loss (a second students' seed
+# moves these by at most 0.9); phased RD gives 16.5 at 2 calls (K = 2) and 14.5 at 4 (K = 4). Both students give
 # the teacher's 25-call images from the same noise, a little softer. The students' budget matters most at one call:
 # `--student_steps=2000` gives RD 20.1 and RF 21.3 there; 250 steps 70.0 and 63.8 (RF learns faster at first).
 #
 # **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, and for
 # vp-sd-v's own loss `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
-# 2026-11-30/12-01; FID-10k, RESULTS.md has both seeds and the grids):
+# 2026-11-30/12-01; FID-10k on evaluation noise that partly repeated the pairs', about 1 % kinder to every student;
+# RESULTS.md has both seeds and the grids):
 #
 # | teacher | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |
 # |---|---|---|---|
