@@ -27,7 +27,7 @@ import torch
 
 from rd import dist
 from rd.dist import named_noise
-from rd.cli import arg, parse
+from rd.cli import FlagChecks, arg, parse
 from rd.data import GPULoader, from_uint8, to_uint8
 from rd.fid import inception_problem
 from rd.figures import save_grid
@@ -118,43 +118,36 @@ def parse_args(argv=None) -> Args:
     auto = "gpu" if torch.cuda.is_available() else "cpu"
     args = parse(Args, argv, __doc__.split("\n\n")[0], presets={"auto": PRESETS[auto]} | PRESETS, prog="train_sd.py")
     args = dataclasses.replace(args, preset=auto) if args.preset == "auto" else args
-    problems = []
-    if args.data not in ("shapes", "cifar10"):
-        problems.append(f"--data must be shapes or cifar10; got {args.data!r}")
-    if args.form not in LATENT_FORMS:
-        why = (f" (EDM's preconditioning assumes data of std σ_d = {SIGMA_DATA}; these latents have std 1)"
-               if args.form in FORMS else "")
-        problems.append(f"--form must be one of {', '.join(LATENT_FORMS)}; got {args.form!r}{why}")
+    checks = FlagChecks("train_sd.py", args)
+    checks.one_of("data", ("shapes", "cifar10"))
+    why = (f"EDM's preconditioning assumes data of std σ_d = {SIGMA_DATA}, these latents have std 1; "
+           if args.form in FORMS else "")
+    checks.one_of("form", LATENT_FORMS, f"{why}allowed: {', '.join(LATENT_FORMS)}")
     stages = parse_stages(args.stages, STAGES) or []
     if not stages:
-        problems.append(f"--stages must be all or a comma list of {', '.join(STAGES)}; got {args.stages!r}")
-    if args.teacher_weight not in ("auto", "", *PRED_TYPES):
-        problems.append(f"--teacher_weight must be auto, '' or one of {', '.join(PRED_TYPES)}; got "
-                        f"{args.teacher_weight!r}")
-    if args.student_t not in STUDENT_TIMES:
-        problems.append(f"--student_t must be one of {', '.join(STUDENT_TIMES)}; got {args.student_t!r}")
-    if args.phases < 1 or args.guidance < 1 or not args.time_scale > 0:
-        problems.append(f"need --phases ≥ 1, --guidance ≥ 1 and --time_scale > 0; got {args.phases}, {args.guidance}, "
-                        f"{args.time_scale}")
-    least = {k: 0 if k in MINUTES else 1 for k in SIZES if k != "ae"}
-    problems += [f"--{k} must be ≥ {v}; got {getattr(args, k)}" for k, v in least.items() if getattr(args, k) < v]
+        checks.bad("stages", f"use 'all' or a comma list of {', '.join(STAGES)}")
+    checks.one_of("teacher_weight", ("auto", "", *PRED_TYPES),
+                  f"allowed: auto (the form's), '' (the form's own), {', '.join(PRED_TYPES)}")
+    checks.one_of("student_t", STUDENT_TIMES)
+    checks.at_least(1, "phases", "guidance", *(k for k in SIZES if k not in MINUTES and k != "ae"))
+    checks.at_least(0, *MINUTES)
+    if not args.time_scale > 0:
+        checks.bad("time_scale", "must be > 0")
     if args.pair_steps < args.phases:
-        problems.append(f"--pair_steps must be at least one step per phase (--phases={args.phases}); got "
-                        f"{args.pair_steps}")
-    if args.channels % 32 or args.text_dim % TextEncoderConfig.heads:      # the UNet's GroupNorms; the heads
-        problems.append(f"--channels must be a multiple of 32 and --text_dim of {TextEncoderConfig.heads}; got "
-                        f"{args.channels}, {args.text_dim}")
+        checks.bad("pair_steps", f"needs at least one step per phase (--phases={args.phases})")
+    if args.channels % 32:                                                  # the UNet's GroupNorms
+        checks.bad("channels", "must be a multiple of 32")
+    if args.text_dim % TextEncoderConfig.heads:
+        checks.bad("text_dim", f"must be a multiple of the text encoder's {TextEncoderConfig.heads} heads")
     try:
         AutoencoderConfig.preset(args.ae)
     except ValueError as err:
-        problems.append(f"--ae: {err}")
+        checks.bad("ae", str(err))
     if args.out and (file := not_a_folder(args.out)):
-        problems.append(f"--out={args.out!r}: {file} is a file, not a folder; pass a folder (it is made if missing)")
+        checks.bad("out", f"{file} is a file, not a folder; pass a folder (it is made if missing)")
     if args.inception and {"ae", "eval"} & set(stages) and (why := inception_problem(args.inception)):
-        problems.append(f"--inception={args.inception!r}: {why}")          # checked now, not after an hour of training
-    if problems:
-        print(f"train_sd.py: error: {problems[0]}", file=sys.stderr)
-        raise SystemExit(2)
+        checks.bad("inception", why)                           # checked now, not after an hour of training
+    checks.done()
     return args
 
 

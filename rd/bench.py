@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 
 from . import ops
-from .cli import arg, parse
+from .cli import FlagChecks, arg, parse
 from .predictions import denoising_loss
 from .sampling import sample
 from .schedules import get_schedule
@@ -250,8 +250,10 @@ def main(argv=None):
     args = parse(BenchConfig, argv, __doc__.split("\n")[0], presets=PRESETS,
                  prog="python -m rd.bench")
     parts = args.parts.split(",")
+    checks = FlagChecks("python -m rd.bench", args)
     if unknown := set(parts) - {"op", "train", "sample"}:
-        raise SystemExit(f"rd.bench: --parts={args.parts!r}: unknown parts {sorted(unknown)}; allowed: op, train, sample")
+        checks.bad("parts", f"unknown parts {sorted(unknown)}; allowed: op, train, sample")
+    checks.done()
     cuda = torch.cuda.is_available()
     if cuda:
         t0 = time.perf_counter()

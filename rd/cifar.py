@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .cli import arg, parse
+from .cli import FlagChecks, arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
@@ -120,11 +120,10 @@ def with_recipe(cfg: CifarConfig) -> CifarConfig:
 
 
 def check(cfg: CifarConfig) -> list[str]:
-    """The stages to run; a SystemExit that names the flag and what to do for any bad setting, before any work."""
-    def bad(flag, what):
-        raise SystemExit(f"rd.cifar: --{flag}={getattr(cfg, flag)!r}: {what}")
-    if cfg.form not in FORMS:
-        bad("form", f"unknown teacher form; allowed: {', '.join(FORMS)}")
+    """The stages to run; for bad settings, before any work, each flag and what to do, and exit status 2."""
+    checks = FlagChecks("python -m rd.cifar", cfg)
+    bad = checks.bad
+    checks.one_of("form", FORMS, f"unknown teacher form; allowed: {', '.join(FORMS)}")
     try:
         UNetConfig.preset(cfg.unet)
     except ValueError as err:
@@ -132,35 +131,23 @@ def check(cfg: CifarConfig) -> list[str]:
     stages = parse_stages(cfg.stages, STAGES)
     if stages is None:
         bad("stages", f"use 'all' or a comma list of {', '.join(STAGES)}")
-    for flag in ("teacher_min", "student_min", "lr", "student_lr"):
-        if not getattr(cfg, flag) >= 0:
-            bad(flag, "must be a number ≥ 0")
-    for flag in ("teacher_steps", "student_steps", "warmup"):
-        if getattr(cfg, flag) < 0:
-            bad(flag, "must be ≥ 0")
+    checks.at_least(0, "teacher_min", "student_min", "lr", "student_lr", "teacher_steps", "student_steps", "warmup")
+    checks.at_least(1, "batch", "pairs", "pair_steps", "phases", "fid_n")
     if cfg.teacher_min == 0 and cfg.teacher_steps == 0:
         bad("teacher_min", "the teacher needs a budget: teacher_min > 0 or teacher_steps > 0")
     if cfg.student_min == 0 and cfg.student_steps == 0 and cfg.students:
         bad("student_min", "the students need a budget: student_min > 0 or student_steps > 0")
-    for flag in ("batch", "pairs", "pair_steps", "phases", "fid_n"):
-        if getattr(cfg, flag) < 1:
-            bad(flag, "must be ≥ 1")
-    if cfg.lr_decay not in LR_DECAYS:
-        bad("lr_decay", f"allowed: {', '.join(LR_DECAYS)}")
-    if cfg.t_sampling not in T_SAMPLINGS:
-        bad("t_sampling", f"allowed: {', '.join(T_SAMPLINGS)}")
-    if cfg.teacher_weight not in ("", "auto", *PRED_TYPES):
-        bad("teacher_weight", f"allowed: auto (the form's), '' (the form's own), {', '.join(PRED_TYPES)}")
-    if cfg.grid not in GRIDS:
-        bad("grid", f"allowed: {', '.join(GRIDS)}")
-    if cfg.sampler not in EVAL_SAMPLERS:
-        bad("sampler", f"allowed: {', '.join(EVAL_SAMPLERS)}")
-    if cfg.student_t not in STUDENT_TIMES:
-        bad("student_t", f"allowed: {', '.join(STUDENT_TIMES)}")
-    if cfg.student_loss not in LOSSES:
-        bad("student_loss", f"allowed: {', '.join(LOSSES)}")
-    if not (0 <= cfg.ema_decay < 1 and 0 <= cfg.student_ema < 1):
-        bad("ema_decay" if not 0 <= cfg.ema_decay < 1 else "student_ema", "an EMA decay lies in [0, 1)")
+    checks.one_of("lr_decay", LR_DECAYS)
+    checks.one_of("t_sampling", T_SAMPLINGS)
+    checks.one_of("teacher_weight", ("", "auto", *PRED_TYPES),
+                  f"allowed: auto (the form's), '' (the form's own), {', '.join(PRED_TYPES)}")
+    checks.one_of("grid", GRIDS)
+    checks.one_of("sampler", EVAL_SAMPLERS)
+    checks.one_of("student_t", STUDENT_TIMES)
+    checks.one_of("student_loss", LOSSES)
+    for flag in ("ema_decay", "student_ema"):
+        if not 0 <= getattr(cfg, flag) < 1:
+            bad(flag, "an EMA decay lies in [0, 1)")
     for name in filter(None, (s.strip() for s in cfg.students.split(","))):
         if (k := student_phases(name)) is None:
             bad("students", f"unknown student {name!r}: use rd, rf or rd<K>")
@@ -180,7 +167,7 @@ def check(cfg: CifarConfig) -> list[str]:
     for flag in ("out", "cache"):
         if getattr(cfg, flag) and (file := not_a_folder(getattr(cfg, flag))):
             bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
-    if "eval" in stages and cfg.inception:
+    if "eval" in (stages or []) and cfg.inception:
         if why := inception_problem(cfg.inception):
             bad("inception", why)
         if cfg.data == "random":
@@ -188,8 +175,9 @@ def check(cfg: CifarConfig) -> list[str]:
                              "has not: pass --inception='' with random images")
         if cfg.data != "random" and cfg.fid_n not in (10_000, 50_000):
             bad("fid_n", "FID-10k or FID-50k: 10000 or 50000")
-    if "eval" in stages and dist.env_world() > 1:
+    if "eval" in (stages or []) and dist.env_world() > 1:
         bad("stages", "evaluate with one process (python -m rd.cifar --stages=eval), not under torchrun")
+    checks.done()
     return stages
 
 

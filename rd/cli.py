@@ -7,11 +7,15 @@ metadata, its default from the field (or from a named preset), unknown flags ref
 
     cfg = parse(Config, None, "what the program does", presets={"tiny": {"steps": 10}})   # None: sys.argv[1:]
 
+What argparse cannot check (a name from a list, a bound, a path) a program checks with FlagChecks before any work,
+and every bad flag is said in one format, `prog: error: --flag=value: what to do`, exit status 2 (argparse's).
+
 The tutorials take no flags; their smoke switch is smoke_mode() (RD_SMOKE=1, a run of seconds to minutes).
 """
 import argparse
 import dataclasses
 import os
+import sys
 
 
 def arg(default, help: str):
@@ -72,3 +76,37 @@ def parse(cls, argv, description: str, presets: dict | None = None, prog: str | 
     values = dict(presets[preset]) if preset else {}
     values |= {k: v for k, v in ns.items() if v is not None}
     return cls(**values, **({"preset": preset} if named else {}))
+
+
+class FlagChecks:
+    """A program's checks of its parsed flags, before any work: each failure names the flag, its value and what to do;
+    `done()` says them all on stderr as `prog: error: --flag=value: what` and exits with status 2, as argparse does
+    for a flag it refuses.
+
+        checks = FlagChecks("python -m rd.cifar", cfg)
+        checks.one_of("grid", GRIDS)
+        checks.at_least(1, "batch", "pairs")
+        checks.done()
+    """
+
+    def __init__(self, prog: str, cfg):
+        self.prog, self.cfg, self.problems = prog, cfg, []
+
+    def bad(self, flag: str, what: str):
+        self.problems.append(f"--{flag}={getattr(self.cfg, flag)!r}: {what}")
+
+    def one_of(self, flag: str, allowed, what: str = ""):
+        """The flag's value must be one of `allowed`; `what` replaces the message that lists them."""
+        if getattr(self.cfg, flag) not in allowed:
+            self.bad(flag, what or f"allowed: {', '.join(map(str, allowed))}")
+
+    def at_least(self, low, *flags: str):
+        """Each flag's value must be ≥ low (a NaN fails too)."""
+        for flag in flags:
+            if not getattr(self.cfg, flag) >= low:
+                self.bad(flag, f"must be ≥ {low}")
+
+    def done(self):
+        if self.problems:
+            print("\n".join(f"{self.prog}: error: {problem}" for problem in self.problems), file=sys.stderr)
+            raise SystemExit(2)

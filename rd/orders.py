@@ -14,7 +14,7 @@ from functools import lru_cache, partial
 
 import torch
 
-from .cli import arg, parse
+from .cli import FlagChecks, arg, parse
 from .mixture import ring_mixture
 from .predictions import Predictor
 from .sampling import get_grid
@@ -103,8 +103,10 @@ class OrdersConfig:
 def main(argv=None):
     args = parse(OrdersConfig, argv, __doc__.split("\n")[0], prog="python -m rd.orders")
     names = args.schedules.split(",")
+    checks = FlagChecks("python -m rd.orders", args)
     if unknown := [n for n in names if n not in SCHEDULES]:
-        raise SystemExit(f"rd.orders: --schedules={args.schedules!r}: unknown {unknown}; allowed: {', '.join(SCHEDULES)}")
+        checks.bad("schedules", f"unknown {unknown}; allowed: {', '.join(SCHEDULES)}")
+    checks.done()
     start = time.time()
     print("| solver | nominal | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 2) + "|")

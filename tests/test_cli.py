@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from rd.cifar import PRESETS, CifarConfig
-from rd.cli import arg, parse
+from rd.cli import FlagChecks, arg, parse
 
 
 def test_cli_presets_and_overrides():
@@ -47,3 +47,27 @@ def test_unknown_flags_and_prefixes_of_flags_are_refused(flag, capsys):
         parse(CifarConfig, [flag], "", presets=PRESETS)
     assert err.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
     assert parse(CifarConfig, ["--fid_n=5", "--pair_steps=3"], "", presets=PRESETS).fid_n == 5   # whole names work
+
+
+def test_flag_checks_say_every_bad_flag_with_its_value_and_exit_2(capsys):
+    @dataclasses.dataclass
+    class Config:
+        grid: str = "edm"
+        steps: int = 0
+        lr: float = float("nan")
+        batch: int = 8
+
+    checks = FlagChecks("prog", Config())
+    checks.one_of("grid", ("logsnr", "edm"))
+    checks.at_least(1, "batch")
+    checks.done()                                             # nothing wrong yet: no exit, nothing said
+    assert capsys.readouterr().err == ""
+    checks.one_of("grid", ("logsnr",))
+    checks.one_of("grid", ("logsnr",), "the λ-uniform grid only")
+    checks.at_least(1, "steps", "lr", "batch")                # NaN is not ≥ 1
+    with pytest.raises(SystemExit) as stop:
+        checks.done()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "prog: error: --grid='edm': allowed: logsnr", "prog: error: --grid='edm': the λ-uniform grid only",
+        "prog: error: --steps=0: must be ≥ 1", "prog: error: --lr=nan: must be ≥ 1"]

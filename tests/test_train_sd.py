@@ -221,7 +221,7 @@ def test_teacher_weight_weighs_the_teachers_loss_and_names_the_run(whole, tmp_pa
     config = torch.load(tmp_path / "runs" / "sd-tiny-vp-sd-v-loss-own" / "teacher" / "ckpt.pt", weights_only=True)["config"]
     assert config["train"].get("weight_like") is None and config["pred_type"] == "v", config["train"]
     code, err = refused(capsys, "--preset=tiny", "--teacher_weight=snr")
-    assert code == 2 and "--teacher_weight must be auto, '' or one of eps, x0, v" in err
+    assert code == 2 and "train_sd.py: error: --teacher_weight='snr': allowed: auto (the form's), '' (the form's own), eps, x0, v" in err
 
 
 def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, monkeypatch):
@@ -235,7 +235,7 @@ def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, 
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn  # not for phased
     assert json.loads((tmp_path / "config.json").read_text())["args"]["student_t"] == "late"
     code, err = refused(capsys, "--preset=tiny", "--student_t=middle")
-    assert code == 2 and "--student_t must be one of schedule, uniform, late; got 'middle'" in err
+    assert code == 2 and "--student_t='middle': allowed: schedule, uniform, late" in err
 
 
 class PooledFeatures(torch.nn.Module):
@@ -282,8 +282,8 @@ def test_bad_flags_presets_data_and_torchrun_on_cpu(tmp_path, capsys, monkeypatc
     for flags, message in [
             (["--bogus=1"], "unrecognized arguments: --bogus=1"),
             (["--preset=huge"], "argument --preset: invalid choice: 'huge' (choose from 'auto', 'cpu', 'gpu', 'tiny')"),
-            (["--form=vp-sd-x0"], "--form must be one of vp-cosine-v, vp-sd-eps, vp-sd-v, vp-sd-zsnr-v; got 'vp-sd-x0'"),
-            (["--form=edm"], "got 'edm' (EDM's preconditioning assumes data of std σ_d = 0.5")]:   # σ_d ≠ the latents'
+            (["--form=vp-sd-x0"], "--form='vp-sd-x0': allowed: vp-cosine-v, vp-sd-eps, vp-sd-v, vp-sd-zsnr-v"),
+            (["--form=edm"], "--form='edm': EDM's preconditioning assumes data of std σ_d = 0.5")]:   # σ_d ≠ the latents'
         code, err = refused(capsys, *flags)
         assert code == 2 and message in err, (flags, err)
     with pytest.raises(FileNotFoundError, match="CIFAR-10 not found") as err:
@@ -317,20 +317,21 @@ def test_bad_input_is_refused_at_start_with_the_value_and_the_fix(tmp_path, caps
     text.write_text("a text file, not a network\n")
     for flags, status, message in [
             (["--time_scale=nan"], 2, "argument --time_scale: expected a finite number, got 'nan'"),
-            (["--time_scale=0"], 2, "--guidance ≥ 1 and --time_scale > 0; got 4, 3.0, 0.0"),
-            (["--latent_channels=-4"], 2, "--latent_channels must be ≥ 1; got -4"),
-            (["--teacher_min=-1"], 2, "--teacher_min must be ≥ 0; got -1.0"),
-            (["--pair_steps=3"], 2, "--pair_steps must be at least one step per phase (--phases=4); got 3"),
-            (["--ae=huge"], 2, "--ae: unknown autoencoder preset 'huge'; allowed: tiny, small, base"),
+            (["--time_scale=0"], 2, "train_sd.py: error: --time_scale=0.0: must be > 0"),
+            (["--latent_channels=-4"], 2, "--latent_channels=-4: must be ≥ 1"),
+            (["--teacher_min=-1"], 2, "--teacher_min=-1.0: must be ≥ 0"),
+            (["--pair_steps=3"], 2, "--pair_steps=3: needs at least one step per phase (--phases=4)"),
+            (["--ae=huge"], 2, "--ae='huge': unknown autoencoder preset 'huge'; allowed: tiny, small, base"),
             (["--guidance=inf"], 2, "argument --guidance: expected a finite number, got 'inf'"),
             (["--inception=/nonexistent.pt"], 2, "--inception='/nonexistent.pt': no such file; DATA.md says where"),
             ([f"--inception={text}"], 2, "notes.md is not a TorchScript file"),
             ([f"--out={text}"], 2, "notes.md is a file, not a folder"),
-            (["--n_pairs=0"], 2, "--n_pairs must be ≥ 1; got 0"),
-            (["--channels=48"], 2, "--channels must be a multiple of 32 and --text_dim of 4; got 48, 32"),
-            (["--text_dim=66"], 2, "--channels must be a multiple of 32 and --text_dim of 4; got 32, 66"),
-            (["--stages=teacher,bogus"], 2, "--stages must be all or a comma list of ae, teacher, pairs, rd, rf, "
-                                            "phased, eval; got 'teacher,bogus'")]:
+            (["--n_pairs=0"], 2, "--n_pairs=0: must be ≥ 1"),
+            (["--channels=48"], 2, "--channels=48: must be a multiple of 32"),
+            (["--text_dim=66"], 2, "--text_dim=66: must be a multiple of the text encoder's 4 heads"),
+            (["--guidance=0.5", "--phases=0"], 2, "--phases=0: must be ≥ 1\ntrain_sd.py: error: --guidance=0.5: must be ≥ 1"),
+            (["--stages=teacher,bogus"], 2, "--stages='teacher,bogus': use 'all' or a comma list of ae, teacher, "
+                                            "pairs, rd, rf, phased, eval")]:
         code, err = refused(capsys, "--preset=tiny", f"--out={out}", *flags)
         assert code == status and message in err, (flags, err[-2000:])
         assert not out.exists(), flags
