@@ -123,7 +123,7 @@ def parse_args(argv=None) -> Args:
     why = (f"EDM's preconditioning assumes data of std σ_d = {SIGMA_DATA}, these latents have std 1; "
            if args.form in FORMS else "")
     checks.one_of("form", LATENT_FORMS, f"{why}allowed: {', '.join(LATENT_FORMS)}")
-    stages = parse_stages(args.stages, STAGES) or []
+    stages = parse_stages(args.stages, STAGES)
     if not stages:
         checks.bad("stages", f"use 'all' or a comma list of {', '.join(STAGES)}")
     checks.one_of("teacher_weight", ("auto", "", *PRED_TYPES),
@@ -133,7 +133,7 @@ def parse_args(argv=None) -> Args:
     checks.at_least(0, *MINUTES)
     if not args.time_scale > 0:
         checks.bad("time_scale", "must be > 0")
-    if args.pair_steps < args.phases:
+    if 1 <= args.pair_steps < args.phases:
         checks.bad("pair_steps", f"needs at least one step per phase (--phases={args.phases})")
     if args.channels % 32:                                                  # the UNet's GroupNorms
         checks.bad("channels", "must be a multiple of 32")
@@ -145,7 +145,7 @@ def parse_args(argv=None) -> Args:
         checks.bad("ae", str(err))
     if args.out and (file := not_a_folder(args.out)):
         checks.bad("out", f"{file} is a file, not a folder; pass a folder (it is made if missing)")
-    if args.inception and {"ae", "eval"} & set(stages) and (why := inception_problem(args.inception)):
+    if args.inception and {"ae", "eval"} & set(stages or STAGES) and (why := inception_problem(args.inception)):
         checks.bad("inception", why)                           # checked now, not after an hour of training
     checks.done()
     return args

@@ -131,6 +131,7 @@ def check(cfg: CifarConfig) -> list[str]:
     stages = parse_stages(cfg.stages, STAGES)
     if stages is None:
         bad("stages", f"use 'all' or a comma list of {', '.join(STAGES)}")
+    checked = stages or STAGES                           # a bad --stages: the other flags checked as for all stages
     checks.at_least(0, "teacher_min", "student_min", "lr", "student_lr", "teacher_steps", "student_steps", "warmup")
     checks.at_least(1, "batch", "pairs", "pair_steps", "phases", "fid_n")
     if cfg.teacher_min == 0 and cfg.teacher_steps == 0:
@@ -151,9 +152,9 @@ def check(cfg: CifarConfig) -> list[str]:
     for name in filter(None, (s.strip() for s in cfg.students.split(","))):
         if (k := student_phases(name)) is None:
             bad("students", f"unknown student {name!r}: use rd, rf or rd<K>")
-        elif cfg.phases % k:
+        elif cfg.phases >= 1 and cfg.phases % k:
             bad("students", f"{name} needs phases divisible by {k} (--phases={cfg.phases})")
-    if cfg.pair_steps < cfg.phases:
+    if 1 <= cfg.pair_steps < cfg.phases:
         bad("pair_steps", f"needs at least one step per phase (--phases={cfg.phases})")
     try:
         calls = call_counts(cfg.teacher_calls)
@@ -167,7 +168,7 @@ def check(cfg: CifarConfig) -> list[str]:
     for flag in ("out", "cache"):
         if getattr(cfg, flag) and (file := not_a_folder(getattr(cfg, flag))):
             bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
-    if "eval" in (stages or []) and cfg.inception:
+    if "eval" in checked and cfg.inception:
         if why := inception_problem(cfg.inception):
             bad("inception", why)
         if cfg.data == "random":
@@ -175,7 +176,7 @@ def check(cfg: CifarConfig) -> list[str]:
                              "has not: pass --inception='' with random images")
         if cfg.data != "random" and cfg.fid_n not in (10_000, 50_000):
             bad("fid_n", "FID-10k or FID-50k: 10000 or 50000")
-    if "eval" in (stages or []) and dist.env_world() > 1:
+    if "eval" in checked and dist.env_world() > 1:
         bad("stages", "evaluate with one process (python -m rd.cifar --stages=eval), not under torchrun")
     checks.done()
     return stages

@@ -214,6 +214,24 @@ def test_fid_of_random_images_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_every_bad_flag_is_said_once_before_any_work(tmp_path, capsys):
+    """Two bad flags: both said; a flag refused is not blamed again through the checks that depend on it (--phases=-1
+    and rd2, or --pair_steps); a bad --stages still lets the flags of every stage be checked (--inception)."""
+    for flags, said in [
+            (["--grid=cosine", "--batch=0"], ["--batch=0: must be ≥ 1", "--grid='cosine': allowed: logsnr"]),
+            (["--phases=-1", "--students=rd,rd2"], ["--phases=-1: must be ≥ 1"]),
+            (["--pair_steps=0", "--phases=2", "--students=rd"], ["--pair_steps=0: must be ≥ 1"]),
+            (["--stages=bogus", "--inception=/nonexistent.pt"], ["--stages='bogus': use 'all'",
+                                                                 "--inception='/nonexistent.pt': no such file"])]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--preset=smoke", f"--out={tmp_path / 'out'}", *flags])
+        lines = capsys.readouterr().err.splitlines()
+        assert exit_.value.code == 2 and all(line.startswith("python -m rd.cifar: error: --") for line in lines), lines
+        assert [any(part in line for line in lines) for part in said] == [True] * len(said), (flags, lines)
+        assert len(lines) == len(said) + ("--stages=bogus" in flags), (flags, lines)   # + the random-data FID line
+        assert not (tmp_path / "out").exists()
+
+
 def test_the_evaluation_draws_its_noise_from_a_named_stream(finished, tmp_path, capsys, monkeypatch):
     """The FID samples start from rd.dist.named_noise(seed, "eval noise", …), a stream no pair shard draws from (seed + k,
     the old seed, was shard k's at seed 0: tests/test_rectify.py)."""

@@ -112,7 +112,7 @@ results = run(CONFIG)
 # |---|---|---|---|
 # | vp-sd-eps | 29.3 / 12.2 / 11.5 | 155.0 / 21.5 / 16.0 | 21.6 / 18.2 / 17.1 |
 # | vp-sd-v, its own loss | 31.4 / 14.6 / 14.1 | 22.5 / 19.9 / 17.7 | 29.7 / 20.2 / 17.9 |
-# | vp-sd-v weighted like ε (the default) | 30.8 / 12.5 / 11.7 | 27.2 / 18.9 / 16.2 | 27.4 / 18.1 / 16.0 |
+# | vp-sd-v weighted like ε (the default; RESULTS.md, 2026-12-01 03:14) | 30.8 / 12.5 / 11.7 | 27.2 / 18.9 / 16.2 | 27.4 / 18.1 / 16.0 |
 # | vp-cosine-v | 59.6 / 16.6 / 13.3 | 31.2 / 22.8 / 18.1 | 34.4 / 21.6 / 18.7 |
 #
 # The ε teacher is a good teacher, and its RD student is the better one at 2 and 4 calls; at 1 call it fails,
