@@ -1,10 +1,12 @@
 """Shared test fixtures that are not tests: a float64 batch of (x0, ε, t) on a schedule; a tutorial's smoke-run
 environment; a pause of the assignment-reach tracer."""
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,3 +60,18 @@ def tf32_kept():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def train_sd_run(*flags, env=None):
+    """python train_sd.py flags, in a subprocess from the repo root: the CompletedProcess (stdout, stderr as text)."""
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "train_sd.py"), *flags], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+
+
+def train_sd_refused(capsys, *flags) -> tuple:
+    """train_sd.main(flags) in this process, expected to stop: (exit status or message, stderr)."""
+    import train_sd
+    with pytest.raises(SystemExit) as stop:
+        train_sd.main(list(flags))
+    return stop.value.code, capsys.readouterr().err
