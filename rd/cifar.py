@@ -3,7 +3,7 @@
     python -m rd.cifar                                          # every stage, resumable, into runs/cifar
     python -m rd.cifar --stages=teacher                         # one stage (teacher, pairs, students, eval)
     python -m rd.cifar --form=vp-sd-eps --out=runs/cifar-eps    # another teacher form (rd.predictions.FORMS)
-    python -m rd.cifar --preset=smoke                           # a CPU miniature on random images, minutes
+    python -m rd.cifar --preset=smoke                           # a CPU miniature on random images, seconds
     python -m rd.cifar --help                                   # every flag with its default
 
 Stages (each resumes from its checkpoint and skips what is done; a stage whose input is missing says which to run):

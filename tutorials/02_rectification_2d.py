@@ -2,7 +2,7 @@
 # # 02 — Rectified Diffusion on 2D data: first-order, not straight
 #
 # [RD Alg. 4]: draw ε once, solve the teacher's ODE to get x̂0, and train the teacher's own model — same schedule,
-# prediction type, network and loss, initialised from the teacher — on the pairs (x̂0, ε). We rectify the four
+# prediction type, network and loss, initialised from the teacher — on the pairs (x̂0, ε). We rectify the five
 # teachers of tutorial 01 and measure, before and after:
 # * the first-order error (how much x̂0(x_t, t) moves along a sampled path; 0 ⇒ one DPM-Solver step is exact),
 # * the sliced-W₂ distance to the true mixture after 1, 2 and 4 model calls;

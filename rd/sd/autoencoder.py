@@ -46,8 +46,8 @@ class AutoencoderConfig:
 
     @staticmethod
     def preset(name: str) -> "AutoencoderConfig":
-        """'tiny' (channels 16: 0.23 M parameters; CPU tests), 'small' (32: 0.92 M; the CPU pipeline),
-        'base' (64: 3.66 M; GPU). All f = 4, 4 latent channels; sizes as sum(p.numel())."""
+        """'tiny' (channels 16: 0.23 M parameters; train_sd.py's cpu preset, tutorial 05 and the tests), 'small'
+        (32: 0.92 M), 'base' (64: 3.66 M; the gpu preset). All f = 4, 4 latent channels; sizes as sum(p.numel())."""
         presets = {
             "tiny": AutoencoderConfig(channels=16),
             "small": AutoencoderConfig(channels=32),
