@@ -184,8 +184,11 @@ def pipeline(args: Args, ctx: dist.Context):
         if (preset := old.get("preset", args.preset)) != args.preset:    # then its sizes that differ from its preset's
             flags, base = [f"--preset={preset}"], dataclasses.asdict(Args()) | PRESETS.get(preset, {})
         own = " ".join(flags + [f"--{k}={old['size'][k]}" for k in SIZES if old["size"][k] != base[k]])
+        gone = [f"--{k}" for k in old["args"] if k not in config["args"]]       # set by an older train_sd.py only
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
-                         f"{config_changes(old, config)}); " + (f"rerun with its flags ({own}), " if own else "")
+                         f"{config_changes(old, config)}); "
+                         + (f"{', '.join(gone)}: a flag of an older train_sd.py, which this one has not; " if gone else "")
+                         + (f"rerun with its flags ({own}), " if own else "")
                          + "pass another --out, or delete the folder to start over")
     if not args.batch_per_process and args.batch % ctx.world:
         raise SystemExit(f"train_sd.py: a batch of {args.batch} does not split over {ctx.world} processes; pass a "
