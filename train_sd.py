@@ -31,7 +31,7 @@ from rd.cli import FlagChecks, arg, parse
 from rd.data import GPULoader, from_uint8, to_uint8
 from rd.fid import inception_problem
 from rd.figures import save_grid
-from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, not_a_folder, read_json
+from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, read_json
 from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_recipe
 from rd.rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
                        student_times)
@@ -143,8 +143,7 @@ def parse_args(argv=None) -> Args:
         AutoencoderConfig.preset(args.ae)
     except ValueError as err:
         checks.bad("ae", str(err))
-    if args.out and (file := not_a_folder(args.out)):
-        checks.bad("out", f"{file} is a file, not a folder; pass a folder (it is made if missing)")
+    checks.folder("out")
     if args.inception and {"ae", "eval"} & set(stages or STAGES) and (why := inception_problem(args.inception)):
         checks.bad("inception", why)                           # checked now, not after an hour of training
     checks.done()
@@ -187,8 +186,8 @@ def pipeline(args: Args, ctx: dist.Context):
         gone = [f"--{k}" for k in old["args"] if k not in config["args"]]       # set by an older train_sd.py only
         raise SystemExit(f"{out} holds a run with another configuration ({out / 'config.json'}: "
                          f"{config_changes(old, config)}); "
-                         + (f"{', '.join(gone)}: a flag of an older train_sd.py, which this one has not; " if gone else "")
-                         + (f"rerun with its flags ({own}), " if own else "")
+                         + (f"{', '.join(gone)}: set by an older train_sd.py, which this one cannot; " if gone else "")
+                         + (f"rerun with its flags ({own}), " if own and not gone else "")
                          + "pass another --out, or delete the folder to start over")
     if not args.batch_per_process and args.batch % ctx.world:
         raise SystemExit(f"train_sd.py: a batch of {args.batch} does not split over {ctx.world} processes; pass a "

@@ -35,7 +35,7 @@ from .cli import FlagChecks, arg, parse
 from .data import GPULoader, load_cifar10
 from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
-from .io import ConfigMismatch, UnreadableFile, atomic_write_text, not_a_folder
+from .io import ConfigMismatch, UnreadableFile, atomic_write_text
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
 from .rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
                       pairs_on_disk, student_times)
@@ -165,18 +165,16 @@ def check(cfg: CifarConfig) -> list[str]:
     if cfg.data != "random" and not Path(cfg.data).exists():
         bad("data", "no such file or folder; python -c 'import rd.data; rd.data.download(\"data\")' fetches "
                     "CIFAR-10 into data/cifar-10-batches-py: pass that folder (or --data=random)")
-    for flag in ("out", "cache"):
-        if getattr(cfg, flag) and (file := not_a_folder(getattr(cfg, flag))):
-            bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
+    checks.folder("out", "cache")
     if "eval" in checked and cfg.inception:
         if why := inception_problem(cfg.inception):
             bad("inception", why)
         if cfg.data == "random":
             bad("inception", "FID compares with CIFAR-10 (its test split, its train statistics), which --data=random "
                              "has not: pass --inception='' with random images")
-        if cfg.data != "random" and cfg.fid_n not in (10_000, 50_000):
+        if cfg.data != "random" and cfg.fid_n >= 1 and cfg.fid_n not in (10_000, 50_000):
             bad("fid_n", "FID-10k or FID-50k: 10000 or 50000")
-    if "eval" in checked and dist.env_world() > 1:
+    if "eval" in (stages or []) and dist.env_world() > 1:
         bad("stages", "evaluate with one process (python -m rd.cifar --stages=eval), not under torchrun")
     checks.done()
     return stages

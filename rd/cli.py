@@ -17,6 +17,8 @@ import dataclasses
 import os
 import sys
 
+from .io import not_a_folder
+
 
 def arg(default, help: str):
     """A dataclass field with its default and the help text of its flag."""
@@ -93,6 +95,7 @@ class FlagChecks:
         self.prog, self.cfg, self.problems = prog, cfg, []
 
     def bad(self, flag: str, what: str):
+        """The flag is wrong: `what` says why and what to pass instead."""
         self.problems.append(f"--{flag}={getattr(self.cfg, flag)!r}: {what}")
 
     def one_of(self, flag: str, allowed, what: str = ""):
@@ -106,7 +109,14 @@ class FlagChecks:
             if not getattr(self.cfg, flag) >= low:
                 self.bad(flag, f"must be ≥ {low}")
 
+    def folder(self, *flags: str):
+        """Each flag, when set, must name a folder or nothing yet (it is made), not a file."""
+        for flag in flags:
+            if getattr(self.cfg, flag) and (file := not_a_folder(getattr(self.cfg, flag))):
+                self.bad(flag, f"{file} is a file, not a folder; pass a folder (it is made if missing)")
+
     def done(self):
+        """Exit with status 2 when any check failed, each failure on its own line of stderr; else nothing."""
         if self.problems:
             print("\n".join(f"{self.prog}: error: {problem}" for problem in self.problems), file=sys.stderr)
             raise SystemExit(2)

@@ -79,6 +79,8 @@ def test_every_bad_flag_is_said_once_before_any_work(tmp_path, capsys):
             (["--grid=cosine", "--batch=0"], ["--batch=0: must be ≥ 1", "--grid='cosine': allowed: logsnr"]),
             (["--phases=-1", "--students=rd,rd2"], ["--phases=-1: must be ≥ 1"]),
             (["--pair_steps=0", "--phases=2", "--students=rd"], ["--pair_steps=0: must be ≥ 1"]),
+            (["--data=.", "--fid_n=0", "--inception=/nonexistent.pt"], ["--fid_n=0: must be ≥ 1",
+                                                                       "--inception='/nonexistent.pt': no such file"]),
             (["--stages=bogus", "--inception=/nonexistent.pt"], ["--stages='bogus': use 'all'",
                                                                  "--inception='/nonexistent.pt': no such file"])]:
         with pytest.raises(SystemExit) as exit_:

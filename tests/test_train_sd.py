@@ -181,8 +181,9 @@ def test_a_run_folder_from_before_a_new_flag_resumes(whole, tmp_path, capsys):
     code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=13")
     assert "size.teacher_steps: 12 → 13" in code and "rerun with its flags (--teacher_steps=12)" in code, code
     (tmp_path / "config.json").write_text(json.dumps(config | {"args": config["args"] | {"minutes": [2, 12, 2.5]}}))
-    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae")    # a removed flag that tied it
-    assert "args.minutes: [2, 12, 2.5] → not set" in code and "--minutes: a flag of an older train_sd.py" in code, code
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=ae", "--teacher_steps=13")   # a removed
+    assert "size.teacher_steps: 12 → 13" in code, code           # flag that tied it: no rerun's flags can match it
+    assert "args.minutes: [2, 12, 2.5] → not set" in code and "--minutes: set by an older train_sd.py" in code, code
     assert "rerun with its flags" not in code and "pass another --out, or delete the folder" in code, code
 
 

@@ -105,7 +105,7 @@ results = run(CONFIG)
 #
 # **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, and for
 # vp-sd-v's own loss `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
-# 2026-11-30/12-01; FID-10k on evaluation noise that partly repeated the pairs', about 1 % kinder to every student;
+# 2026-11-30/12-01; FID-10k on evaluation noise that partly repeated the pairs', ≤ 1.4 % kinder to every student;
 # RESULTS.md has both seeds and the grids):
 #
 # | teacher | teacher at 4 / 10 / 25 calls | RD at 1 / 2 / 4 calls | RF at 1 / 2 / 4 calls |

@@ -17,7 +17,7 @@
 #    it into flow matching + velocity (InstaFlow's route). Prompt fidelity = accuracy of an attribute classifier
 #    trained on real shapes (the stand-in for a CLIP score).
 #
-#     python tutorials/05_latent_sd.py          # 6 to 20 minutes on 2 CPU cores, faster on a GPU; RD_SMOKE=1: seconds
+#     python tutorials/05_latent_sd.py          # 6 to 21 minutes on 2 CPU cores, faster on a GPU; RD_SMOKE=1: seconds
 #
 # Outputs in runs/tutorials (runs/tutorials-smoke with RD_SMOKE=1; or RD_OUT): 05_data_autoencoder.png, 05_samples.png, 05_results.md. `python
 # train_sd.py` is the same pipeline at full size, with phased RD, FID and resumable stages.
