@@ -94,6 +94,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def tf32_as_it_was():
+    """TF32 restored after each test (`pytestmark = pytest.mark.usefixtures("tf32_as_it_was")`): rd.cifar and
+    train_sd.py turn it on for their process, and a run inside the test process must not leave it on for later tests."""
+    from helpers import tf32_kept
+    with tf32_kept():
+        yield
+
+
 # -- which blocks each test reaches -----------------------------------------------------------------------------------
 
 class _Tracer:

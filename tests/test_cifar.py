@@ -13,7 +13,8 @@ from helpers import record_late_t, smoke_env, tf32_kept
 
 from rd.cifar import main
 
-pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+pytestmark = [pytest.mark.e2e,                 # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+              pytest.mark.usefixtures("tf32_as_it_was")]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAST = "out.weight"   # the UNet's last layer
@@ -24,12 +25,6 @@ def run(out, *flags):
     return subprocess.run([sys.executable, "-m", "rd.cifar", "--preset=smoke", f"--out={out}", *flags], env=env,
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
-
-@pytest.fixture(autouse=True)
-def tf32_as_it_was():
-    """rd.cifar turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
-    with tf32_kept():
-        yield
 
 
 class Run:

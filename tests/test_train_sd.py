@@ -9,22 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import record_late_t, tf32_kept
+from helpers import record_late_t
 from helpers import train_sd_refused as refused
 from helpers import train_sd_run as run
 
 from rd.io import ConfigMismatch, UnreadableFile
 
-pytestmark = pytest.mark.e2e              # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+pytestmark = [pytest.mark.e2e,                 # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
+              pytest.mark.usefixtures("tf32_as_it_was")]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def tf32_as_it_was():
-    """train_sd.py turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
-    with tf32_kept():
-        yield
 
 
 def here(capsys, *flags) -> str:

@@ -3,16 +3,10 @@ refused with its value and what to do (exit 2; a damaged config.json exit 1), no
 test_train_sd.py."""
 import pytest
 import torch
-from helpers import tf32_kept
 from helpers import train_sd_refused as refused
 from helpers import train_sd_run as run
 
-
-@pytest.fixture(autouse=True)
-def tf32_as_it_was():
-    """train_sd.py turns TF32 on for its process; run in this one, it must not leave it on for later tests."""
-    with tf32_kept():
-        yield
+pytestmark = pytest.mark.usefixtures("tf32_as_it_was")   # train_sd.py turns TF32 on (tests/conftest.py)
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_any_work(tmp_path):
