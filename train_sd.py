@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from rd import dist
-from rd.dist import named_noise
 from rd.cli import FlagChecks, arg, parse
 from rd.data import GPULoader, from_uint8, to_uint8
+from rd.dist import named_noise
 from rd.fid import inception_problem
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, read_json

@@ -148,7 +148,7 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
         if ("rd", k) in results and ("rf", k) in results:
             lines.append(f"| RD ÷ RF at {k} call{'s' * (k > 1)} | {ratio(results[('rd', k)], results[('rf', k)])} |")
     for (n, k), v in results.items():
-        if n == "rd" and k in (1, 2) or n != "teacher" and is_phased(n):
+        if n == "rd" and k in (1, 2) or is_phased(n):
             lines.append(f"| {n} at {k} ÷ teacher at its most calls | {ratio(v, ref)} |")
     if calibration is not None:
         lines += ["", f"Calibration: FID(CIFAR-10 test vs train) = {calibration:.4f} (3.11 on the JPEG copy)"]
