@@ -15,7 +15,8 @@ Stages (each resumes from its checkpoint and skips what is done; a stage whose i
   students  rd: the teacher's own form on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching form with
             velocity prediction [RF, InstaFlow]; rdK: phased RD with K phases [RD §2.3]. All start from the teacher's
             weights and share loss (pseudo-Huber on x̂0 [RD code], or each form's own squared error), batch,
-            learning rate, EMA, precision and step count (RD's budget).
+            learning rate, EMA, precision and step count (RD's budget); rd and rf train on times weighted towards
+            t_max (`student_t`, each in its own t), where a 1-call sample starts, the phased students on their form's.
   eval      FID of every model at 1, 2, 4 calls (teacher also at `teacher_calls`, rdK at K calls with one first-order
             step per phase) against the train statistics, calibration, sample grids, throughputs, minutes per stage.
 With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs are close to, not equal to, PNG numbers.
@@ -90,11 +91,11 @@ class CifarConfig:
     student_loss: str = arg("huber", "students' loss: huber (pseudo-Huber on x̂0, the official RD code's) or mse "
                             "(each form's own squared error; students and tables get a suffix -mse)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
-    student_t: str = arg("schedule", "students' training times: schedule (each form's own: uniform t on VP and FM, "
-                         "log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts), uniform "
-                         "(RD's uniform in t: log-uniform σ on EDM) or late (rd and rf alike: t = t_max − (t_max − "
+    student_t: str = arg("late", "students' training times: late (rd and rf alike: t = t_max − (t_max − "
                          "t_min)·u², weighted towards t_max, where one call samples; phased students keep their "
-                         "form's); other than schedule, students and tables get a suffix -t<value>")
+                         "form's), schedule (each form's own: uniform t on VP and FM, log-normal σ on EDM, which never "
+                         "reaches σ_max where a 1-call sample starts) or uniform (RD's uniform in t: log-uniform σ on "
+                         "EDM); other than late, students and tables get a suffix -t<value>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
                     + ", ".join(GRIDS) + " (phased students keep their phase boundaries)")
@@ -205,7 +206,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sfx = ((f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "huber" else "-mse")
-           + ("" if cfg.student_t == "schedule" else f"-t{cfg.student_t}"))
+           + ("" if cfg.student_t == "late" else f"-t{cfg.student_t}"))
     esfx = (sfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")     # results of another sampler: beside, not over
             + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
     laps = Laps(out / f"minutes{esfx}.json", write=ctx.main)      # minutes per stage, summed over invocations
@@ -282,13 +283,16 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         path = out / f"{name}{sfx}"
         if name == "rf":
             sch, p, net = get_schedule("fm"), "flow", flow_student(teacher).requires_grad_(True)
-            batches = pairs and flow_batches(pairs, sch, sample_t=student_times(cfg.student_t, sch))
+            times = student_times(cfg.student_t, sch)
+            batches = pairs and flow_batches(pairs, sch, sample_t=times)
         else:
             sch, p, net, k = schedule, pred, copy.deepcopy(teacher), student_phases(name)
-            batches = pairs and pair_batches(pairs.coarsen(k), schedule, sample_t=student_times(cfg.student_t, schedule, k))
+            times = student_times(cfg.student_t, schedule, k)
+            batches = pairs and pair_batches(pairs.coarsen(k), schedule, sample_t=times)
+        times_of = {"student_t": cfg.student_t} if times else None    # in the checkpoint: refuses a student of others
         with laps(f"{name}{sfx}"):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
-                                desc=name, require_done=pairs is None and "students"), sch, p)
+                                model_config=times_of, desc=name, require_done=pairs is None and "students"), sch, p)
         if name == students[0]:
             match.first_took(path / "ckpt.pt", [out / f"{o}{sfx}/ckpt.pt" for o in students[1:]])
     del pairs

@@ -118,13 +118,23 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
         "equal steps" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_student_t_late_reaches_rd_and_rf_not_the_phased_students(tmp_path, capsys, monkeypatch):
+def test_late_times_by_default_reach_rd_and_rf_not_the_phased_students_and_a_folder_of_other_times_is_refused(
+        tmp_path, capsys, monkeypatch):
     drawn = record_late_t(monkeypatch)
     with tf32_kept():
-        main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2", "--student_t=late"])
+        main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2"])
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd2: its own
-    assert (tmp_path / "rd-tlate" / "ckpt.pt").exists() and (tmp_path / "results-tlate.md").exists()
+    assert (tmp_path / "rd" / "ckpt.pt").exists() and (tmp_path / "results.md").exists()
     capsys.readouterr()
+    drawn.clear()
+    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd", "--student_t=schedule")
+    assert proc.returncode == 0 and drawn == [], proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "rd-tschedule" / "ckpt.pt").exists()
+    shutil.rmtree(tmp_path / "rd")                    # a student of the forms' own times where the default's belongs
+    (tmp_path / "rd-tschedule").rename(tmp_path / "rd")
+    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd")
+    assert proc.returncode != 0 and "rd/ckpt.pt was written with another config" in proc.stderr \
+        and "'student_t': 'late'" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):

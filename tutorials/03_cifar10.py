@@ -80,7 +80,9 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #   `rd` (the teacher's schedule and prediction type: [RD Alg. 4]), `rf` (the same pairs in the flow-matching form
 #   with velocity prediction: [RF, InstaFlow]), `rd2`, `rd4` (phased RD, K = 2, 4: sampled with one first-order step
 #   per phase, landing on the phase boundaries [RD §2.3]). The loss of all four: the official RD code's pseudo-Huber
-#   loss on x̂0 (`--student_loss=mse`: each form's own squared error).
+#   loss on x̂0 (`--student_loss=mse`: each form's own squared error). `rd` and `rf` train on times weighted towards
+#   t_max, where a 1-call sample starts (`--student_t=late`, the default; section 3 measures it), each in its own t;
+#   the phased students on their form's own times (they are queried at every phase's start).
 # - **Evaluation**: FID-10k against the CIFAR-10 train statistics at 1, 2, 4 calls (the teacher also at 10 and 25),
 #   FID's own calibration, sample grids, throughputs and minutes per stage.
 #
@@ -97,14 +99,17 @@ results = run(CONFIG)
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
 # What to expect at the defaults (one H200, 2026-12-01; RESULTS.md has the tables, commands and grids' description):
-# the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 27.2 / 19.2 /
-# 16.4 at 1 / 2 / 4 calls against RF's 27.9 / 18.3 / 16.3 on the same pairs, steps and loss (a second students' seed
-# moves these by at most 0.9); phased RD gives 16.5 at 2 calls (K = 2) and 14.5 at 4 (K = 4). Both students give
-# the teacher's 25-call images from the same noise, a little softer. The students' budget matters most at one call:
-# `--student_steps=2000` gives RD 20.1 and RF 21.3 there; 250 steps 70.0 and 63.8 (RF learns faster at first).
+# the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 21.2 / 19.4 /
+# 16.5 at 1 / 2 / 4 calls against RF's 27.7 / 18.7 / 16.7 on the same pairs, steps, times and loss (RD ÷ RF 0.77 /
+# 1.04 / 0.99); phased RD gives 16.5 at 2 calls (K = 2) and 14.5 at 4 (K = 4), 15.9 and 14.4 with twice the steps.
+# The students give the teacher's 25-call images from the same noise, a little softer; RD at one call a little
+# crisper than RF. On the forms' own times (`--student_t=schedule`) RD falls to 27.2 / 19.2 / 16.4 and RF stays at
+# 27.9 / 18.3 / 16.3 (a second students' seed moved those by at most 0.9 at one call, 0.25 at 2 and 4). The
+# students' budget matters most at one call: there `--student_t=schedule --student_steps=2000` gives RD 20.1 and RF
+# 21.3; 250 steps 70.0 and 63.8 (RF learns faster at first).
 #
-# **Why the teacher's form decides one call** (section 1, measured: the same command with `--form=`, and for
-# vp-sd-v's own loss `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
+# **Why the teacher's form decides one call** (section 1, measured: `--student_t=schedule` with `--form=`, and for
+# vp-sd-v's own loss with `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
 # 2026-11-30/12-01; FID-10k on evaluation noise that partly repeated the pairs', ≤ 1.4 % kinder to every student;
 # RESULTS.md has both seeds and the grids):
 #
@@ -123,12 +128,11 @@ results = run(CONFIG)
 # v teacher measured (within 0.2 FID of ε's) and keeps a working 1-call student, but RD's lead is gone (27.2 against
 # 27.4): v's own loss counts an x̂0 error at t ≈ 1 about 215 times more than ε's, and that weight, not the output
 # alone, gave RD its 1-call lead. The default takes the better teacher; `--teacher_weight= --lr=1e-3` gives the
-# RD-favoured one. The weight can also go to the students: with `--student_t=late` both train on t = t_max − (t_max −
-# t_min)·u², u uniform (a third of their batches in the last tenth of t, against a tenth), and from the default
-# teacher RD gives 21.1 at one call against RF's 27.5 (RD ÷ RF 0.77; 19.2 against 18.6 at 2 calls; one H200,
-# 2026-12-01). Against the same run's students on the forms' own times (RD 27.0, RF 27.6) RD gains 5.9 FID and RF
-# nothing. (EDM's students fail for another reason: its log-normal training times never reach σ_max, where a 1-call
-# sample starts.)
+# RD-favoured one. The weight can also go to the students, as the default does: with `--student_t=late` both train
+# on t = t_max − (t_max − t_min)·u², u uniform (a third of their batches in the last tenth of t, against a tenth),
+# and from the default teacher RD gives 21.2 at one call against RF's 27.7 (above). Against students on the forms'
+# own times (RD 27.2, RF 27.9) RD gains 6.0 FID and RF nothing. (EDM's students fail for another reason: its
+# log-normal training times never reach σ_max, where a 1-call sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
