@@ -125,6 +125,8 @@ def test_late_times_by_default_reach_rd_and_rf_not_the_phased_students_and_a_fol
         main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2"])
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd2: its own
     assert (tmp_path / "rd" / "ckpt.pt").exists() and (tmp_path / "results.md").exists()
+    models = {s: json.loads((tmp_path / s / "config.json").read_text())["model"] for s in ("rd", "rf", "rd2")}
+    assert models == {"rd": {"student_t": "late"}, "rf": {"student_t": "late"}, "rd2": {}}, models
     capsys.readouterr()
     drawn.clear()
     proc = Run(capsys, tmp_path, "--stages=students", "--students=rd", "--student_t=schedule")
@@ -132,9 +134,11 @@ def test_late_times_by_default_reach_rd_and_rf_not_the_phased_students_and_a_fol
     assert (tmp_path / "rd-tschedule" / "ckpt.pt").exists()
     shutil.rmtree(tmp_path / "rd")                    # a student of the forms' own times where the default's belongs
     (tmp_path / "rd-tschedule").rename(tmp_path / "rd")
-    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd")
-    assert proc.returncode != 0 and "rd/ckpt.pt was written with another config" in proc.stderr \
-        and "'student_t': 'late'" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stages in ("students", "eval"):                 # training it, or loading it finished
+        proc = Run(capsys, tmp_path, f"--stages={stages}", "--students=rd")
+        assert proc.returncode != 0 and "rd/ckpt.pt was written with another config" in proc.stderr \
+            and "'student_t': 'late'" in proc.stderr and "rename rd, rf, rd2, rd4 to rd-tschedule" in proc.stderr, \
+            proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):

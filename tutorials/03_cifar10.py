@@ -131,8 +131,8 @@ results = run(CONFIG)
 # RD-favoured one. The weight can also go to the students, as the default does: with `--student_t=late` both train
 # on t = t_max − (t_max − t_min)·u², u uniform (a third of their batches in the last tenth of t, against a tenth),
 # and from the default teacher RD gives 21.2 at one call against RF's 27.7 (above). Against students on the forms'
-# own times (RD 27.2, RF 27.9) RD gains 6.0 FID and RF nothing. (EDM's students fail for another reason: its
-# log-normal training times never reach σ_max, where a 1-call sample starts.)
+# own times (RD 27.2, RF 27.9) RD gains 6.0 FID and RF nothing. (EDM's students on their own times fail for another
+# reason: its log-normal training times never reach σ_max, where a 1-call sample starts.)
 
 # %% The table
 print((Path(CONFIG.out) / "results.md").read_text())
