@@ -321,10 +321,10 @@ def main(argv=None):
     try:
         run(cfg)
     except (FileNotFoundError, UnreadableFile, ConfigMismatch) as err:   # missing, damaged, another run's: say, exit 1
-        old_times = "'student_t'" in str(err) and " ({}, " in str(err)   # a student from before the late default
-        raise SystemExit(f"rd.cifar: {err}" + (" (students trained before --student_t=late became the default are of "
-                                                "the forms' own times: rename rd, rf, rd2, rd4 to rd-tschedule, … and "
-                                                "pass --student_t=schedule)" if old_times else ""))
+        old = cfg.student_t == "late" and "'model': ({}, {'student_t'" in str(err)    # a student of the old default
+        hint = (" (students trained before --student_t=late became the default are of the forms' own times: rename rd, "
+                "rf, rd2, rd4 to rd-tschedule, … and pass --student_t=schedule)")
+        raise SystemExit(f"rd.cifar: {err}" + (hint if old else ""))
 
 
 if __name__ == "__main__":
