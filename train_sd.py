@@ -70,7 +70,7 @@ class Args:
     student_t: str = arg("schedule", "RD's and RF's training times: " + ", ".join(STUDENT_TIMES) + " (rd.rectify."
                          "student_times; late: weighted towards t_max, where one call samples, rd.cifar's default, "
                          "here level with schedule on the shapes and not measured at the gpu preset; phased RD "
-                         "with K > 1 keeps its form's)")
+                         "with K > 1 keeps its form's but for late-phased: towards each phase's start)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the minute caps (--ae_min, --teacher_min, --student_min), e.g. 0.3 for a "
                             "short GPU run")

@@ -93,9 +93,11 @@ class CifarConfig:
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
     student_t: str = arg("late", "students' training times: late (rd and rf alike: t = t_max − (t_max − "
                          "t_min)·u², weighted towards t_max, where one call samples; phased students keep their "
-                         "form's), schedule (each form's own: uniform t on VP and FM, log-normal σ on EDM, which never "
-                         "reaches σ_max where a 1-call sample starts) or uniform (RD's uniform in t: log-uniform σ on "
-                         "EDM); other than late, students and tables get a suffix -t<value>")
+                         "form's), late-phased (late, and phased students the same law inside each phase, towards its "
+                         "start, where they are queried), schedule (each form's own: uniform t on VP and FM, "
+                         "log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts) or uniform "
+                         "(RD's uniform in t: log-uniform σ on EDM); other than late, students and tables get a suffix "
+                         "-t<value>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
                     + ", ".join(GRIDS) + " (phased students keep their phase boundaries)")

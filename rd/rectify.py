@@ -35,7 +35,7 @@ from .sampling import classifier_free_guidance, get_grid, sample
 from .schedules import FlowMatching, Schedule, late_t, schedule_params
 from .solvers import MIN_STEPS, get_solver
 
-STUDENT_TIMES = ("schedule", "uniform", "late")    # students' training times: student_times
+STUDENT_TIMES = ("schedule", "uniform", "late", "late-phased")    # students' training times: student_times
 
 FORMAT = 1
 
@@ -315,13 +315,27 @@ def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3, sample
     return batch
 
 
+def phase_start_t(boundaries: Tensor, n: int, generator=None, device=None) -> Tensor:
+    """t towards each phase's start b_k, where sample_phased queries the student: phase k with probability
+    (b_k − b_{k+1})/(b_0 − b_K), as uniform t gives it, then t = b_k − (b_k − b_{k+1})·u², u ~ U(0, 1), which is
+    (1.10) inside the phase (float64)."""
+    b = boundaries.to(device=device, dtype=torch.float64)
+    width = b[:-1] - b[1:]                                                     # (K,)
+    k = torch.multinomial(width, n, replacement=True, generator=generator)      # (n,)
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    return b[:-1][k] - width[k] * u.square()
+
+
 def student_times(choice: str, schedule: Schedule, phases: int = 1):
     """sample_t(n, generator, device) → t for a student's batches on `schedule` by a choice of STUDENT_TIMES, or None.
 
     schedule: None (the form's own times); uniform: uniform t (None on FM, whose own times are uniform); late:
-    rd.schedules.late_t for a plain student (phases 1), None for a phased one, queried at every phase's start."""
-    if choice == "late" and phases == 1:
+    rd.schedules.late_t for a plain student (phases 1), None for a phased one, queried at every phase's start;
+    late-phased: late's, and for a phased student phase_start_t on phase_boundaries(schedule, phases)."""
+    if choice in ("late", "late-phased") and phases == 1:
         return functools.partial(late_t, schedule)
+    if choice == "late-phased":
+        return functools.partial(phase_start_t, phase_boundaries(schedule, phases))
     if choice == "uniform" and schedule.name != "fm":
         return functools.partial(Schedule.sample_t, schedule)
     return None

@@ -132,6 +132,10 @@ def test_late_times_by_default_reach_rd_and_rf_not_the_phased_students_and_a_fol
     proc = Run(capsys, tmp_path, "--stages=students", "--students=rd", "--student_t=schedule")
     assert proc.returncode == 0 and drawn == [], proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "rd-tschedule" / "ckpt.pt").exists()
+    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd2", "--student_t=late-phased")   # towards b_k
+    assert proc.returncode == 0 and drawn == [], proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "rd2-tlate-phased" / "config.json").read_text())["model"] == \
+        {"student_t": "late-phased"}
     shutil.rmtree(tmp_path / "rd")                    # a student of the forms' own times where the default's belongs
     (tmp_path / "rd-tschedule").rename(tmp_path / "rd")
     for stages in ("students", "eval"):                 # training it, or loading it finished

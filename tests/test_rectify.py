@@ -13,7 +13,7 @@ from rd.predictions import target_from_pair
 from rd.rectify import (Pairs, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches, phase_boundaries,
                         rectify, sample_phased, student_times)
 from rd.sampling import get_grid, sample
-from rd.schedules import Coeffs, Schedule, get_schedule, schedule_params
+from rd.schedules import Coeffs, Schedule, get_schedule, late_t, schedule_params
 from rd.sd.latent import generate_latents
 from rd.toy import ToyTrainConfig, independent_batches, make_toy, train_toy
 
@@ -417,6 +417,22 @@ def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plai
         t = student_times("late", sch)(4096, g())
         u = torch.rand(4096, generator=g(), dtype=torch.float64)
         torch.testing.assert_close(t, sch.t_max - (sch.t_max - sch.t_min) * u * u)
+
+
+def test_late_phased_draws_each_phase_as_uniform_t_does_and_inside_it_towards_its_start():
+    vp, fm, g = get_schedule("vp-sd"), get_schedule("fm"), lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    for sch in (vp, fm):                                                    # plain students: late's draws exactly
+        torch.testing.assert_close(student_times("late-phased", sch)(4096, g()), late_t(sch, 4096, g()))
+    b = phase_boundaries(vp, 4)
+    t = student_times("late-phased", vp, phases=4)(200_000, g())
+    assert t.dtype == torch.float64 and (t <= b[0]).all() and (t >= b[-1]).all()
+    k = (torch.searchsorted(-b, -t) - 1).clamp(0, 3)                       # each t's phase (b decreases)
+    width = b[:-1] - b[1:]
+    torch.testing.assert_close(torch.bincount(k, minlength=4).double() / len(t), width / width.sum(), atol=0.005,
+                               rtol=0)
+    frac = (b[:-1][k] - t) / width[k]                  # 0 at the phase's start, 1 at its end: u², P(frac < δ) = √δ
+    for d in (0.01, 0.1, 0.5):
+        assert abs((frac < d).double().mean().item() - d ** 0.5) < 0.005, d
 
 
 def test_evaluation_noise_is_no_pairs_noise(tmp_path):
