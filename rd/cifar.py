@@ -323,7 +323,7 @@ def main(argv=None):
     try:
         run(cfg)
     except (FileNotFoundError, UnreadableFile, ConfigMismatch) as err:   # missing, damaged, another run's: say, exit 1
-        old = cfg.student_t == "late" and "'model': ({}, {'student_t'" in str(err)    # a student of the old default
+        old = isinstance(err, ConfigMismatch) and err.diff.get("model") == ({}, {"student_t": "late"})  # old default
         hint = (" (students trained before --student_t=late became the default are of the forms' own times: rename rd, "
                 "rf, rd2, rd4 to rd-tschedule, … and pass --student_t=schedule)")
         raise SystemExit(f"rd.cifar: {err}" + (hint if old else ""))

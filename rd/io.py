@@ -78,7 +78,12 @@ class UnreadableFile(ValueError):
 
 class ConfigMismatch(ValueError):
     """A checkpoint written by a run of another configuration, found where this run would resume; the message names
-    the file and the differences. The command lines print it without a traceback."""
+    the file and the differences, `diff` (where known) holds them as {field: (old, new)}. The command lines print it
+    without a traceback."""
+
+    def __init__(self, message: str, diff: dict | None = None):
+        super().__init__(message)
+        self.diff = diff or {}
 
 
 def config_changes(old: dict, new: dict) -> str:

@@ -164,7 +164,7 @@ def load_checkpoint(path, net, ema: EMA | None = None, opt=None, config: dict | 
         old, new = _identity(ckpt.get("config", {})), _identity(config)
         diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
         raise ConfigMismatch(f"{path} was written with another config (checkpoint, now): {diff}; use another run "
-                         f"folder or delete it to start over")
+                             f"folder or delete it to start over", diff)
     net.load_state_dict(ckpt["model"])
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])

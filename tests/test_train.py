@@ -71,8 +71,9 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
     train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG), tmp_path)
     with pytest.raises(ValueError, match="another config.*'lr': 0.0005"):
         train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"lr": 5e-4}), tmp_path)
-    with pytest.raises(ValueError, match="another config.*'pred_type'"):
+    with pytest.raises(ValueError, match="another config.*'pred_type'") as refused:
         train(tiny_net(), s, "v", toy_batches(s), TrainConfig(**CFG), tmp_path)
+    assert refused.value.diff == {"pred_type": ("eps", "v")}                # the differences, for a caller to read
     # how long to train is not part of a run's identity: a longer run continues the same one
     train(tiny_net(), s, "eps", toy_batches(s), TrainConfig(**CFG | {"steps": 8, "max_minutes": 5.0}), tmp_path)
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 8
