@@ -67,10 +67,10 @@ class Args:
                       "or skips what is done)")
     guidance: float = arg(3.0, "classifier-free guidance scale of the teacher (pairs and teacher samples)")
     phases: int = arg(4, "K of phased RD (the pairs keep K + 1 states; RD and RF use the ends)")
-    student_t: str = arg("schedule", "RD's and RF's training times: " + ", ".join(STUDENT_TIMES) + " (rd.rectify."
-                         "student_times; late: weighted towards t_max, where one call samples, rd.cifar's default, "
-                         "here level with schedule on the shapes and not measured at the gpu preset; phased RD "
-                         "with K > 1 keeps its form's but for late-phased: towards each phase's start)")
+    student_t: str = arg("schedule", "the students' training times: " + ", ".join(STUDENT_TIMES) + " (rd.rectify."
+                         "student_times; late: towards where each is queried, t_max for RD and RF, where one call "
+                         "samples, each phase's start for phased RD; rd.cifar's default, here level with schedule "
+                         "on the shapes and not measured at the gpu preset)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the minute caps (--ae_min, --teacher_min, --student_min), e.g. 0.3 for a "
                             "short GPU run")

@@ -15,8 +15,9 @@ Stages (each resumes from its checkpoint and skips what is done; a stage whose i
   students  rd: the teacher's own form on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching form with
             velocity prediction [RF, InstaFlow]; rdK: phased RD with K phases [RD §2.3]. All start from the teacher's
             weights and share loss (pseudo-Huber on x̂0 [RD code], or each form's own squared error), batch,
-            learning rate, EMA, precision and step count (RD's budget); rd and rf train on times weighted towards
-            t_max (`student_t`, each in its own t), where a 1-call sample starts, the phased students on their form's.
+            learning rate, EMA, precision and step count (RD's budget); they train on times weighted towards where
+            they are queried (`student_t`, each in its own t): rd and rf towards t_max, where a 1-call sample starts,
+            rdK towards each phase's start.
   eval      FID of every model at 1, 2, 4 calls (teacher also at `teacher_calls`, rdK at K calls with one first-order
             step per phase) against the train statistics, calibration, sample grids, throughputs, minutes per stage.
 With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs are close to, not equal to, PNG numbers.
@@ -91,13 +92,12 @@ class CifarConfig:
     student_loss: str = arg("huber", "students' loss: huber (pseudo-Huber on x̂0, the official RD code's) or mse "
                             "(each form's own squared error; students and tables get a suffix -mse)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
-    student_t: str = arg("late", "students' training times: late (rd and rf alike: t = t_max − (t_max − "
-                         "t_min)·u², weighted towards t_max, where one call samples; phased students keep their "
-                         "form's), late-phased (late, and phased students the same law inside each phase, towards its "
-                         "start, where they are queried), schedule (each form's own: uniform t on VP and FM, "
-                         "log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts) or uniform "
-                         "(RD's uniform in t: log-uniform σ on EDM); other than late, students and tables get a suffix "
-                         "-t<value>")
+    student_t: str = arg("late", "students' training times: late (towards where each is queried: rd and rf alike "
+                         "t = t_max − (t_max − t_min)·u², towards t_max, where one call samples; phased students "
+                         "the same law inside each phase, towards its start), schedule (each form's own: uniform t "
+                         "on VP and FM, log-normal σ on EDM, which never reaches σ_max where a 1-call sample starts) "
+                         "or uniform (RD's uniform in t: log-uniform σ on EDM); other than late, students and tables "
+                         "get a suffix -t<value>")
     teacher_calls: str = arg("1,2,4,10,25", "network calls at which the teacher is evaluated")
     grid: str = arg("logsnr", "time grid of the teacher's and the plain students' sampling at eval: "
                     + ", ".join(GRIDS) + " (phased students keep their phase boundaries)")
@@ -324,8 +324,9 @@ def main(argv=None):
         run(cfg)
     except (FileNotFoundError, UnreadableFile, ConfigMismatch) as err:   # missing, damaged, another run's: say, exit 1
         old = isinstance(err, ConfigMismatch) and err.diff.get("model") == ({}, {"student_t": "late"})  # old default
-        hint = (" (students trained before --student_t=late became the default are of the forms' own times: rename rd, "
-                "rf, rd2, rd4 to rd-tschedule, … and pass --student_t=schedule)")
+        hint = (" (students trained before --student_t=late became the default, and phased students before it reached "
+                "them, are of the forms' own times: rename rd, rf, rd2, rd4 to rd-tschedule, … and pass "
+                "--student_t=schedule)")
         raise SystemExit(f"rd.cifar: {err}" + (hint if old else ""))
 
 

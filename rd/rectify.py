@@ -35,7 +35,7 @@ from .sampling import classifier_free_guidance, get_grid, sample
 from .schedules import FlowMatching, Schedule, late_t, schedule_params
 from .solvers import MIN_STEPS, get_solver
 
-STUDENT_TIMES = ("schedule", "uniform", "late", "late-phased")    # students' training times: student_times
+STUDENT_TIMES = ("schedule", "uniform", "late")    # students' training times: student_times
 
 FORMAT = 1
 
@@ -329,13 +329,12 @@ def phase_start_t(boundaries: Tensor, n: int, generator=None, device=None) -> Te
 def student_times(choice: str, schedule: Schedule, phases: int = 1):
     """sample_t(n, generator, device) → t for a student's batches on `schedule` by a choice of STUDENT_TIMES, or None.
 
-    schedule: None (the form's own times); uniform: uniform t (None on FM, whose own times are uniform); late:
-    rd.schedules.late_t for a plain student (phases 1), None for a phased one, queried at every phase's start;
-    late-phased: late's, and for a phased student phase_start_t on phase_boundaries(schedule, phases)."""
-    if choice in ("late", "late-phased") and phases == 1:
-        return functools.partial(late_t, schedule)
-    if choice == "late-phased":
-        return functools.partial(phase_start_t, phase_boundaries(schedule, phases))
+    schedule: None (the form's own times); uniform: uniform t (None on FM, whose own times are uniform); late: towards
+    where the student is queried: rd.schedules.late_t for a plain student (phases 1), towards t_max, and for a phased
+    one phase_start_t on phase_boundaries(schedule, phases), towards each phase's start."""
+    if choice == "late":
+        return functools.partial(late_t, schedule) if phases == 1 else \
+            functools.partial(phase_start_t, phase_boundaries(schedule, phases))
     if choice == "uniform" and schedule.name != "fm":
         return functools.partial(Schedule.sample_t, schedule)
     return None

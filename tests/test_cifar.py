@@ -118,29 +118,30 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
         "equal steps" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_late_times_by_default_reach_rd_and_rf_not_the_phased_students_and_a_folder_of_other_times_is_refused(
+def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_and_a_folder_of_other_times_is_refused(
         tmp_path, capsys, monkeypatch):
-    drawn = record_late_t(monkeypatch)
+    import rd.rectify
+    drawn, starts, phase_start_t = record_late_t(monkeypatch), [], rd.rectify.phase_start_t
+    monkeypatch.setattr(rd.rectify, "phase_start_t", lambda b, n, g, device=None:       # rd2's draws, by boundaries
+                        starts.append(len(b)) or phase_start_t(b, n, g, device))
     with tf32_kept():
         main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2"])
-    assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd2: its own
+    assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd, rf: t_max
+    assert starts and set(starts) == {3}, starts                       # rd2: towards the starts of its two phases
     assert (tmp_path / "rd" / "ckpt.pt").exists() and (tmp_path / "results.md").exists()
     models = {s: json.loads((tmp_path / s / "config.json").read_text())["model"] for s in ("rd", "rf", "rd2")}
-    assert models == {"rd": {"student_t": "late"}, "rf": {"student_t": "late"}, "rd2": {}}, models
+    assert models == {s: {"student_t": "late"} for s in ("rd", "rf", "rd2")}, models
     capsys.readouterr()
-    drawn.clear()
-    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd", "--student_t=schedule")
-    assert proc.returncode == 0 and drawn == [], proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (tmp_path / "rd-tschedule" / "ckpt.pt").exists()
-    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd2", "--student_t=late-phased")   # towards b_k
-    assert proc.returncode == 0 and drawn == [], proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads((tmp_path / "rd2-tlate-phased" / "config.json").read_text())["model"] == \
-        {"student_t": "late-phased"}
-    shutil.rmtree(tmp_path / "rd")                    # a student of the forms' own times where the default's belongs
-    (tmp_path / "rd-tschedule").rename(tmp_path / "rd")
-    for stages in ("students", "eval"):                 # training it, or loading it finished
-        proc = Run(capsys, tmp_path, f"--stages={stages}", "--students=rd")
-        assert proc.returncode != 0 and "rd/ckpt.pt was written with another config" in proc.stderr \
+    drawn.clear(), starts.clear()
+    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd,rd2", "--student_t=schedule")
+    assert proc.returncode == 0 and drawn == starts == [], proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "rd2-tschedule" / "config.json").read_text())["model"] == {}
+    for name in ("rd", "rd2"):          # students of the forms' own times where the default's belong (older defaults)
+        shutil.rmtree(tmp_path / name)
+        (tmp_path / f"{name}-tschedule").rename(tmp_path / name)
+    for stages, name in (("students", "rd"), ("eval", "rd"), ("students", "rd2")):   # training, or loading finished
+        proc = Run(capsys, tmp_path, f"--stages={stages}", f"--students={name}")
+        assert proc.returncode != 0 and f"{name}/ckpt.pt was written with another config" in proc.stderr \
             and "'student_t': 'late'" in proc.stderr and "rename rd, rf, rd2, rd4 to rd-tschedule" in proc.stderr, \
             proc.stdout[-3000:] + proc.stderr[-3000:]
 

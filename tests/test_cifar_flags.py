@@ -44,7 +44,7 @@ def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
     (["--student_loss=l1"], "allowed: mse, huber"),
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
     (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: auto (the form's), '' (the form's own), eps"),
-    (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform, late, late-phased"),
+    (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform, late"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),
     (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),

@@ -411,7 +411,7 @@ def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plai
     torch.testing.assert_close(student_times("uniform", vp)(64, g()), Schedule.sample_t(vp, 64, g()))  # continuous
     u = torch.rand(64, generator=g(), dtype=torch.float64)
     torch.testing.assert_close(student_times("uniform", vp)(64, g()), vp.t_min + (vp.t_max - vp.t_min) * u)
-    assert student_times("late", vp, phases=2) is None                      # phased: queried at every phase's start
+    assert student_times("schedule", vp, phases=2) is None                  # phased: its form's own times
     assert student_times("uniform", vp, phases=2) is not None               # uniform: every RD student
     for sch in (vp, fm):
         t = student_times("late", sch)(4096, g())
@@ -419,12 +419,12 @@ def test_student_times_are_each_forms_own_unless_told_and_late_reaches_both_plai
         torch.testing.assert_close(t, sch.t_max - (sch.t_max - sch.t_min) * u * u)
 
 
-def test_late_phased_draws_each_phase_as_uniform_t_does_and_inside_it_towards_its_start():
+def test_late_draws_a_phased_students_phases_as_uniform_t_does_and_inside_each_towards_its_start():
     vp, fm, g = get_schedule("vp-sd"), get_schedule("fm"), lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    for sch in (vp, fm):                                                    # plain students: late's draws exactly
-        torch.testing.assert_close(student_times("late-phased", sch)(4096, g()), late_t(sch, 4096, g()))
+    for sch in (vp, fm):                                                    # plain students: late_t's draws exactly
+        torch.testing.assert_close(student_times("late", sch)(4096, g()), late_t(sch, 4096, g()))
     b = phase_boundaries(vp, 4)
-    t = student_times("late-phased", vp, phases=4)(200_000, g())
+    t = student_times("late", vp, phases=4)(200_000, g())
     assert t.dtype == torch.float64 and (t <= b[0]).all() and (t >= b[-1]).all()
     k = (torch.searchsorted(-b, -t) - 1).clamp(0, 3)                       # each t's phase (b decreases)
     width = b[:-1] - b[1:]

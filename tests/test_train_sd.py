@@ -224,7 +224,7 @@ def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, 
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn  # not for phased
     assert json.loads((tmp_path / "config.json").read_text())["args"]["student_t"] == "late"
     code, err = refused(capsys, "--preset=tiny", "--student_t=middle")
-    assert code == 2 and "--student_t='middle': allowed: schedule, uniform, late, late-phased" in err
+    assert code == 2 and "--student_t='middle': allowed: schedule, uniform, late" in err
 
 
 class PooledFeatures(torch.nn.Module):

@@ -132,7 +132,7 @@ for k in PHASES:
     phased[k] = train_student(teacher, pair_batches(k_pairs, s), s, pred_type, f"phased RD K={k}")
     # The late times' question asked of a phased student, which is queried only at each phase's start b_k: each
     # phase as often as uniform t gives it, inside it t = b_k − (b_k − b_{k+1})·u² (rd.rectify.phase_start_t)
-    late_k = train_student(teacher, pair_batches(k_pairs, s, sample_t=student_times("late-phased", s, k)), s,
+    late_k = train_student(teacher, pair_batches(k_pairs, s, sample_t=student_times("late", s, k)), s,
                            pred_type, f"phased RD K={k}, times towards each phase's start")
     for label, net in ((f"phased RD K={k}", phased[k]), (f"phased RD K={k}, towards phase starts", late_k)):
         # K phases ⇒ K first-order steps on the phase boundaries (the λ-uniform grid of K steps)

@@ -80,9 +80,9 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #   `rd` (the teacher's schedule and prediction type: [RD Alg. 4]), `rf` (the same pairs in the flow-matching form
 #   with velocity prediction: [RF, InstaFlow]), `rd2`, `rd4` (phased RD, K = 2, 4: sampled with one first-order step
 #   per phase, landing on the phase boundaries [RD §2.3]). The loss of all four: the official RD code's pseudo-Huber
-#   loss on x̂0 (`--student_loss=mse`: each form's own squared error). `rd` and `rf` train on times weighted towards
-#   t_max, where a 1-call sample starts (`--student_t=late`, the default; section 3 measures it), each in its own t;
-#   the phased students on their form's own times (they are queried at every phase's start).
+#   loss on x̂0 (`--student_loss=mse`: each form's own squared error). They train on times weighted towards where
+#   they are queried (`--student_t=late`, the default; section 3 measures it), each in its own t: `rd` and `rf`
+#   towards t_max, where a 1-call sample starts, the phased students towards each phase's start.
 # - **Evaluation**: FID-10k against the CIFAR-10 train statistics at 1, 2, 4 calls (the teacher also at 10 and 25),
 #   FID's own calibration, sample grids, throughputs and minutes per stage.
 #
@@ -101,7 +101,8 @@ results = run(CONFIG)
 # What to expect at the defaults (one H200, 2026-12-01; RESULTS.md has the tables, commands and grids' description):
 # the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 21.2 / 19.4 /
 # 16.5 at 1 / 2 / 4 calls against RF's 27.7 / 18.7 / 16.7 on the same pairs, steps, times and loss (RD ÷ RF 0.77 /
-# 1.04 / 0.99); phased RD gives 16.5 at 2 calls (K = 2) and 14.5 at 4 (K = 4), 15.9 and 14.4 with twice the steps.
+# 1.04 / 0.99; a second students' seed: RD 21.4 / 19.5 / 16.6, RF 26.7 / 18.5 / 16.6); phased RD gives 16.3 at 2
+# calls (K = 2) and 13.9 at 4 (K = 4); on their form's own times 16.5 and 14.5, 15.9 and 14.4 with twice the steps.
 # The students give the teacher's 25-call images from the same noise, a little softer; RD at one call a little
 # crisper than RF. On the forms' own times (`--student_t=schedule`) RD falls to 27.2 / 19.2 / 16.4 and RF stays at
 # 27.9 / 18.3 / 16.3 (a second students' seed moved those by at most 0.9 at one call, 0.25 at 2 and 4). The
