@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import record_late_t, smoke_env, tf32_kept
+from helpers import record_late_t, smoke_env
 
 from rd.cifar import main
 
@@ -24,7 +24,6 @@ def run(out, *flags):
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "rd.cifar", "--preset=smoke", f"--out={out}", *flags], env=env,
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
-
 
 
 class Run:
@@ -124,8 +123,7 @@ def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_a
     drawn, starts, phase_start_t = record_late_t(monkeypatch), [], rd.rectify.phase_start_t
     monkeypatch.setattr(rd.rectify, "phase_start_t", lambda b, n, g, device=None:       # rd2's draws, by boundaries
                         starts.append(len(b)) or phase_start_t(b, n, g, device))
-    with tf32_kept():
-        main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2"])
+    main(["--preset=smoke", f"--out={tmp_path}", "--students=rd,rf,rd2"])
     assert set(drawn) == {"vp-sd", "fm"} and drawn.count("vp-sd") == drawn.count("fm") > 0, drawn   # rd, rf: t_max
     assert starts and set(starts) == {3}, starts                       # rd2: towards the starts of its two phases
     assert (tmp_path / "rd" / "ckpt.pt").exists() and (tmp_path / "results.md").exists()

@@ -21,7 +21,6 @@ pytestmark = [pytest.mark.e2e,                 # an end-to-end run: `-m "not e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def here(capsys, *flags) -> str:
     """train_sd.main(flags) in this process, expected to succeed: its stdout."""
     import train_sd
