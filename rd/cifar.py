@@ -14,7 +14,7 @@ Stages (each resumes from its checkpoint and skips what is done; a stage whose i
             λ-uniform phases) down to the clean sample: one set of pairs for every student  [RD Alg. 4, §2.3]
   students  rd: the teacher's own form on the pairs [RD Alg. 4]; rf: the same pairs in the flow-matching form with
             velocity prediction [RF, InstaFlow]; rdK: phased RD with K phases [RD §2.3]. All start from the teacher's
-            weights and share loss (pseudo-Huber on x̂0 [RD code], or each form's own squared error), batch,
+            weights and share loss (each form's own squared error, or pseudo-Huber on x̂0 [RD code]), batch,
             learning rate, EMA, precision and step count (RD's budget); they train on times weighted towards where
             they are queried (`student_t`, each in its own t): rd and rf towards t_max, where a 1-call sample starts,
             rdK towards each phase's start.
@@ -89,8 +89,9 @@ class CifarConfig:
     student_steps: int = arg(1000, "the first student's budget in steps (0: none)")
     student_lr: float = arg(2e-4, "students' peak Adam learning rate")
     student_ema: float = arg(0.995, "students' EMA decay per step (they start from the teacher's weights)")
-    student_loss: str = arg("huber", "students' loss: huber (pseudo-Huber on x̂0, the official RD code's) or mse "
-                            "(each form's own squared error; students and tables get a suffix -mse)")
+    student_loss: str = arg("mse", "students' loss: mse (each form's own squared error: the teacher's prediction's "
+                            "for rd and rdK, the velocity's for rf) or huber (pseudo-Huber on x̂0, the official RD "
+                            "code's; students and tables get a suffix -huber)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
     student_t: str = arg("late", "students' training times: late (towards where each is queried: rd and rf alike "
                          "t = t_max − (t_max − t_min)·u², towards t_max, where one call samples; phased students "
@@ -207,7 +208,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     cache = Path(cfg.cache) if cfg.cache else out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sfx = ((f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "huber" else "-mse")
+    sfx = ((f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "mse" else "-huber")
            + ("" if cfg.student_t == "late" else f"-t{cfg.student_t}"))
     esfx = (sfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")     # results of another sampler: beside, not over
             + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
@@ -323,12 +324,25 @@ def main(argv=None):
     try:
         run(cfg)
     except (FileNotFoundError, UnreadableFile, ConfigMismatch) as err:   # missing, damaged, another run's: say, exit 1
-        old = isinstance(err, ConfigMismatch) and err.diff.get("model") == ({}, {"student_t": "late"})  # old default
-        hint = (" (students trained before --student_t=late became the default, and phased students before it reached "
-                "them, are of the forms' own times: rename rd, rf, rd2, rd4 to rd-tschedule, … and pass "
-                "--student_t=schedule)")
-        raise SystemExit(f"rd.cifar: {err}" + (hint if old else ""))
+        old = older_default(err.diff) if isinstance(err, ConfigMismatch) else None
+        hint = (f" (a student of an older default: the pseudo-Huber loss before each form's own squared error, the "
+                f"forms' own times before late ones; rename rd, rf, rd2, rd4 to rd{old[0]}, … and pass {old[1]})"
+                if old else "")
+        raise SystemExit(f"rd.cifar: {err}{hint}")
 
+
+def older_default(diff: dict) -> tuple[str, str] | None:
+    """(folder suffix, flags) that load a student trained at an older default, from the ConfigMismatch diff its
+    folder gave: the pseudo-Huber loss (its train config says loss 'huber', this run's none, i.e. mse) and the forms'
+    own times (no student_t in its model config); None when the folder differs in anything else."""
+    model, train = diff.get("model"), diff.get("train")
+    times = model == ({}, {"student_t": "late"})
+    huber = (train is not None and (train[0] or {}).get("loss") == "huber"
+             and {k: v for k, v in train[0].items() if k != "loss"} == train[1])
+    if set(diff) - {"model", "train"} or (model and not times) or (train and not huber) or not (times or huber):
+        return None
+    parts = [("-huber", "--student_loss=huber")] * huber + [("-tschedule", "--student_t=schedule")] * times
+    return "".join(s for s, _ in parts), " ".join(f for _, f in parts)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import record_late_t, smoke_env
 
-from rd.cifar import main
+from rd.cifar import main, older_default
 
 pytestmark = [pytest.mark.e2e,                 # an end-to-end run: `-m "not e2e"` leaves it out (tests/conftest.py)
               pytest.mark.usefixtures("tf32_as_it_was")]
@@ -98,11 +98,11 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
     assert not torch.equal(torch.load(out / "rd-s1" / "ckpt.pt", weights_only=True)["model"][LAST],
                            torch.load(out / "rd" / "ckpt.pt", weights_only=True)["model"][LAST])
     assert logs["rd"] == (out / "rd" / "log.txt").read_text()
-    assert json.loads((out / "rd" / "config.json").read_text())["train"]["loss"] == "huber"
-    proc = Run(capsys, out, "--stages=students,eval", "--student_loss=mse", "--student_t=uniform", "--students=rd")
+    assert json.loads((out / "rd" / "config.json").read_text())["train"]["loss"] == "mse"
+    proc = Run(capsys, out, "--stages=students,eval", "--student_loss=huber", "--student_t=uniform", "--students=rd")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    config = json.loads((out / "rd-mse-tuniform" / "config.json").read_text())["train"]
-    assert config["loss"] == "mse" and (out / "results-mse-tuniform.md").exists()
+    config = json.loads((out / "rd-huber-tuniform" / "config.json").read_text())["train"]
+    assert config["loss"] == "huber" and (out / "results-huber-tuniform.md").exists()
     # another sampler is evaluated beside the default's results, on the same students, without retraining
     table = (out / "results.md").read_text()
     proc = Run(capsys, out, "--stages=eval", "--students=rd,rd2", "--grid=edm", "--sampler=dpm++3m", "--teacher_calls=2,4")
@@ -117,7 +117,7 @@ def test_rerun_loads_finished_stages_and_another_seed_writes_beside_them(finishe
         "equal steps" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_and_a_folder_of_other_times_is_refused(
+def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_and_an_older_default_s_folder_is_refused(
         tmp_path, capsys, monkeypatch):
     import rd.rectify
     drawn, starts, phase_start_t = record_late_t(monkeypatch), [], rd.rectify.phase_start_t
@@ -134,14 +134,31 @@ def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_a
     proc = Run(capsys, tmp_path, "--stages=students", "--students=rd,rd2", "--student_t=schedule")
     assert proc.returncode == 0 and drawn == starts == [], proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((tmp_path / "rd2-tschedule" / "config.json").read_text())["model"] == {}
-    for name in ("rd", "rd2"):          # students of the forms' own times where the default's belong (older defaults)
+    proc = Run(capsys, tmp_path, "--stages=students", "--students=rd", "--student_loss=huber")
+    assert proc.returncode == 0 and (tmp_path / "rd-huber" / "ckpt.pt").exists(), proc.stderr[-3000:]
+    for name, older in (("rd", "rd-huber"), ("rd2", "rd2-tschedule")):   # older defaults' students where today's belong
         shutil.rmtree(tmp_path / name)
-        (tmp_path / f"{name}-tschedule").rename(tmp_path / name)
-    for stages, name in (("students", "rd"), ("eval", "rd"), ("students", "rd2")):   # training, or loading finished
+        (tmp_path / older).rename(tmp_path / name)
+    huber, late = ("'loss': 'huber'", "rd-huber, … and pass --student_loss=huber"), \
+        ("'student_t': 'late'", "rd-tschedule, … and pass --student_t=schedule")
+    for stages, name, (change, hint) in (("students", "rd", huber), ("eval", "rd", huber), ("students", "rd2", late)):
         proc = Run(capsys, tmp_path, f"--stages={stages}", f"--students={name}")
         assert proc.returncode != 0 and f"{name}/ckpt.pt was written with another config" in proc.stderr \
-            and "'student_t': 'late'" in proc.stderr and "rename rd, rf, rd2, rd4 to rd-tschedule" in proc.stderr, \
+            and change in proc.stderr and f"rename rd, rf, rd2, rd4 to {hint})" in proc.stderr, \
             proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_older_defaults_are_recognised_from_the_difference_alone():
+    """A student folder of both older defaults gets both renames; any other difference gets no hint."""
+    late, huber = ({}, {"student_t": "late"}), ({"lr": 2e-4, "loss": "huber"}, {"lr": 2e-4})
+    assert older_default({"model": late, "train": huber}) == ("-huber-tschedule",
+                                                             "--student_loss=huber --student_t=schedule")
+    assert older_default({"train": huber}) == ("-huber", "--student_loss=huber")
+    assert older_default({"model": late}) == ("-tschedule", "--student_t=schedule")
+    assert older_default({"train": ({"lr": 1e-4, "loss": "huber"}, {"lr": 2e-4})}) is None      # and another LR
+    assert older_default({"model": late, "schedule": ("vp-sd", "fm")}) is None
+    assert older_default({"model": ({"student_t": "uniform"}, {"student_t": "late"})}) is None
+    assert older_default({}) is None
 
 
 def test_a_stage_without_its_input_stops_with_a_clear_error(tmp_path, capsys):
