@@ -344,5 +344,6 @@ def older_default(diff: dict) -> tuple[str, str] | None:
     parts = [("-huber", "--student_loss=huber")] * huber + [("-tschedule", "--student_t=schedule")] * times
     return "".join(s for s, _ in parts), " ".join(f for _, f in parts)
 
+
 if __name__ == "__main__":
     main()
