@@ -19,7 +19,8 @@ Stages (each resumes from its checkpoint and skips what is done; a stage whose i
             they are queried (`student_t`, each in its own t): rd and rf towards t_max, where a 1-call sample starts,
             rdK towards each phase's start.
   eval      FID of every model at 1, 2, 4 calls (teacher also at `teacher_calls`, rdK at K calls with one first-order
-            step per phase) against the train statistics, calibration, sample grids, throughputs, minutes per stage.
+            step per phase) and of the pairs' own x̂0 (the students' data) against the train statistics,
+            calibration, sample grids, throughputs, minutes per stage.
 With a JPEG copy of CIFAR-10 (such as a quality-75 image-folder archive) FIDs are close to, not equal to, PNG numbers.
 """
 import copy

@@ -1,5 +1,6 @@
-"""The evaluation stage of rd.cifar: FID of every model at its call counts, the calibration of FID itself, sample
-grids, and the tables (FID, ratios, minutes per stage, throughputs) written to results<sfx>.md / .json.  [FID]"""
+"""The evaluation stage of rd.cifar: FID of every model at its call counts, of the students' data (the pairs' own
+samples) and of CIFAR-10's test images (FID's calibration), sample grids, and the tables (FID, ratios, minutes per
+stage, throughputs) written to results<sfx>.md / .json.  [FID]"""
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from .data import load_cifar10, to_uint8
 from .dist import named_noise
 from .figures import tile
 from .io import atomic_write, atomic_write_text
+from .rectify import load_pairs
 from .sampling import sample, solver_for
 from .stages import synchronize
 
@@ -106,17 +108,36 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
                       f"({time.perf_counter() - start:.1f} s)", flush=True)
         teacher, sch, pred, _, solver_of, grid = models["teacher"]
         rates = {k: sampling_rate(teacher, sch, pred, solver_of(k), k, noise, device, grid=grid) for k in (1, 4)}
-    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, student_sfx)
+        pair_fid = _pairs_fid(cfg, out / "pairs", sch, stats, inception, device)
+        if pair_fid is not None:
+            print(f"{pair_fid[0]}: FID {_fmt(pair_fid[1])}", flush=True)
+    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, student_sfx, pair_fid)
     if inception:
         lines.append(f"| FID Inception features, batch 500, fp32 | {feature_rate:,.0f} img/s |")
     table = "\n".join(lines)
     print(table)
     atomic_write_text(table + "\n", out / f"results{sfx}.md")
-    atomic_write_text(json.dumps({f"{n}@{k}": v for (n, k), v in results.items()} | {"calibration": calibration},
-                                 indent=1), out / f"results{sfx}.json")
+    atomic_write_text(json.dumps({f"{n}@{k}": v for (n, k), v in results.items()} | {"calibration": calibration}
+                                 | ({} if pair_fid is None else {"pairs": pair_fid[1]}), indent=1),
+                      out / f"results{sfx}.json")
     _figure(models, grids, results, out / f"samples{sfx}.png")
     print(f"tables and grids in {out}/: results{sfx}.md, samples{sfx}.png")
     return results
+
+
+def _pairs_fid(cfg, pair_dir: Path, schedule, stats, inception, device) -> tuple[str, float | None] | None:
+    """(what, FID) of the pairs' clean samples, the first --fid_n: the students' data, what none of them can beat
+    for long; None without a pair directory. FID None: no Inception file, or fewer pairs than --fid_n."""
+    if not (pair_dir / "manifest.json").exists():
+        return None
+    pairs = load_pairs(pair_dir, schedule, (3, 32, 32), limit=cfg.fid_n)
+    c = pairs.config
+    what = (f"the pairs' x̂0 (the first {len(pairs.eps):,}: the teacher's {c['solver']}, {c['steps']} steps through "
+            f"{c['phases']} phase{'s' * (c['phases'] > 1)}, from their own noise)")
+    if inception is None or len(pairs.eps) < cfg.fid_n:
+        return what, None
+    from .fid import fid
+    return what, fid(to_uint8(pairs.x_path[:, -1]), *stats, inception, device=device, progress=False)
 
 
 def logged_rate(run_dir: Path) -> float:
@@ -131,7 +152,7 @@ def _fmt(v):
     return "—" if v is None else f"{v:.2f}"
 
 
-def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) -> list[str]:
+def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx, pair_fid=None) -> list[str]:
     cols = sorted({k for (_, k) in results})
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"
@@ -150,6 +171,8 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx) ->
     for (n, k), v in results.items():
         if n == "rd" and k in (1, 2) or is_phased(n):
             lines.append(f"| {n} at {k} ÷ teacher at its most calls | {ratio(v, ref)} |")
+    if pair_fid is not None:
+        lines += ["", "| the students' data | FID |", "|---|---|", f"| {pair_fid[0]} | {_fmt(pair_fid[1])} |"]
     if calibration is not None:
         lines += ["", f"Calibration: FID(CIFAR-10 test vs train) = {calibration:.4f} (3.11 on the JPEG copy)"]
     lines += ["", "| stage (summed over invocations) | minutes |", "|---|---|"]

@@ -245,9 +245,11 @@ class Pairs:
         # END ASSIGNMENT
 
 
-def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None = None) -> Pairs:
+def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None = None,
+               limit: int | None = None) -> Pairs:
     """Pairs from a finished directory; a clear error for another schedule or shape, or a shard missing,
-    unfinished or corrupt (a student never trains on wrong data)."""
+    unfinished or corrupt (a student never trains on wrong data). limit: only the first `limit` pairs, read from
+    the shards that hold them (an evaluation of the pairs' own samples needs no more)."""
     d = Path(pair_dir)
     if not (d / "manifest.json").exists():
         raise FileNotFoundError(f"{d} has no manifest.json: not a pair directory (make one with generate_pairs)")
@@ -261,8 +263,11 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
     if shape is not None and list(shape) != cfg["shape"]:
         raise ValueError(f"{d} holds samples of shape {tuple(cfg['shape'])}, not {tuple(shape)}")
     n_shards = (cfg["n"] + cfg["shard_size"] - 1) // cfg["shard_size"]
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 pair, got {limit}")
+    n = cfg["n"] if limit is None else min(limit, cfg["n"])
     eps, paths, conds = [], [], []
-    for i in range(n_shards):
+    for i in range((n + cfg["shard_size"] - 1) // cfg["shard_size"]):
         name = shard_name(i)
         if name not in manifest["shards"] or not (d / name).exists():
             raise FileNotFoundError(f"{d}/{name} is missing or unfinished ({len(manifest['shards'])} of {n_shards} "
@@ -274,8 +279,9 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
         eps.append(shard["eps"])
         paths.append(shard["x_path"])
         conds.append(shard.get("cond"))
-    cond = torch.cat(conds) if conds[0] is not None else None
-    return Pairs(torch.cat(eps), torch.cat(paths), torch.tensor(cfg["boundaries"], dtype=torch.float64), cfg, cond)
+    cond = torch.cat(conds)[:n] if conds[0] is not None else None
+    return Pairs(torch.cat(eps)[:n], torch.cat(paths)[:n], torch.tensor(cfg["boundaries"], dtype=torch.float64), cfg,
+                 cond)
 
 
 def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3) -> Tensor:

@@ -62,6 +62,9 @@ def test_whole_pipeline_leaves_tables_grids_and_logs(finished):
     table = (out / "results.md").read_text()
     for row in ("| teacher |", "| rd |", "| rf |", "| rd2 |", "| rd4 |", "| RD ÷ RF at 1 call |",
                 "| stage (summed over invocations) |", "pair generation", "teacher training",
+                "| the students' data | FID |",
+                "| the pairs' x̂0 (the first 8: the teacher's dpm++2m, 4 steps through 4 phases, from their own noise) "
+                "| — |",
                 f"teacher sampling, 4 calls, batch 8, {'bf16' if torch.cuda.is_available() else 'fp32'}, steady state"):
         assert row in table and row in stdout, row
     # the smoke run's printout claims nothing it did not do (no FID, random images, a CPU)

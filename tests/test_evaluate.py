@@ -1,11 +1,15 @@
 """rd.evaluate, the CIFAR pipeline's evaluation stage, in parts: samples as uint8 in batches, steady-state sampling
-rates, training rates read from a log, student names (the whole stage runs in tests/test_cifar.py)."""
+rates, training rates read from a log, student names, the pairs' own FID (the whole stage runs in
+tests/test_cifar.py)."""
 import math
+from types import SimpleNamespace
 
 import torch
 
+import rd.fid
 from rd.data import to_uint8
-from rd.evaluate import generate, is_phased, logged_rate, sampling_rate, student_phases
+from rd.evaluate import _pairs_fid, generate, is_phased, logged_rate, sampling_rate, student_phases
+from rd.rectify import generate_pairs
 from rd.sampling import sample
 from rd.schedules import get_schedule
 
@@ -56,3 +60,29 @@ def test_student_names_give_their_phases_and_unknown_names_none():
     assert [student_phases(n) for n in ("rd0", "rdx", "rf2", "teacher", "", "rd-2")] == [None] * 6
     assert [is_phased(n) for n in ("rd", "rf", "rd1", "rd4", "teacher", "rdx")] == [False, False, True, True, False,
                                                                                      False]
+
+
+def test_the_pairs_own_fid_scores_the_clean_samples_of_the_first_fid_n_pairs(tmp_path, monkeypatch):
+    """The students' data: FID of the first --fid_n pairs' last states (x̂0), as uint8 images, against the same
+    statistics as every model's samples; no FID for fewer pairs than --fid_n, no row without a pair directory."""
+    schedule, net = get_schedule("vp-sd"), lambda x, t: torch.tanh(x)          # x0-prediction, a varied path
+    d = generate_pairs(net, schedule, "x0", tmp_path / "pairs", 10, (3, 32, 32), shard_size=4, steps=4, phases=2,
+                       seed=5, progress=False)
+    scored = []
+
+    def fake_fid(images, mu, cov, inception, device, progress):
+        scored.append((images, mu, cov, inception))
+        return 1.25
+    monkeypatch.setattr(rd.fid, "fid", fake_fid)
+    stats, inception = ("mu", "cov"), object()
+    what, value = _pairs_fid(SimpleNamespace(fid_n=6), d, schedule, stats, inception, "cpu")
+    assert value == 1.25 and what.startswith("the pairs' x̂0 (the first 6: the teacher's dpm++2m, 4 steps through "
+                                             "2 phases")
+    images, mu, cov, net_used = scored[0]
+    path = torch.cat([torch.load(d / f"shard_{i:05d}.pt", weights_only=True)["x_path"] for i in (0, 1)])
+    assert images.dtype == torch.uint8 and torch.equal(images, to_uint8(path[:6, -1]))
+    assert (mu, cov, net_used) == ("mu", "cov", inception)
+    assert _pairs_fid(SimpleNamespace(fid_n=11), d, schedule, stats, inception, "cpu")[1] is None, "10 pairs < 11"
+    assert _pairs_fid(SimpleNamespace(fid_n=6), d, schedule, stats, None, "cpu")[1] is None, "no Inception file"
+    assert _pairs_fid(SimpleNamespace(fid_n=6), tmp_path / "none", schedule, stats, inception, "cpu") is None
+    assert len(scored) == 1

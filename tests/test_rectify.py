@@ -78,6 +78,24 @@ def test_interrupted_then_resumed_generation_gives_the_same_pairs(tmp_path, monk
 
 
 @pytest.mark.a3
+def test_a_limit_reads_only_the_shards_holding_the_first_pairs(tmp_path):
+    s, d = oracle_pairs(tmp_path)                                    # 300 pairs in shards of 128, 128, 44
+    full = load_pairs(d, s, (2,))
+    (d / "shard_00002.pt").unlink()                                  # not needed for the first 256
+    for limit in (1, 128, 200, 256):
+        part = load_pairs(d, s, (2,), limit=limit)
+        assert part.eps.shape == (limit, 2) and part.x_path.shape == (limit, 2, 2)
+        torch.testing.assert_close(part.eps, full.eps[:limit], rtol=0, atol=0)
+        torch.testing.assert_close(part.x_path, full.x_path[:limit], rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="shard_00002.pt is missing or unfinished"):
+        load_pairs(d, s, (2,), limit=257)
+    with pytest.raises(ValueError, match="limit must be at least 1 pair, got 0"):
+        load_pairs(d, s, (2,), limit=0)
+    _, small = oracle_pairs(tmp_path, sub="small", n=50)
+    assert len(load_pairs(small, s, (2,), limit=10_000).eps) == 50, "a limit above n gives all n pairs"
+
+
+@pytest.mark.a3
 @pytest.mark.parametrize("name", ["vp-sd", "subvp", "ve", "fm"])
 @pytest.mark.parametrize("phases", [1, 2, 4])
 def test_phase_pairs_recover_the_pair_of_a_first_order_path(tmp_path, name, phases):

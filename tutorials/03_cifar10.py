@@ -86,7 +86,7 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 #   its own t: `rd` and `rf` towards t_max, where a 1-call sample starts, the phased students towards each phase's
 #   start.
 # - **Evaluation**: FID-10k against the CIFAR-10 train statistics at 1, 2, 4 calls (the teacher also at 10 and 25),
-#   FID's own calibration, sample grids, throughputs and minutes per stage.
+#   of the pairs' own x̂0 (the students' data), FID's own calibration, sample grids, throughputs and minutes per stage.
 #
 # Every stage resumes from its checkpoint; a run stopped by SIGTERM (`timeout -s TERM`, a cluster's limit) saves and
 # exits, and the same command goes on from there.
@@ -100,21 +100,23 @@ results = run(CONFIG)
 # `results.md` holds the FID table, RD ÷ RF at equal calls and the phased students against the teacher;
 # `samples.png` the grids (open it: a FID without a look at the samples is half a result).
 #
-# What to expect at the defaults (one H200, 2026-12-01; RESULTS.md has the tables, commands and grids' description):
-# the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey blur at 1–2 calls; RD gives 21.1 / 18.7 / 16.0
-# at 1 / 2 / 4 calls against RF's 37.6 / 19.6 / 16.7 on the same pairs, steps, times and loss family (RD ÷ RF 0.56 /
-# 0.96 / 0.96). RF's velocity loss fails it at one call: its images come out pale and flat. With the pseudo-Huber loss
-# (`--student_loss=huber`) RF gives 27.7 / 18.7 / 16.7 and RD 21.2 / 19.4 / 16.5, so RD on its better loss against RF
-# on its better one is 0.76 at one call and 1.00 at two (a second students' seed of the pseudo-Huber pair: RD 21.4 /
-# 19.5 / 16.6, RF 26.7 / 18.5 / 16.6). Phased RD, measured with the pseudo-Huber loss, gives 16.3 at 2 calls (K = 2)
-# and 13.9 at 4 (K = 4; 13.6 at `--student_lr=1e-4`); on their form's own times 16.5 and 14.5, 15.9 and 14.4 with
-# twice the steps. The students give the teacher's 25-call images from the same noise, a little softer. Where the
-# second of two calls goes matters to RD: for the pseudo-Huber pair `--grid=time_uniform` (RD's second call at
-# λ = −0.48, against the log-SNR grid's 0.43; RF's at λ = 0 on both) gives RD 18.1 against 19.4, and RF 18.7 on both.
-# With pseudo-Huber students on the forms' own times (`--student_t=schedule`) RD falls to 27.2 / 19.2 / 16.4 and RF
-# stays at 27.9 / 18.3 / 16.3 (a second students' seed moved those by at most 0.9 at one call, 0.25 at 2 and 4). The
-# students' budget matters most at one call: there `--student_t=schedule --student_steps=2000` gives RD 20.1 and RF
-# 21.3; 250 steps 70.0 and 63.8 (RF learns faster at first).
+# What to expect at the defaults (one H200, 2026-12-01, the whole pipeline as one command in 21 minutes; RESULTS.md has
+# the tables, commands and grids' description): the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey
+# blur at 1–2 calls; RD gives 21.1 / 18.7 / 16.0 at 1 / 2 / 4 calls against RF's 37.6 / 19.6 / 16.7 on the same pairs,
+# steps, times and loss family (RD ÷ RF 0.56 / 0.96 / 0.96; a second students' seed: RD 21.3 / 18.9 / 16.2, RF 37.4 /
+# 19.7 / 16.9, the same ratios). RF's velocity loss fails it at one call: its images come out pale and flat. With the
+# pseudo-Huber loss (`--student_loss=huber`) RF gives 27.7 / 18.7 / 16.7 and RD 21.2 / 19.4 / 16.5, so RD on its better
+# loss against RF on its better one is 0.76 at one call and 1.00 at two (a second students' seed of the pseudo-Huber
+# pair: RD 21.4 / 19.5 / 16.6, RF 26.7 / 18.5 / 16.6). Phased RD gives 15.7 at 2 calls (K = 2) and 14.2 at 4 (K = 4);
+# with the pseudo-Huber loss 16.3 and 13.9 (13.6 at `--student_lr=1e-4`); on their form's own times 16.5 and 14.5, 15.9
+# and 14.4 with twice the steps. The students give the teacher's 25-call images from the same noise, a little softer.
+# `results.md` also scores the pairs' own x̂0, the data the students learn from. Where the second of two calls goes
+# matters to RD: for the pseudo-Huber pair `--grid=time_uniform` (RD's second call at λ = −0.48, against the log-SNR
+# grid's 0.43; RF's at λ = 0 on both) gives RD 18.1 against 19.4, and RF 18.7 on both. With pseudo-Huber students on the
+# forms' own times (`--student_t=schedule`) RD falls to 27.2 / 19.2 / 16.4 and RF stays at 27.9 / 18.3 / 16.3 (a second
+# students' seed moved those by at most 0.9 at one call, 0.25 at 2 and 4). The students' budget matters most at one
+# call: there `--student_t=schedule --student_steps=2000` gives RD 20.1 and RF 21.3; 250 steps 70.0 and 63.8 (RF learns
+# faster at first).
 #
 # **Why the teacher's form decides one call** (section 1, measured: `--student_t=schedule` with `--form=`, and for
 # vp-sd-v's own loss with `--teacher_weight= --lr=1e-3`; 7,000 teacher steps, pseudo-Huber students; H200s,
