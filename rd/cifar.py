@@ -36,11 +36,11 @@ import torch
 from . import dist
 from .cli import FlagChecks, arg, parse
 from .data import GPULoader, load_cifar10
-from .evaluate import call_counts, eval_models, evaluate, student_phases
+from .evaluate import call_counts, eval_models, evaluate, is_phased, student_phases
 from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
-from .rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
+from .rectify import (HANDOVER, STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
                       pairs_on_disk, student_times)
 from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
@@ -94,6 +94,10 @@ class CifarConfig:
                             "for rd and rdK, the velocity's for rf) or huber (pseudo-Huber on x̂0, the official RD "
                             "code's; students and tables get a suffix -huber)")
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
+    handover: float = arg(HANDOVER, "phased students: the last fraction (in λ) of each phase trained on the next "
+                          "phase's pair, so that the sampler's query at each phase's start lies inside that phase's "
+                          "training window (rd.rectify.phase_of); other than 0.3, phased students and the tables get "
+                          "a suffix -h<value>")
     student_t: str = arg("late", "students' training times: late (towards where each is queried: rd and rf alike "
                          "t = t_max − (t_max − t_min)·u², towards t_max, where one call samples; phased students "
                          "the same law inside each phase, towards its start), schedule (each form's own: uniform t "
@@ -154,6 +158,8 @@ def check(cfg: CifarConfig) -> list[str]:
     for flag in ("ema_decay", "student_ema"):
         if not 0 <= getattr(cfg, flag) < 1:
             bad(flag, "an EMA decay lies in [0, 1)")
+    if not 0 <= cfg.handover < 1:
+        bad("handover", "a fraction of a phase in [0, 1): 0 trains each phase right up to its end")
     for name in filter(None, (s.strip() for s in cfg.students.split(","))):
         if (k := student_phases(name)) is None:
             bad("students", f"unknown student {name!r}: use rd, rf or rd<K>")
@@ -211,7 +217,8 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sfx = ((f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "mse" else "-huber")
            + ("" if cfg.student_t == "late" else f"-t{cfg.student_t}"))
-    esfx = (sfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")     # results of another sampler: beside, not over
+    hsfx = "" if cfg.handover == HANDOVER else f"-h{cfg.handover:g}"                   # phased students only
+    esfx = (sfx + hsfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")   # results of another sampler: beside
             + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
     laps = Laps(out / f"minutes{esfx}.json", write=ctx.main)      # minutes per stage, summed over invocations
     if ctx.main:
@@ -219,6 +226,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     schedule_name, pred = FORMS[cfg.form]
     schedule = get_schedule(schedule_name)
     students = [s.strip() for s in cfg.students.split(",") if s.strip()]
+    folders = {name: out / f"{name}{sfx}{hsfx if is_phased(name) else ''}" for name in students}
 
     def stop_if_last(stage):
         if stage == stages[-1]:
@@ -284,7 +292,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     nets = {}
     match = StepMatch(cfg.student_steps or 10**9, cfg.student_min, checkpoint_steps)   # the others: the first's steps
     for name in students:
-        path = out / f"{name}{sfx}"
+        path = folders[name]
         if name == "rf":
             sch, p, net = get_schedule("fm"), "flow", flow_student(teacher).requires_grad_(True)
             times = student_times(cfg.student_t, sch)
@@ -292,19 +300,21 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
         else:
             sch, p, net, k = schedule, pred, copy.deepcopy(teacher), student_phases(name)
             times = student_times(cfg.student_t, schedule, k)
-            batches = pairs and pair_batches(pairs.coarsen(k), schedule, sample_t=times)
-        times_of = {"student_t": cfg.student_t} if times else None    # in the checkpoint: refuses a student of others
-        with laps(f"{name}{sfx}"):
+            batches = pairs and pair_batches(pairs.coarsen(k), schedule, cfg.handover, sample_t=times)
+        recorded = ({"student_t": cfg.student_t} if times else {}) | (   # in the checkpoint: refuses others' students
+            {"handover": cfg.handover} if is_phased(name) and hsfx else {})
+        with laps(path.name):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
-                                model_config=times_of, desc=name, require_done=pairs is None and "students"), sch, p)
+                                model_config=recorded or None, desc=name,
+                                require_done=pairs is None and "students"), sch, p)
         if name == students[0]:
-            match.first_took(path / "ckpt.pt", [out / f"{o}{sfx}/ckpt.pt" for o in students[1:]])
+            match.first_took(path / "ckpt.pt", [folders[o] / "ckpt.pt" for o in students[1:]])
     del pairs
     stop_if_last("students")
 
     # %% evaluation: each model at its call counts and with its sampler (rd.evaluate.eval_models)
     models = eval_models(cfg, (teacher, schedule, pred), nets)
-    return evaluate(cfg, out, esfx, images, models, laps, device, cache, student_sfx=sfx)
+    return evaluate(cfg, out, esfx, images, models, laps, device, cache, folders=folders)
 
 
 def student_warmup(cfg: CifarConfig) -> int:

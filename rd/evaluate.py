@@ -75,9 +75,11 @@ def eval_models(cfg, teacher: tuple, students: dict) -> dict:
     return models
 
 
-def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path, student_sfx: str = "") -> dict:
+def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache: Path,
+             folders: dict | None = None) -> dict:
     """models: {name: (net, schedule, pred_type, [calls], solver_of_calls, grid)}; writes results<sfx>.md / .json and
-    samples<sfx>.png; the students' logs are in <out>/<name><student_sfx>. Returns {(name, calls): FID or None}."""
+    samples<sfx>.png; a student's log is in folders[name] (default <out>/<name>). Returns {(name, calls): FID or
+    None}."""
     noise = named_noise(cfg.seed, "eval noise", (cfg.fid_n, 3, 32, 32))          # no training pair's ε
     inception, calibration, stats = None, None, None
     if cfg.inception:
@@ -111,7 +113,7 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
         pair_fid = _pairs_fid(cfg, out / "pairs", sch, stats, inception, device)
         if pair_fid is not None:
             print(f"{pair_fid[0]}: FID {_fmt(pair_fid[1])}", flush=True)
-    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, student_sfx, pair_fid)
+    lines = _tables(cfg, images, models, results, calibration, laps, rates, out, folders or {}, pair_fid)
     if inception:
         lines.append(f"| FID Inception features, batch 500, fp32 | {feature_rate:,.0f} img/s |")
     table = "\n".join(lines)
@@ -126,8 +128,8 @@ def evaluate(cfg, out: Path, sfx: str, images, models: dict, laps, device, cache
 
 
 def _pairs_fid(cfg, pair_dir: Path, schedule, stats, inception, device) -> tuple[str, float | None] | None:
-    """(what, FID) of the pairs' clean samples, the first --fid_n: the students' data, what none of them can beat
-    for long; None without a pair directory. FID None: no Inception file, or fewer pairs than --fid_n."""
+    """(what, FID) of the pairs' clean samples, the first --fid_n: the data every student learns from; None without
+    a pair directory. FID None: no Inception file, or fewer pairs than --fid_n."""
     if not (pair_dir / "manifest.json").exists():
         return None
     pairs = load_pairs(pair_dir, schedule, (3, 32, 32), limit=cfg.fid_n)
@@ -152,7 +154,7 @@ def _fmt(v):
     return "—" if v is None else f"{v:.2f}"
 
 
-def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx, pair_fid=None) -> list[str]:
+def _tables(cfg, images, models, results, calibration, laps, rates, out, folders, pair_fid=None) -> list[str]:
     cols = sorted({k for (_, k) in results})
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     data = "random images" if cfg.data == "random" else f"{len(images)} CIFAR-10 train images ({Path(cfg.data).name})"
@@ -181,7 +183,7 @@ def _tables(cfg, images, models, results, calibration, laps, rates, out, sfx, pa
     lines += ["", "| throughput | rate |", "|---|---|",
               f"| teacher training, batch {cfg.batch}, {amp}{', compiled' if cfg.compile and gpu != 'cpu' else ''} | "
               f"{logged_rate(out / 'teacher'):,.0f} img/s |"]
-    lines += [f"| {n} training, batch {cfg.batch}, {amp} | {logged_rate(out / f'{n}{sfx}'):,.0f} img/s |"
+    lines += [f"| {n} training, batch {cfg.batch}, {amp} | {logged_rate(folders.get(n, out / n)):,.0f} img/s |"
               for n in models if n != "teacher"]
     rate_file = out / "pairs_rate.json"
     if rate_file.exists():

@@ -36,6 +36,7 @@ from .schedules import FlowMatching, Schedule, late_t, schedule_params
 from .solvers import MIN_STEPS, get_solver
 
 STUDENT_TIMES = ("schedule", "uniform", "late")    # students' training times: student_times
+HANDOVER = 0.3       # phase_of: the last fraction (in λ) of each phase trained on the next phase's pair
 
 FORMAT = 1
 
@@ -284,12 +285,13 @@ def load_pairs(pair_dir, schedule: Schedule | None = None, shape: tuple | None =
                  cond)
 
 
-def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3) -> Tensor:
+def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = HANDOVER) -> Tensor:
     """k with b_{k+1} < t ≤ b_k, moved to k + 1 in the last `handover` fraction (in λ) of phase k.  [RD §2.3]
 
     The sampler queries phase k only at its start b_k, where x_{b_k} is also the end of phase k − 1 with a
     different pair. Trained right up to b_k, a smooth network blends both targets there; handing the end of each
-    phase to the next puts every query inside its own phase's training window (RESULTS.md, "Phase handover").
+    phase to the next puts every query inside its own phase's training window (RESULTS.md, "Phase handover"; swept
+    in "phased RD's handover": in 2D, 0.6 suits K = 4 and 0.15–0.3 K = 2, about the same width in λ).
     """
     b, k = pairs.boundaries, len(pairs.boundaries) - 1
     phase = (torch.searchsorted(-b, -t) - 1).clamp(0, k - 1)
@@ -300,7 +302,7 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = 0.3)
     return torch.where(frac > 1 - handover, (phase + 1).clamp(max=k - 1), phase)
 
 
-def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = 0.3, sample_t=None):
+def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = HANDOVER, sample_t=None):
     """(x0_ph, ε_ph, t) batches: t ~ the teacher's training times, the pair of phase_of(t).  [RD Alg. 4, §2.3]
 
     sample_t(n, generator, device) → t replaces the training times (default schedule.sample_t); t outside

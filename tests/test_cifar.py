@@ -151,6 +151,34 @@ def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_a
             proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def test_another_handover_trains_only_the_phased_students_beside_the_default_s(finished, tmp_path, capsys,
+                                                                              monkeypatch):
+    """--handover=0.6: rd2 and rd4 train on it, in rd2-h0.6 and rd4-h0.6 (recorded in their checkpoints); rd and rf
+    are the default's, loaded, not retrained; the tables go to results-h0.6.md. A folder of another handover under
+    that name is refused."""
+    import rd.cifar
+    shutil.copytree(finished[0], tmp_path / "run")
+    out, handovers, real = tmp_path / "run", [], rd.cifar.pair_batches
+    monkeypatch.setattr(rd.cifar, "pair_batches", lambda pairs, sch, handover, sample_t=None:
+                        handovers.append((len(pairs.boundaries) - 1, handover)) or real(pairs, sch, handover, sample_t))
+    logs = {s: (out / s / "log.txt").read_text() for s in ("rd", "rf", "rd2", "rd4")}
+    proc = Run(capsys, out, "--stages=students,eval", "--handover=0.6")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(handovers) == [(1, 0.6), (2, 0.6), (4, 0.6)], handovers      # rd's batches too: one phase, no effect
+    assert logs == {s: (out / s / "log.txt").read_text() for s in logs}, "the default's students are untouched"
+    for name in ("rd2", "rd4"):
+        assert json.loads((out / f"{name}-h0.6" / "config.json").read_text())["model"] == \
+            {"student_t": "late", "handover": 0.6}
+    assert not (out / "rd-h0.6").exists() and not (out / "rf-h0.6").exists()
+    table = (out / "results-h0.6.md").read_text()
+    assert "| rd4 |" in table and "| rd |" in table and "| rd4 training" in table and "nan img/s" not in table
+    shutil.rmtree(out / "rd4-h0.6")
+    (out / "rd4").rename(out / "rd4-h0.6")                         # the default's rd4 under the 0.6 name
+    proc = Run(capsys, out, "--stages=students", "--students=rd4", "--handover=0.6")
+    assert proc.returncode != 0 and "rd4-h0.6/ckpt.pt was written with another config" in proc.stderr \
+        and "'handover': 0.6" in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_older_defaults_are_recognised_from_the_difference_alone():
     """A student folder of both older defaults gets both renames; any other difference gets no hint."""
     late, huber = ({}, {"student_t": "late"}), ({"lr": 2e-4, "loss": "huber"}, {"lr": 2e-4})

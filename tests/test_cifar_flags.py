@@ -45,6 +45,8 @@ def test_each_form_takes_its_measured_recipe_unless_told_otherwise():
     (["--t_sampling=beta"], "allowed: schedule, lognormal"),
     (["--teacher_weight=snr"], "--teacher_weight='snr': allowed: auto (the form's), '' (the form's own), eps"),
     (["--student_t=lognormal"], "--student_t='lognormal': allowed: schedule, uniform, late"),
+    (["--handover=1"], "--handover=1.0: a fraction of a phase in [0, 1): 0 trains each phase right up to its end"),
+    (["--handover=-0.1"], "--handover=-0.1: a fraction of a phase in [0, 1)"),
     (["--grid=cosine"], "--grid='cosine': allowed: logsnr, time_uniform, time_quadratic, edm"),
     (["--sampler=heun"], "--sampler='heun': allowed: dpm++2m, dpm++3m"),
     (["--fid_n=abc"], "argument --fid_n: expected an integer, got 'abc'"),

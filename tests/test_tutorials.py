@@ -82,7 +82,8 @@ def test_02_rectification_2d(smoke):
     table = (out / "02_results.md").read_text()
     for row in ("| VP/eps RD |", "| VP/eps RF (FM, velocity) |", "| VP/eps RD, loss weighted like v |",
                 "| VP/eps RD, late times |", "| VP/eps RF, late times |", "| VP/eps phased RD K=4 |",
-                "| VP/eps phased RD K=4, towards phase starts |", "| VP/eps 2-RD (second round) |"):
+                "| VP/eps phased RD K=4, towards phase starts |",
+                "| VP/eps phased RD K=4, towards phase starts, handover 0.6 |", "| VP/eps 2-RD (second round) |"):
         assert row in table and row in stdout
 
 
