@@ -79,12 +79,13 @@ fig.savefig(FIGURES / "03_form_weights.png", dpi=100)
 # - **Students**, all from the teacher's weights, same pairs, batch, learning rate, EMA, precision and step count:
 #   `rd` (the teacher's schedule and prediction type: [RD Alg. 4]), `rf` (the same pairs in the flow-matching form
 #   with velocity prediction: [RF, InstaFlow]), `rd2`, `rd4` (phased RD, K = 2, 4: sampled with one first-order step
-#   per phase, landing on the phase boundaries [RD §2.3]). The loss of all four: each form's own squared error, v's
-#   for RD (the teacher's prediction type) and the velocity's for RF, as Rectified Flow trains
-#   (`--student_loss=huber`: the official RD code's pseudo-Huber loss on x̂0, which section 3 compares). They train on
-#   times weighted towards where they are queried (`--student_t=late`, the default; section 3 measures it), each in
-#   its own t: `rd` and `rf` towards t_max, where a 1-call sample starts, the phased students towards each phase's
-#   start.
+#   per phase, landing on the phase boundaries [RD §2.3]; the last 30 % of each phase, in λ, trains on the next
+#   phase's pair, so that each query lies inside its own phase's training window: `--handover`). The loss of all four:
+#   each form's own squared error, v's for RD (the teacher's prediction type) and the velocity's for RF, as Rectified
+#   Flow trains (`--student_loss=huber`: the official RD code's pseudo-Huber loss on x̂0, which section 3 compares).
+#   They train on times weighted towards where they are queried (`--student_t=late`, the default; section 3 measures
+#   it), each in its own t: `rd` and `rf` towards t_max, where a 1-call sample starts, the phased students towards
+#   each phase's start.
 # - **Evaluation**: FID-10k against the CIFAR-10 train statistics at 1, 2, 4 calls (the teacher also at 10 and 25),
 #   of the pairs' own x̂0 (the students' data), FID's own calibration, sample grids, throughputs and minutes per stage.
 #
