@@ -33,7 +33,7 @@ from rd.fid import inception_problem
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, read_json
 from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_recipe
-from rd.rectify import (STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
+from rd.rectify import (HANDOVER, STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
                        student_times)
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
@@ -71,6 +71,9 @@ class Args:
                          "student_times; late: towards where each is queried, t_max for RD and RF, where one call "
                          "samples, each phase's start for phased RD; rd.cifar's default, here level with schedule "
                          "on the shapes and not measured at the gpu preset)")
+    handover: float = arg(HANDOVER, "phased RD: the last fraction (in λ) of each phase trained on the next phase's "
+                          "pair, so that the sampler's query at each phase's start lies inside that phase's training "
+                          "window (rd.rectify.phase_of)")
     seed: int = arg(0, "seeds data, training, pairs and evaluation")
     time_scale: float = arg(1.0, "multiplies the minute caps (--ae_min, --teacher_min, --student_min), e.g. 0.3 for a "
                             "short GPU run")
@@ -130,6 +133,8 @@ def parse_args(argv=None) -> Args:
     checks.one_of("teacher_weight", ("auto", "", *PRED_TYPES),
                   f"allowed: auto (the form's), '' (the form's own), {', '.join(PRED_TYPES)}")
     checks.one_of("student_t", STUDENT_TIMES)
+    if not 0 <= args.handover < 1:
+        checks.bad("handover", "a fraction of a phase in [0, 1): 0 trains each phase right up to its end")
     checks.at_least(1, "phases", "guidance", *(k for k in SIZES if k not in MINUTES and k != "ae"))
     checks.at_least(0, *MINUTES)
     if not args.time_scale > 0:
@@ -301,7 +306,8 @@ def pipeline(args: Args, ctx: dist.Context):
                pair_batches(pairs.endpoints(), schedule, sample_t=times(schedule))),
         "RF": (lambda: flow_student(teacher), fm, "flow", flow_batches(pairs, fm, sample_t=times(fm))),
         f"phased RD (K={args.phases})": (lambda: copy.deepcopy(teacher), schedule, pred,
-                                         pair_batches(pairs, schedule, sample_t=times(schedule, args.phases))),
+                                         pair_batches(pairs, schedule, args.handover,
+                                                      sample_t=times(schedule, args.phases))),
     }
     recipe = cfg(args.student_steps, 1e-4, args.student_min)     # RD's budget; RF and phased RD take RD's steps
     trained, match = {}, StepMatch(recipe.steps, recipe.max_minutes, checkpoint_steps)

@@ -226,6 +226,26 @@ def test_student_t_late_trains_rd_and_rf_towards_t_max(whole, tmp_path, capsys, 
     assert code == 2 and "--student_t='middle': allowed: schedule, uniform, late" in err
 
 
+def test_handover_reaches_the_phased_student_only_and_is_part_of_the_run(whole, tmp_path, capsys, monkeypatch):
+    """--handover=0.6 goes to phased RD's batches (RD's are the pairs' ends: one phase, no handover); the run folder
+    records it, so a rerun with another handover is refused; a handover outside [0, 1) is refused before any work."""
+    out, _ = whole
+    for stage in ("ae", "teacher", "pairs"):
+        shutil.copytree(out / stage, tmp_path / stage)
+    import train_sd
+    handovers, real = [], train_sd.pair_batches
+    monkeypatch.setattr(train_sd, "pair_batches", lambda pairs, sch, handover=0.3, sample_t=None:
+                        handovers.append((len(pairs.boundaries) - 1, handover)) or real(pairs, sch, handover, sample_t))
+    stdout = here(capsys, "--preset=tiny", f"--out={tmp_path}", "--handover=0.6", "--stages=rd,rf,phased")
+    assert "phased done" in stdout and sorted(handovers) == [(1, 0.3), (4, 0.6)], handovers
+    assert json.loads((tmp_path / "config.json").read_text())["args"]["handover"] == 0.6
+    code, _ = refused(capsys, "--preset=tiny", f"--out={tmp_path}", "--stages=phased")
+    assert "holds a run with another configuration" in code and "args.handover: 0.6 → 0.3" in code, code
+    for bad in ("1", "-0.1"):
+        code, err = refused(capsys, "--preset=tiny", f"--handover={bad}")
+        assert code == 2 and "a fraction of a phase in [0, 1)" in err, err
+
+
 class PooledFeatures(torch.nn.Module):
     """A stand-in for the Inception network: (B, 3, 299, 299) → (B, 2048) average-pooled pixels."""
 
