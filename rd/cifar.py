@@ -36,7 +36,7 @@ import torch
 from . import dist
 from .cli import FlagChecks, arg, parse
 from .data import GPULoader, load_cifar10
-from .evaluate import call_counts, eval_models, evaluate, is_phased, student_phases
+from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
@@ -96,8 +96,8 @@ class CifarConfig:
     student_seed: int = arg(0, "seed of the students' batches; other than 0, students and tables get a suffix -s<seed>")
     handover: float = arg(HANDOVER, "phased students: the last fraction (in λ) of each phase trained on the next "
                           "phase's pair, so that the sampler's query at each phase's start lies inside that phase's "
-                          "training window (rd.rectify.phase_of); other than 0.3, phased students and the tables get "
-                          "a suffix -h<value>")
+                          "training window (rd.rectify.phase_of); other than 0.3, phased students (K > 1) and their "
+                          "tables get a suffix -h<value>")
     student_t: str = arg("late", "students' training times: late (towards where each is queried: rd and rf alike "
                          "t = t_max − (t_max − t_min)·u², towards t_max, where one call samples; phased students "
                          "the same law inside each phase, towards its start), schedule (each form's own: uniform t "
@@ -217,16 +217,17 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sfx = ((f"-s{cfg.student_seed}" if cfg.student_seed else "") + ("" if cfg.student_loss == "mse" else "-huber")
            + ("" if cfg.student_t == "late" else f"-t{cfg.student_t}"))
-    hsfx = "" if cfg.handover == HANDOVER else f"-h{cfg.handover:g}"                   # phased students only
-    esfx = (sfx + hsfx + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")   # results of another sampler: beside
+    students = [s.strip() for s in cfg.students.split(",") if s.strip()]
+    phased = {name for name in students if (student_phases(name) or 1) > 1}      # the handover reaches these only
+    hsfx = "" if cfg.handover == HANDOVER else f"-h{cfg.handover:g}"
+    esfx = (sfx + (hsfx if phased else "") + ("" if cfg.grid == "logsnr" else f"-{cfg.grid}")   # beside, not over
             + ("" if cfg.sampler == "dpm++2m" else "-" + cfg.sampler.replace("+", "p")))
     laps = Laps(out / f"minutes{esfx}.json", write=ctx.main)      # minutes per stage, summed over invocations
     if ctx.main:
         atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), out / f"config{esfx}.json")
     schedule_name, pred = FORMS[cfg.form]
     schedule = get_schedule(schedule_name)
-    students = [s.strip() for s in cfg.students.split(",") if s.strip()]
-    folders = {name: out / f"{name}{sfx}{hsfx if is_phased(name) else ''}" for name in students}
+    folders = {name: out / f"{name}{sfx}{hsfx if name in phased else ''}" for name in students}
 
     def stop_if_last(stage):
         if stage == stages[-1]:
@@ -302,7 +303,7 @@ def _pipeline(cfg: CifarConfig, stages: list[str], ctx):
             times = student_times(cfg.student_t, schedule, k)
             batches = pairs and pair_batches(pairs.coarsen(k), schedule, cfg.handover, sample_t=times)
         recorded = ({"student_t": cfg.student_t} if times else {}) | (   # in the checkpoint: refuses others' students
-            {"handover": cfg.handover} if is_phased(name) and hsfx else {})
+            {"handover": cfg.handover} if name in phased and hsfx else {})
         with laps(path.name):
             nets[name] = (train(net, sch, p, batches and _cond_none(batches), student_cfg(**match.budget()), path,
                                 model_config=recorded or None, desc=name,

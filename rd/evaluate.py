@@ -132,11 +132,17 @@ def _pairs_fid(cfg, pair_dir: Path, schedule, stats, inception, device) -> tuple
     a pair directory. FID None: no Inception file, or fewer pairs than --fid_n."""
     if not (pair_dir / "manifest.json").exists():
         return None
-    pairs = load_pairs(pair_dir, schedule, (3, 32, 32), limit=cfg.fid_n)
+    try:
+        pairs = load_pairs(pair_dir, schedule, (3, 32, 32), limit=cfg.fid_n)
+    except (FileNotFoundError, ValueError) as err:          # a shard deleted or damaged: the models' FIDs still count
+        print(f"the pairs' own FID is skipped: {err}")
+        return f"the pairs' x̂0 (not scored: {pair_dir} is incomplete or damaged, see the log)", None
     c = pairs.config
+    short = len(pairs.eps) < cfg.fid_n
     what = (f"the pairs' x̂0 (the first {len(pairs.eps):,}: the teacher's {c['solver']}, {c['steps']} steps through "
-            f"{c['phases']} phase{'s' * (c['phases'] > 1)}, from their own noise)")
-    if inception is None or len(pairs.eps) < cfg.fid_n:
+            f"{c['phases']} phase{'s' * (c['phases'] > 1)}, from their own noise"
+            + (f"; fewer than --fid_n={cfg.fid_n}, not scored)" if short and inception is not None else ")"))
+    if inception is None or short:
         return what, None
     from .fid import fid
     return what, fid(to_uint8(pairs.x_path[:, -1]), *stats, inception, device=device, progress=False)

@@ -291,7 +291,7 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = HAND
     The sampler queries phase k only at its start b_k, where x_{b_k} is also the end of phase k − 1 with a
     different pair. Trained right up to b_k, a smooth network blends both targets there; handing the end of each
     phase to the next puts every query inside its own phase's training window (RESULTS.md, "Phase handover"; swept
-    in "phased RD's handover": in 2D, 0.6 suits K = 4 and 0.15–0.3 K = 2, about the same width in λ).
+    in "phased RD's handover": in 2D, 0.6 suits K = 4 and 0.15–0.25 K = 2, similar widths in λ).
     """
     b, k = pairs.boundaries, len(pairs.boundaries) - 1
     phase = (torch.searchsorted(-b, -t) - 1).clamp(0, k - 1)

@@ -154,8 +154,8 @@ def test_late_times_by_default_reach_every_student_towards_where_it_is_queried_a
 def test_another_handover_trains_only_the_phased_students_beside_the_default_s(finished, tmp_path, capsys,
                                                                               monkeypatch):
     """--handover=0.6: rd2 and rd4 train on it, in rd2-h0.6 and rd4-h0.6 (recorded in their checkpoints); rd and rf
-    are the default's, loaded, not retrained; the tables go to results-h0.6.md. A folder of another handover under
-    that name is refused."""
+    are the default's, loaded, not retrained; the tables go to results-h0.6.md (without a phased student, to the
+    default's). A folder of another handover under that name is refused."""
     import rd.cifar
     shutil.copytree(finished[0], tmp_path / "run")
     out, handovers, real = tmp_path / "run", [], rd.cifar.pair_batches
@@ -172,6 +172,9 @@ def test_another_handover_trains_only_the_phased_students_beside_the_default_s(f
     assert not (out / "rd-h0.6").exists() and not (out / "rf-h0.6").exists()
     table = (out / "results-h0.6.md").read_text()
     assert "| rd4 |" in table and "| rd |" in table and "| rd4 training" in table and "nan img/s" not in table
+    (out / "results-h0.6.md").unlink()
+    proc = Run(capsys, out, "--stages=eval", "--students=rd,rf", "--handover=0.6")   # no phased student: no suffix
+    assert proc.returncode == 0 and not (out / "results-h0.6.md").exists() and (out / "results.md").exists()
     shutil.rmtree(out / "rd4-h0.6")
     (out / "rd4").rename(out / "rd4-h0.6")                         # the default's rd4 under the 0.6 name
     proc = Run(capsys, out, "--stages=students", "--students=rd4", "--handover=0.6")

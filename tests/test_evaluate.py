@@ -82,7 +82,12 @@ def test_the_pairs_own_fid_scores_the_clean_samples_of_the_first_fid_n_pairs(tmp
     path = torch.cat([torch.load(d / f"shard_{i:05d}.pt", weights_only=True)["x_path"] for i in (0, 1)])
     assert images.dtype == torch.uint8 and torch.equal(images, to_uint8(path[:6, -1]))
     assert (mu, cov, net_used) == ("mu", "cov", inception)
-    assert _pairs_fid(SimpleNamespace(fid_n=11), d, schedule, stats, inception, "cpu")[1] is None, "10 pairs < 11"
-    assert _pairs_fid(SimpleNamespace(fid_n=6), d, schedule, stats, None, "cpu")[1] is None, "no Inception file"
+    what, value = _pairs_fid(SimpleNamespace(fid_n=11), d, schedule, stats, inception, "cpu")
+    assert value is None and "(the first 10: " in what and "; fewer than --fid_n=11, not scored)" in what, what
+    what, value = _pairs_fid(SimpleNamespace(fid_n=6), d, schedule, stats, None, "cpu")
+    assert value is None and "not scored" not in what, "no Inception file: no FID at all, no reason needed"
     assert _pairs_fid(SimpleNamespace(fid_n=6), tmp_path / "none", schedule, stats, inception, "cpu") is None
+    (d / "shard_00001.pt").unlink()                                  # a damaged pair folder: the models still count
+    what, value = _pairs_fid(SimpleNamespace(fid_n=6), d, schedule, stats, inception, "cpu")
+    assert value is None and "not scored" in what and "incomplete or damaged" in what, what
     assert len(scored) == 1

@@ -257,6 +257,8 @@ def test_conditional_pairs_follow_their_guided_prompt(tmp_path, guidance, clean)
                        progress=False, cond=cond, null_cond=torch.zeros(2), guidance=guidance, clean=clean)
     pairs = load_pairs(d, s, (2,))
     assert torch.equal(pairs.cond, cond), "each pair keeps its own prompt, in order, across shards and batches"
+    first = load_pairs(d, s, (2,), limit=20)                            # 20 of 50 pairs, from two shards of 16
+    assert torch.equal(first.cond, cond[:20]) and torch.equal(first.x_path, pairs.x_path[:20])
     start, end = s(pairs.boundaries[:1]), s(pairs.boundaries[-1:])   # from x_T = σ_T·ε the path's noise is
     eps_path = pairs.eps - start.alpha / start.sigma * guidance * cond       # ε − (α_T/σ_T)·w·c
     expected = guidance * cond if clean else (end.alpha * guidance * cond + end.sigma * eps_path).float()

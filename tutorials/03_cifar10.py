@@ -105,7 +105,7 @@ results = run(CONFIG)
 # the tables, commands and grids' description): the teacher reaches FID-10k 11.6 at 25 calls (12.5 at 10) and is grey
 # blur at 1–2 calls; RD gives 21.1 / 18.7 / 16.0 at 1 / 2 / 4 calls against RF's 37.6 / 19.6 / 16.7 on the same pairs,
 # steps, times and loss family (RD ÷ RF 0.56 / 0.96 / 0.96; a second students' seed: RD 21.3 / 18.9 / 16.2, RF 37.4 /
-# 19.7 / 16.9, the same ratios). RF's velocity loss fails it at one call: its images come out pale and flat. With the
+# 19.7 / 16.9, ratios within 0.01). RF's velocity loss fails it at one call: its images come out pale and flat. With the
 # pseudo-Huber loss (`--student_loss=huber`) RF gives 27.7 / 18.7 / 16.7 and RD 21.2 / 19.4 / 16.5, so RD on its better
 # loss against RF on its better one is 0.76 at one call and 1.00 at two (a second students' seed of the pseudo-Huber
 # pair: RD 21.4 / 19.5 / 16.6, RF 26.7 / 18.5 / 16.6). Phased RD gives 15.7 at 2 calls (K = 2) and 14.2 at 4 (K = 4);
