@@ -33,8 +33,8 @@ from rd.fid import inception_problem
 from rd.figures import save_grid
 from rd.io import ConfigMismatch, UnreadableFile, atomic_write_text, config_changes, read_json
 from rd.predictions import FORMS, PRED_TYPES, SIGMA_DATA, teacher_recipe
-from rd.rectify import (HANDOVER, STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
-                       student_times)
+from rd.rectify import (HANDOVER, STUDENT_TIMES, flow_batches, flow_student, generate_pairs, handover_problem,
+                       load_pairs, pair_batches, student_times)
 from rd.schedules import get_schedule
 from rd.sd.autoencoder import Autoencoder, AutoencoderConfig, decode_latents, encode_latents, latent_scale
 from rd.sd.data import eval_prompts, train_images
@@ -133,8 +133,8 @@ def parse_args(argv=None) -> Args:
     checks.one_of("teacher_weight", ("auto", "", *PRED_TYPES),
                   f"allowed: auto (the form's), '' (the form's own), {', '.join(PRED_TYPES)}")
     checks.one_of("student_t", STUDENT_TIMES)
-    if not 0 <= args.handover < 1:
-        checks.bad("handover", "a fraction of a phase in [0, 1): 0 trains each phase right up to its end")
+    if why := handover_problem(args.handover):
+        checks.bad("handover", why)
     checks.at_least(1, "phases", "guidance", *(k for k in SIZES if k not in MINUTES and k != "ae"))
     checks.at_least(0, *MINUTES)
     if not args.time_scale > 0:

@@ -40,8 +40,8 @@ from .evaluate import call_counts, eval_models, evaluate, student_phases
 from .fid import inception_problem
 from .io import ConfigMismatch, UnreadableFile, atomic_write_text
 from .predictions import FORMS, LOSSES, PRED_TYPES, teacher_recipe
-from .rectify import (HANDOVER, STUDENT_TIMES, flow_batches, flow_student, generate_pairs, load_pairs, pair_batches,
-                      pairs_on_disk, student_times)
+from .rectify import (HANDOVER, STUDENT_TIMES, flow_batches, flow_student, generate_pairs, handover_problem,
+                      load_pairs, pair_batches, pairs_on_disk, student_times)
 from .sampling import GRIDS
 from .schedules import get_schedule, lognormal_t
 from .stages import Laps, StepMatch, parse_stages, synchronize
@@ -158,8 +158,8 @@ def check(cfg: CifarConfig) -> list[str]:
     for flag in ("ema_decay", "student_ema"):
         if not 0 <= getattr(cfg, flag) < 1:
             bad(flag, "an EMA decay lies in [0, 1)")
-    if not 0 <= cfg.handover < 1:
-        bad("handover", "a fraction of a phase in [0, 1): 0 trains each phase right up to its end")
+    if why := handover_problem(cfg.handover):
+        bad("handover", why)
     for name in filter(None, (s.strip() for s in cfg.students.split(","))):
         if (k := student_phases(name)) is None:
             bad("students", f"unknown student {name!r}: use rd, rf or rd<K>")

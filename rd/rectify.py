@@ -302,6 +302,11 @@ def phase_of(pairs: Pairs, schedule: Schedule, t: Tensor, handover: float = HAND
     return torch.where(frac > 1 - handover, (phase + 1).clamp(max=k - 1), phase)
 
 
+def handover_problem(handover: float) -> str | None:
+    """What is wrong with a handover for phase_of, as a flag's error says it; None for one in [0, 1)."""
+    return None if 0 <= handover < 1 else "a fraction of a phase in [0, 1): 0 trains each phase right up to its end"
+
+
 def pair_batches(pairs: Pairs, schedule: Schedule, handover: float = HANDOVER, sample_t=None):
     """(x0_ph, ε_ph, t) batches: t ~ the teacher's training times, the pair of phase_of(t).  [RD Alg. 4, §2.3]
 
